@@ -1,0 +1,274 @@
+//! The streaming path between `pg_dump` and the targets, and back for restores.
+//!
+//! Backup: the async reader takes 1 MiB blocks from pg_dump's stdout; blocks are
+//! compressed on the blocking pool several at a time and come back in order; one
+//! dedicated thread encrypts and hashes the stored bytes; a tee hands every stored
+//! block to each target's upload task. Channels between stages are bounded, so
+//! memory stays flat whatever the database size, and a slow target slows the dump
+//! instead of buffering it. The pipeline only streams and reports: the runner
+//! decides whether uploads are completed or aborted.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+use ring::digest::{Context as Sha, SHA256};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::source::copy_counter::RowCounter;
+use crate::source::{PgDump, SourceError};
+use crate::storage::{StorageError, Upload};
+
+pub mod compress;
+pub mod encrypt;
+pub mod restore_stream;
+
+use compress::Compression;
+use encrypt::{CryptoError, Encryptor};
+
+/// Bytes read from pg_dump per block (and compressed as one gzip member / zstd frame).
+pub const BLOCK: usize = 1 << 20;
+/// Blocks buffered between stages.
+const CHANNEL_DEPTH: usize = 4;
+
+/// Why the stream did not produce a complete backup.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("encryption failed: {0}")]
+    Crypto(#[from] CryptoError),
+    #[error("compression failed: {0}")]
+    Compress(std::io::Error),
+    #[error("every target failed: {}", .0.join("; "))]
+    AllTargetsFailed(Vec<String>),
+}
+
+/// What went into the targets.
+#[derive(Debug, Clone)]
+pub struct StreamStats {
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub sha256: String,
+    /// Row counts parsed from a plain dump; `None` for custom dumps.
+    pub tables: Option<BTreeMap<String, u64>>,
+}
+
+/// One target's upload after streaming: still open (to be completed or aborted by
+/// the caller), or failed and already aborted.
+pub type TargetUpload = (String, Result<Box<dyn Upload>, StorageError>);
+
+/// Streams pg_dump's output into every upload. Always hands the uploads back, so
+/// the caller can complete or abort each; it does not wait for pg_dump's exit.
+pub async fn backup_stream(
+    dump: &mut PgDump,
+    compression: Compression,
+    encryptor: Option<Encryptor>,
+    count_rows: bool,
+    uploads: Vec<(String, Box<dyn Upload>)>,
+) -> (Result<StreamStats, PipelineError>, Vec<TargetUpload>) {
+    let (tee_tx, tee_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let tee = tokio::spawn(tee(tee_rx, uploads));
+    let (seal_tx, seal_rx) = mpsc::channel::<Option<Bytes>>(CHANNEL_DEPTH);
+    let sealer = tokio::task::spawn_blocking(move || seal(seal_rx, encryptor, &tee_tx));
+    let (count_tx, counter) = if count_rows {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH * 2);
+        let handle = tokio::task::spawn_blocking(move || {
+            let mut counter = RowCounter::default();
+            while let Some(block) = rx.blocking_recv() {
+                counter.feed(&block);
+            }
+            counter.finish()
+        });
+        (Some(tx), Some(handle))
+    } else {
+        (None, None)
+    };
+
+    let read = read_and_compress(dump, compression, &seal_tx, count_tx).await;
+    let ended = read.is_ok() && seal_tx.send(None).await.is_ok();
+    drop(seal_tx);
+    let sealed = sealer.await.expect("seal thread panicked");
+    let uploads = tee.await.expect("tee task panicked");
+    let tables = match counter {
+        Some(h) => Some(h.await.expect("row counter panicked")),
+        None => None,
+    };
+    let failures = || {
+        uploads
+            .iter()
+            .filter_map(|(_, u)| u.as_ref().err().map(ToString::to_string))
+            .collect::<Vec<_>>()
+    };
+    let result = (|| {
+        let raw_bytes = match read {
+            Ok(n) => n,
+            Err(Downstream::Closed) => return Err(PipelineError::AllTargetsFailed(failures())),
+            Err(Downstream::Failed(e)) => return Err(e),
+        };
+        let (stored_bytes, sha256) = match sealed? {
+            Some(done) if ended => done,
+            _ => return Err(PipelineError::AllTargetsFailed(failures())),
+        };
+        if uploads.iter().all(|(_, u)| u.is_err()) {
+            return Err(PipelineError::AllTargetsFailed(failures()));
+        }
+        Ok(StreamStats {
+            raw_bytes,
+            stored_bytes,
+            sha256,
+            tables,
+        })
+    })();
+    (result, uploads)
+}
+
+enum Downstream {
+    /// The later stages stopped (every target failed).
+    Closed,
+    Failed(PipelineError),
+}
+
+/// Reads pg_dump, feeds the row counter, compresses blocks in parallel and sends
+/// them on in order. Returns the raw byte count.
+async fn read_and_compress(
+    dump: &mut PgDump,
+    compression: Compression,
+    out: &mpsc::Sender<Option<Bytes>>,
+    counter: Option<mpsc::Sender<Bytes>>,
+) -> Result<u64, Downstream> {
+    let parallel = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) + 1;
+    let mut queue: VecDeque<JoinHandle<std::io::Result<Vec<u8>>>> = VecDeque::new();
+    let mut raw = 0u64;
+    async fn forward(
+        queue: &mut VecDeque<JoinHandle<std::io::Result<Vec<u8>>>>,
+        out: &mpsc::Sender<Option<Bytes>>,
+    ) -> Result<(), Downstream> {
+        let job = queue.pop_front().expect("queue not empty");
+        let block = job
+            .await
+            .expect("compression task panicked")
+            .map_err(|e| Downstream::Failed(PipelineError::Compress(e)))?;
+        out.send(Some(block.into())).await.map_err(|_| Downstream::Closed)
+    }
+    loop {
+        let mut buf = BytesMut::with_capacity(BLOCK);
+        let n = dump
+            .read(&mut buf)
+            .await
+            .map_err(|e| Downstream::Failed(e.into()))?;
+        if n == 0 {
+            break;
+        }
+        raw += n as u64;
+        let block = buf.freeze();
+        if let Some(tx) = &counter {
+            // The counter only reads; a cheap clone of the same bytes.
+            let _ = tx.send(block.clone()).await;
+        }
+        if compression == Compression::None {
+            out.send(Some(block)).await.map_err(|_| Downstream::Closed)?;
+            continue;
+        }
+        if queue.len() >= parallel {
+            forward(&mut queue, out).await?;
+        }
+        queue.push_back(tokio::task::spawn_blocking(move || {
+            let mut packed = Vec::with_capacity(block.len() / 2);
+            compression.compress_block(&block, &mut packed).map(|()| packed)
+        }));
+    }
+    while !queue.is_empty() {
+        forward(&mut queue, out).await?;
+    }
+    Ok(raw)
+}
+
+/// Encrypts (when configured) and hashes the stored stream on its own thread.
+/// Returns `None` when the stream was cut short or the tee went away.
+fn seal(
+    mut rx: mpsc::Receiver<Option<Bytes>>,
+    mut encryptor: Option<Encryptor>,
+    tee: &mpsc::Sender<Bytes>,
+) -> Result<Option<(u64, String)>, CryptoError> {
+    let mut sha = Sha::new(&SHA256);
+    let mut stored = 0u64;
+    let mut emit = |buf: Vec<u8>| -> bool {
+        if buf.is_empty() {
+            return true;
+        }
+        sha.update(&buf);
+        stored += buf.len() as u64;
+        tee.blocking_send(Bytes::from(buf)).is_ok()
+    };
+    loop {
+        match rx.blocking_recv() {
+            Some(Some(block)) => {
+                let sealed = match &mut encryptor {
+                    Some(enc) => {
+                        let mut out = Vec::with_capacity(block.len() + block.len() / 1024 + 128);
+                        enc.update(&block, &mut out)?;
+                        out
+                    }
+                    None => block.to_vec(),
+                };
+                if !emit(sealed) {
+                    return Ok(None);
+                }
+            }
+            Some(None) => {
+                if let Some(enc) = encryptor.take() {
+                    let mut out = Vec::new();
+                    enc.finish(&mut out)?;
+                    if !emit(out) {
+                        return Ok(None);
+                    }
+                }
+                return Ok(Some((stored, hex::encode(sha.finish()))));
+            }
+            None => return Ok(None),
+        }
+    }
+}
+
+/// Hands every stored block to each upload's task; a failing target drops out
+/// (its upload aborted) while the others go on.
+async fn tee(mut rx: mpsc::Receiver<Bytes>, uploads: Vec<(String, Box<dyn Upload>)>) -> Vec<TargetUpload> {
+    let mut workers = Vec::new();
+    for (name, mut upload) in uploads {
+        let (tx, mut wrx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+        let handle = tokio::spawn(async move {
+            while let Some(block) = wrx.recv().await {
+                if let Err(e) = upload.put_part(block).await {
+                    if let Err(abort) = upload.abort().await {
+                        tracing::warn!(error = %abort, "abort after a failed write also failed");
+                    }
+                    return Err(e);
+                }
+            }
+            Ok(upload)
+        });
+        workers.push((name, Some(tx), handle));
+    }
+    while let Some(block) = rx.recv().await {
+        let mut live = 0;
+        for (_, tx, _) in &mut workers {
+            if let Some(sender) = tx {
+                if sender.send(block.clone()).await.is_ok() {
+                    live += 1;
+                } else {
+                    *tx = None;
+                }
+            }
+        }
+        if live == 0 {
+            break;
+        }
+    }
+    let mut out = Vec::with_capacity(workers.len());
+    for (name, tx, handle) in workers {
+        drop(tx);
+        out.push((name, handle.await.expect("upload task panicked")));
+    }
+    out
+}

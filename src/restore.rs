@@ -1,0 +1,412 @@
+//! Restore and verify: the backup flow reversed, with every byte checked before
+//! PostgreSQL is allowed to commit it.
+//!
+//! Plain dumps go through `psql --single-transaction` and end with a `DO` block that
+//! compares every table's row count with the manifest, so a mismatch rolls the whole
+//! restore back. Custom dumps go through `pg_restore --single-transaction` and are
+//! counted afterwards. A restore never writes into a non-empty database unless asked
+//! to replace it, and then it restores into a scratch database and swaps it in only
+//! after everything checked out.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+use crate::app::Strata;
+use crate::catalog::{self, Entry};
+use crate::pipeline::restore_stream::{self, Expected, VerifyError};
+use crate::runner::RunError;
+use crate::source::{self, DbUrl, DumpFormat, SourceError};
+use crate::storage::{StorageError, Target};
+
+const COPY_BUF: usize = 1 << 20;
+
+/// Why a restore or verification failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("backup verification failed: {0}")]
+    Verify(#[from] VerifyError),
+    #[error("no backup '{which}' of job '{job}' on {searched}")]
+    NotFound { job: String, which: String, searched: String },
+    #[error("target '{0}' is not one of this job's targets")]
+    UnknownTarget(String),
+    #[error(
+        "database {0} is not empty ({1} relations); restore into a new or empty database, or pass --replace"
+    )]
+    NotEmpty(String, i64),
+    #[error("{tool} failed: {message}")]
+    Tool { tool: String, message: String },
+    #[error("row counts differ from the manifest: {0}")]
+    RowCounts(String),
+    #[error("decompressed size {actual} differs from the manifest's raw_bytes {expected}")]
+    RawSize { expected: u64, actual: u64 },
+}
+
+/// Result of a finished restore.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreReport {
+    pub backup_id: String,
+    pub target: String,
+    pub database: String,
+    pub tables: usize,
+    pub rows: u64,
+    pub seconds: f64,
+}
+
+/// Finds `which` (`latest` or an id) of `job`, on `from` or the first of the job's
+/// targets holding the newest match.
+///
+/// # Errors
+/// Unknown job or target, listing failures on every target, or no such backup.
+pub async fn find(strata: &Strata, job: &str, which: &str, from: Option<&str>) -> Result<(Arc<dyn Target>, Entry), RestoreError> {
+    let job = strata.job(job)?;
+    let names: Vec<String> = match from {
+        Some(t) if job.targets.iter().any(|n| n == t) => vec![t.to_owned()],
+        Some(t) => return Err(RestoreError::UnknownTarget(t.to_owned())),
+        None => job.targets.clone(),
+    };
+    let mut best: Option<(Arc<dyn Target>, Entry)> = None;
+    let mut last_err = None;
+    for name in &names {
+        let target = strata.target(name);
+        match catalog::list(target.as_ref(), strata.prefix(name), &job.name).await {
+            Ok(entries) => {
+                if let Some(e) = catalog::select(&entries, which) {
+                    if best.as_ref().is_none_or(|(_, b)| e.started_at() > b.started_at()) {
+                        best = Some((target, e.clone()));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(target_name = %name, error = %e, "cannot list target");
+                last_err = Some(e);
+            }
+        }
+    }
+    match (best, last_err) {
+        (Some(found), _) => Ok(found),
+        (None, Some(e)) if names.len() == 1 => Err(e.into()),
+        (None, _) => Err(RestoreError::NotFound {
+            job: job.name.clone(),
+            which: which.to_owned(),
+            searched: names.join(", "),
+        }),
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Restores a backup into `into`.
+///
+/// # Errors
+/// Anything that stops the restore; the target database is then as it was (or does
+/// not exist, when strata created it).
+#[tracing::instrument(skip_all, fields(job, backup = which, into = %into), err)]
+pub async fn restore(strata: &Strata, job: &str, which: &str, from: Option<&str>, into: &DbUrl, replace: bool) -> Result<RestoreReport, RestoreError> {
+    let clock = Instant::now();
+    let (target, entry) = find(strata, job, which, from).await?;
+    let admin_url = into.with_dbname("postgres");
+    let admin = admin_url.connect().await?;
+    let name = into.dbname().to_owned();
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .map_err(|e| admin_url.query_error(&e))?
+        .is_some();
+    let mut swap = false;
+    if exists {
+        let relations = relation_count(into).await?;
+        if relations > 0 {
+            if !replace {
+                return Err(RestoreError::NotEmpty(into.to_string(), relations));
+            }
+            swap = true;
+        }
+    }
+    let scratch = if swap {
+        format!("{}_strata_{}", &name[..name.len().min(40)], &uuid::Uuid::new_v4().simple().to_string()[..8])
+    } else {
+        name.clone()
+    };
+    let created = !exists || swap;
+    if created {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&scratch)))
+            .await
+            .map_err(|e| admin_url.query_error(&e))?;
+    }
+    let dest = into.with_dbname(&scratch);
+    let result = restore_into(strata, target.as_ref(), &entry, &dest).await;
+    if let Err(e) = result {
+        if created {
+            drop_database(&admin, &admin_url, &scratch).await;
+        }
+        return Err(e);
+    }
+    if swap {
+        let old = format!("{}_strata_old_{}", &name[..name.len().min(40)], &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let sql = format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {lit} AND pid <> pg_backend_pid();\
+             ALTER DATABASE {name} RENAME TO {old}; ALTER DATABASE {scratch} RENAME TO {name};",
+            lit = quote_literal(&name),
+            name = quote_ident(&name),
+            old = quote_ident(&old),
+            scratch = quote_ident(&scratch),
+        );
+        if let Err(e) = admin.batch_execute(&sql).await {
+            drop_database(&admin, &admin_url, &scratch).await;
+            return Err(admin_url.query_error(&e).into());
+        }
+        drop_database(&admin, &admin_url, &old).await;
+    }
+    Ok(RestoreReport {
+        backup_id: entry.manifest.backup_id.clone(),
+        target: target.name().to_owned(),
+        database: into.to_string(),
+        tables: entry.manifest.tables.len(),
+        rows: entry.manifest.total_rows(),
+        seconds: clock.elapsed().as_secs_f64(),
+    })
+}
+
+async fn drop_database(admin: &tokio_postgres::Client, url: &DbUrl, name: &str) {
+    if let Err(e) = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))).await {
+        tracing::warn!(database = name, error = %url.query_error(&e), "could not drop database");
+    }
+}
+
+async fn relation_count(url: &DbUrl) -> Result<i64, RestoreError> {
+    let client = url.connect().await?;
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast' \
+               AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')",
+            &[],
+        )
+        .await
+        .map_err(|e| url.query_error(&e))?;
+    Ok(row.get(0))
+}
+
+fn expected(entry: &Entry) -> Expected {
+    Expected {
+        stored_bytes: entry.manifest.stored_bytes,
+        sha256: entry.manifest.sha256.clone(),
+        encrypted: entry.manifest.encryption.is_some(),
+        compression: entry.manifest.compression,
+    }
+}
+
+/// SQL that fails (rolling back the single transaction) when any table's row count
+/// differs from the manifest.
+fn count_check_sql(entry: &Entry) -> String {
+    let mut sql = String::from("\nDO $strata_verify$\nDECLARE n bigint;\nBEGIN\n");
+    for (table, rows) in &entry.manifest.tables {
+        sql.push_str(&format!(
+            "  SELECT count(*) INTO n FROM ONLY {table};\n  IF n <> {rows} THEN RAISE EXCEPTION 'strata: table % has % rows, the manifest says {rows}', {lit}, n; END IF;\n",
+            lit = quote_literal(table)
+        ));
+    }
+    sql.push_str("END\n$strata_verify$;\n");
+    sql
+}
+
+async fn restore_into(strata: &Strata, target: &dyn Target, entry: &Entry, dest: &DbUrl) -> Result<(), RestoreError> {
+    let client = dest.connect().await?;
+    let server = source::database_info(dest, &client).await?;
+    let manifest = &entry.manifest;
+    let tool_name = match manifest.format {
+        DumpFormat::Plain => "psql",
+        DumpFormat::Custom => "pg_restore",
+    };
+    let tool = source::find_tool(tool_name, &server).await?;
+    let mut cmd = Command::new(&tool.path);
+    match manifest.format {
+        DumpFormat::Plain => cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-"]),
+        DumpFormat::Custom => cmd.args(["--exit-on-error", "--single-transaction", "--no-password"]).arg(format!(
+            "--dbname=dbname='{}'",
+            dest.dbname().replace('\\', "\\\\").replace('\'', "\\'")
+        )),
+    };
+    for var in ["PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGOPTIONS"] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(dest.libpq_env())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| SourceError::Spawn {
+        tool: tool_name.into(),
+        source,
+    })?;
+    let stderr = source::capture_stderr(child.stderr.take().expect("piped stderr"));
+    let mut stdin = child.stdin.take().expect("piped stdin");
+
+    let stream = target.get(&entry.object_key()).await?;
+    let opened = restore_stream::open(stream, expected(entry), strata.config().encryption.as_ref().map(|e| e.keyring.clone()))?;
+    let mut reader = BufReader::with_capacity(COPY_BUF, opened.reader);
+    let copied = tokio::io::copy_buf(&mut reader, &mut stdin).await;
+    let checked = opened.check.await.expect("verify task panicked");
+    let mut tail = match (&copied, checked) {
+        (_, Err(e)) => Err(RestoreError::from(e)),
+        (Err(e), Ok(())) => Err(RestoreError::Tool {
+            tool: tool_name.into(),
+            message: format!("writing to {tool_name} failed: {e}"),
+        }),
+        (Ok(n), Ok(())) if *n != manifest.raw_bytes => Err(RestoreError::RawSize {
+            expected: manifest.raw_bytes,
+            actual: *n,
+        }),
+        (Ok(_), Ok(())) => Ok(()),
+    };
+    if tail.is_ok() && manifest.format == DumpFormat::Plain {
+        if let Err(e) = stdin.write_all(count_check_sql(entry).as_bytes()).await {
+            tail = Err(RestoreError::Tool {
+                tool: tool_name.into(),
+                message: format!("writing to {tool_name} failed: {e}"),
+            });
+        }
+    }
+    if let Err(e) = tail {
+        // Kill before closing stdin: the single transaction must never reach COMMIT.
+        let _ = child.kill().await;
+        let stderr = stderr.await.unwrap_or_default();
+        return Err(match e {
+            RestoreError::Tool { .. } if !stderr.trim().is_empty() => RestoreError::Tool {
+                tool: tool_name.into(),
+                message: source::one_line(&stderr),
+            },
+            other => other,
+        });
+    }
+    drop(stdin);
+    let status = child.wait().await.map_err(|source| SourceError::Spawn {
+        tool: tool_name.into(),
+        source,
+    })?;
+    let stderr = stderr.await.unwrap_or_default();
+    if !status.success() {
+        let message = source::one_line(&stderr);
+        if message.contains("strata: table") {
+            return Err(RestoreError::RowCounts(message));
+        }
+        return Err(RestoreError::Tool {
+            tool: tool_name.into(),
+            message: format!("{status}: {message}"),
+        });
+    }
+    if manifest.format == DumpFormat::Custom {
+        check_counts(dest, &client, entry).await?;
+    }
+    Ok(())
+}
+
+async fn check_counts(url: &DbUrl, client: &tokio_postgres::Client, entry: &Entry) -> Result<(), RestoreError> {
+    let mut wrong = Vec::new();
+    for (table, expected) in &entry.manifest.tables {
+        let n: i64 = client
+            .query_one(&format!("SELECT count(*) FROM ONLY {table}"), &[])
+            .await
+            .map_err(|e| url.query_error(&e))?
+            .get(0);
+        if u64::try_from(n).ok() != Some(*expected) {
+            wrong.push(format!("{table} has {n}, expected {expected}"));
+        }
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(RestoreError::RowCounts(wrong.join("; ")))
+    }
+}
+
+/// Outcome of verifying one backup.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    pub backup_id: String,
+    /// Per target: `ok` or the failure.
+    pub targets: Vec<(String, String)>,
+    pub restore: Option<String>,
+}
+
+impl VerifyReport {
+    /// Every check passed.
+    pub fn ok(&self) -> bool {
+        self.targets.iter().all(|(_, r)| r == "ok") && self.restore.as_deref().is_none_or(|r| r == "ok")
+    }
+}
+
+/// Re-reads a backup from every target that holds it (hash, authentication,
+/// decompressed size) and, with `restore_into`, restores it into a scratch
+/// database on that server, checks row counts and drops it.
+///
+/// # Errors
+/// The backup cannot be found; individual check failures are in the report.
+pub async fn verify(strata: &Strata, job: &str, which: &str, restore_into: Option<&DbUrl>) -> Result<VerifyReport, RestoreError> {
+    let (_, entry) = find(strata, job, which, None).await?;
+    let mut targets = Vec::new();
+    for record in &entry.manifest.targets {
+        if strata.config().targets.get(&record.target).is_none() {
+            continue;
+        }
+        let target = strata.target(&record.target);
+        let result = read_back(strata, target.as_ref(), &entry).await;
+        targets.push((record.target.clone(), result.map_or_else(|e| e.to_string(), |()| "ok".into())));
+    }
+    let restore = match restore_into {
+        None => None,
+        Some(server) => {
+            let scratch = format!("strata_verify_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            let dest = server.with_dbname(&scratch);
+            let result = restore(strata, job, &entry.manifest.backup_id, None, &dest, false).await;
+            if result.is_ok() {
+                let admin_url = server.with_dbname("postgres");
+                if let Ok(admin) = admin_url.connect().await {
+                    drop_database(&admin, &admin_url, &scratch).await;
+                }
+            }
+            Some(result.map_or_else(|e| e.to_string(), |_| "ok".into()))
+        }
+    };
+    Ok(VerifyReport {
+        backup_id: entry.manifest.backup_id.clone(),
+        targets,
+        restore,
+    })
+}
+
+async fn read_back(strata: &Strata, target: &dyn Target, entry: &Entry) -> Result<(), RestoreError> {
+    let stream = target.get(&entry.object_key()).await?;
+    let opened = restore_stream::open(stream, expected(entry), strata.config().encryption.as_ref().map(|e| e.keyring.clone()))?;
+    let mut reader = BufReader::with_capacity(COPY_BUF, opened.reader);
+    let copied = tokio::io::copy_buf(&mut reader, &mut tokio::io::sink()).await;
+    opened.check.await.expect("verify task panicked")?;
+    let n = copied.map_err(|e| RestoreError::Tool {
+        tool: "decompress".into(),
+        message: e.to_string(),
+    })?;
+    if n != entry.manifest.raw_bytes {
+        return Err(RestoreError::RawSize {
+            expected: entry.manifest.raw_bytes,
+            actual: n,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! One backup end to end: snapshot, pg_dump, stream into every target, check
+//! pg_dump's exit, complete uploads, write manifests last.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+
+use crate::app::Strata;
+use crate::manifest::{EncryptionInfo, FORMAT_VERSION, Layout, Manifest, TargetRecord};
+use crate::pipeline::encrypt::{CryptoError, Encryptor};
+use crate::pipeline::{self, PipelineError, TargetUpload};
+use crate::source::{self, DumpFormat, PgDump, SourceError};
+use crate::storage::{StorageError, Target};
+
+/// Why a backup did not happen at all.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("unknown job '{job}' (configured: {known})")]
+    UnknownJob { job: String, known: String },
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("encryption failed: {0}")]
+    Crypto(#[from] CryptoError),
+    #[error("backup {backup_id} already exists on target '{target}'; wait a second and run again")]
+    Exists { backup_id: String, target: String },
+    #[error("no target holds the backup: {}", .0.join("; "))]
+    NoTarget(Vec<String>),
+}
+
+/// A backup that exists on at least one target.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackupReport {
+    pub manifest: Manifest,
+    /// Targets that failed, with the reason; empty means complete.
+    pub failed: BTreeMap<String, String>,
+    pub duration_seconds: f64,
+}
+
+impl BackupReport {
+    /// Every target holds the backup.
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// Runs one backup of `job`, named after `now` in the configured time zone.
+///
+/// # Errors
+/// The dump could not be taken or no target holds the result. A backup that
+/// reached only some targets is a report with `failed` entries, not an error.
+#[tracing::instrument(skip_all, fields(job = job_name), err)]
+pub async fn backup(strata: &Strata, job_name: &str, now: DateTime<Utc>) -> Result<BackupReport, RunError> {
+    let clock = Instant::now();
+    let job = strata.job(job_name)?;
+    let config = strata.config();
+    let local = now.with_timezone(&config.timezone);
+    let encryption = config.encryption.as_ref();
+    let plan: Vec<(Arc<dyn Target>, Layout)> = job
+        .targets
+        .iter()
+        .map(|name| {
+            let t = &config.targets[name];
+            let layout = Layout::new(&t.prefix, &job.name, &job.file_prefix, &local, job.format, job.compression, encryption.is_some());
+            (strata.target(name), layout)
+        })
+        .collect();
+    let backup_id = plan[0].1.backup_id.clone();
+    tracing::Span::current().record("backup_id", &backup_id);
+
+    for (target, layout) in &plan {
+        if target.head(&layout.manifest_key()).await.is_ok() {
+            return Err(RunError::Exists {
+                backup_id,
+                target: target.name().to_owned(),
+            });
+        }
+    }
+
+    let url = &job.database_url;
+    let client = url.connect().await?;
+    let info = source::database_info(url, &client).await?;
+    let tool = source::find_tool("pg_dump", &info).await?;
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(|e| url.query_error(&e))?;
+    let snapshot: String = client
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(|e| url.query_error(&e))?
+        .get(0);
+
+    let mut failed = BTreeMap::new();
+    let mut uploads = Vec::new();
+    for (target, layout) in &plan {
+        match target.start_upload(&layout.object_key()).await {
+            Ok(u) => uploads.push((target.name().to_owned(), u)),
+            Err(e) => {
+                failed.insert(target.name().to_owned(), e.to_string());
+            }
+        }
+    }
+    if uploads.is_empty() {
+        return Err(RunError::NoTarget(failed.into_values().collect()));
+    }
+    let encryptor = encryption
+        .map(|e| Encryptor::new(e.keyring.active(), e.chunk_size))
+        .transpose()?;
+    let mut dump = match PgDump::spawn(&tool, url, job.format, Some(&snapshot)) {
+        Ok(d) => d,
+        Err(e) => {
+            abort_all(open_uploads(uploads)).await;
+            return Err(e.into());
+        }
+    };
+    let counts = async {
+        match job.format {
+            DumpFormat::Custom => Some(source::count_rows(url, &client).await),
+            DumpFormat::Plain => None,
+        }
+    };
+    let ((streamed, uploads), counts) = tokio::join!(
+        pipeline::backup_stream(&mut dump, job.compression, encryptor, job.format == DumpFormat::Plain, uploads),
+        counts
+    );
+    let streamed = match streamed {
+        Ok(stats) => dump.finish().await.map(|()| stats).map_err(RunError::from),
+        Err(e) => {
+            dump.kill().await;
+            Err(e.into())
+        }
+    };
+    // Release the snapshot; the transaction was read-only.
+    let _ = client.batch_execute("ROLLBACK").await;
+    let tables = match (streamed, counts) {
+        (Ok(stats), None) => Ok((stats.tables.clone().unwrap_or_default(), stats)),
+        (Ok(stats), Some(Ok(counts))) => Ok((counts, stats)),
+        (Ok(_), Some(Err(e))) => Err(e.into()),
+        (Err(e), _) => Err(e),
+    };
+    let (tables, stats) = match tables {
+        Ok(t) => t,
+        Err(e) => {
+            abort_all(uploads).await;
+            return Err(e);
+        }
+    };
+
+    let completions = futures::future::join_all(uploads.into_iter().map(|(name, upload)| async move {
+        match upload {
+            Ok(u) => (name, u.complete().await),
+            Err(e) => (name, Err(e)),
+        }
+    }))
+    .await;
+    let mut records = Vec::new();
+    for (name, result) in completions {
+        match result {
+            Ok(put) => {
+                let layout = &plan.iter().find(|(t, _)| t.name() == name).expect("planned target").1;
+                records.push(TargetRecord {
+                    target: name,
+                    key: layout.object_key(),
+                    version_id: put.version_id,
+                    storage_class: put.storage_class,
+                });
+            }
+            Err(e) => {
+                failed.insert(name, e.to_string());
+            }
+        }
+    }
+    if records.is_empty() {
+        return Err(RunError::NoTarget(failed.into_values().collect()));
+    }
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        backup_id: backup_id.clone(),
+        job: job.name.clone(),
+        started_at: now,
+        finished_at: Utc::now(),
+        database: info,
+        pg_dump_version: tool.version.clone(),
+        format: job.format,
+        compression: job.compression,
+        encryption: encryption.map(|e| EncryptionInfo {
+            algorithm: "AES-256-GCM".into(),
+            format: "STRATAE1".into(),
+            key_id: e.keyring.active().id().to_owned(),
+            chunk_size: e.chunk_size,
+        }),
+        object: plan[0].1.object_name.clone(),
+        raw_bytes: stats.raw_bytes,
+        stored_bytes: stats.stored_bytes,
+        sha256: stats.sha256.clone(),
+        tables,
+        targets: records.clone(),
+        verifications: Vec::new(),
+    };
+    let json = bytes::Bytes::from(serde_json::to_vec_pretty(&manifest).expect("manifest serialises"));
+    let mut written = 0;
+    for record in &records {
+        let (target, layout) = plan.iter().find(|(t, _)| t.name() == record.target).expect("planned target");
+        match target.put_small(&layout.manifest_key(), json.clone()).await {
+            Ok(_) => written += 1,
+            Err(e) => {
+                // Without a manifest the object is debris; remove it now.
+                let _ = target.delete(&layout.object_key()).await;
+                failed.insert(record.target.clone(), e.to_string());
+            }
+        }
+    }
+    if written == 0 {
+        return Err(RunError::NoTarget(failed.into_values().collect()));
+    }
+    let report = BackupReport {
+        manifest,
+        failed,
+        duration_seconds: clock.elapsed().as_secs_f64(),
+    };
+    tracing::info!(
+        backup_id = %report.manifest.backup_id,
+        raw_bytes = report.manifest.raw_bytes,
+        stored_bytes = report.manifest.stored_bytes,
+        duration_s = report.duration_seconds,
+        failed_targets = report.failed.len(),
+        "backup finished"
+    );
+    Ok(report)
+}
+
+fn open_uploads(uploads: Vec<(String, Box<dyn crate::storage::Upload>)>) -> Vec<TargetUpload> {
+    uploads.into_iter().map(|(n, u)| (n, Ok(u))).collect()
+}
+
+/// Aborts every upload still open.
+async fn abort_all(uploads: Vec<TargetUpload>) {
+    for (name, upload) in uploads {
+        if let Ok(u) = upload {
+            if let Err(e) = u.abort().await {
+                tracing::warn!(target_name = %name, error = %e, "abort failed; start-up cleanup will retry");
+            }
+        }
+    }
+}
+
+impl From<StorageError> for RunError {
+    fn from(e: StorageError) -> Self {
+        Self::NoTarget(vec![e.to_string()])
+    }
+}

@@ -1,0 +1,494 @@
+//! The database side: connection settings (the password travels to child processes
+//! only through their environment, never on a command line), PostgreSQL client tool
+//! discovery with version checks, and `pg_dump` as an owned child process whose exit
+//! status decides whether the bytes it streamed are a backup.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::str::FromStr;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::task::JoinHandle;
+
+pub mod copy_counter;
+
+/// Keep at most this much of a child's stderr for error messages.
+const STDERR_CAP: usize = 64 * 1024;
+
+/// Database-side failures; none of them carries a password.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("invalid database URL: {0}")]
+    BadUrl(String),
+    #[error("cannot connect to {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("query on {url} failed: {message}")]
+    Query { url: String, message: String },
+    #[error("{tool} not found (looked in {searched}); install the PostgreSQL client tools")]
+    ToolMissing { tool: String, searched: String },
+    #[error(
+        "{tool} {tool_version} is older than the server {server_version}; install the PostgreSQL {server_major} client tools (e.g. postgresql-client-{server_major}) or point STRATA_PG_BIN_DIR at them"
+    )]
+    ToolTooOld {
+        tool: String,
+        tool_version: String,
+        server_version: String,
+        server_major: u32,
+    },
+    #[error("cannot run {tool}: {source}")]
+    Spawn {
+        tool: String,
+        source: std::io::Error,
+    },
+    #[error("{tool} failed ({status}): {stderr}")]
+    Failed {
+        tool: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("reading {tool} output failed: {source}")]
+    Read {
+        tool: String,
+        source: std::io::Error,
+    },
+}
+
+/// A PostgreSQL connection URL. `Debug` and `Display` never show the password.
+#[derive(Clone)]
+pub struct DbUrl {
+    config: tokio_postgres::Config,
+    shown: String,
+}
+
+impl std::fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl std::fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl FromStr for DbUrl {
+    type Err = SourceError;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let config = tokio_postgres::Config::from_str(url).map_err(|e| {
+            // tokio-postgres errors name the bad part, never the value.
+            SourceError::BadUrl(e.to_string())
+        })?;
+        if config.get_dbname().is_none() {
+            return Err(SourceError::BadUrl("no database name in the URL".into()));
+        }
+        let shown = describe(&config);
+        Ok(Self { config, shown })
+    }
+}
+
+fn describe(c: &tokio_postgres::Config) -> String {
+    let host = match c.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    let user = c.get_user().map(|u| format!("{u}@")).unwrap_or_default();
+    format!(
+        "postgres://{user}{host}:{port}/{}",
+        c.get_dbname().unwrap_or_default()
+    )
+}
+
+impl DbUrl {
+    /// The database name.
+    pub fn dbname(&self) -> &str {
+        self.config.get_dbname().unwrap_or_default()
+    }
+
+    /// The same server and credentials, another database.
+    pub fn with_dbname(&self, db: &str) -> Self {
+        let mut config = self.config.clone();
+        config.dbname(db);
+        Self {
+            shown: describe(&config),
+            config,
+        }
+    }
+
+    /// libpq environment for a child process (`pg_dump`, `psql`, `pg_restore`): the
+    /// password goes here, never into arguments.
+    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        let c = &self.config;
+        let mut env = vec![("PGDATABASE", self.dbname().to_owned()), ("PGAPPNAME", "strata".to_owned())];
+        match c.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => env.push(("PGHOST", h.clone())),
+            Some(tokio_postgres::config::Host::Unix(p)) => env.push(("PGHOST", p.display().to_string())),
+            None => {}
+        }
+        if let Some(port) = c.get_ports().first() {
+            env.push(("PGPORT", port.to_string()));
+        }
+        if let Some(user) = c.get_user() {
+            env.push(("PGUSER", user.to_owned()));
+        }
+        if let Some(pw) = c.get_password() {
+            env.push(("PGPASSWORD", String::from_utf8_lossy(pw).into_owned()));
+        }
+        if let Some(t) = c.get_connect_timeout() {
+            env.push(("PGCONNECT_TIMEOUT", t.as_secs().max(1).to_string()));
+        }
+        env
+    }
+
+    /// Opens a connection; its driver task runs in the background.
+    ///
+    /// # Errors
+    /// The server is unreachable or refuses the login.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, SourceError> {
+        let (client, conn) = self
+            .config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| SourceError::Connect {
+                url: self.shown.clone(),
+                message: pg_message(&e),
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "database connection closed");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Maps a query error on this database to a [`SourceError`].
+    pub fn query_error(&self, e: &tokio_postgres::Error) -> SourceError {
+        SourceError::Query {
+            url: self.shown.clone(),
+            message: pg_message(e),
+        }
+    }
+}
+
+/// One line for a tokio-postgres error: the server's message when there is one.
+pub fn pg_message(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg = format!("{msg}: {s}");
+        source = s.source();
+    }
+    msg
+}
+
+/// Facts about the source database, recorded in the manifest.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct DatabaseInfo {
+    pub name: String,
+    pub server_version: String,
+    #[serde(skip)]
+    pub server_version_num: u32,
+}
+
+impl DatabaseInfo {
+    /// Major version (15 for 15.4; 9 for 9.6).
+    pub fn major(&self) -> u32 {
+        self.server_version_num / 10_000
+    }
+}
+
+/// Reads the database name and server version.
+///
+/// # Errors
+/// The query failed.
+pub async fn database_info(url: &DbUrl, client: &tokio_postgres::Client) -> Result<DatabaseInfo, SourceError> {
+    let row = client
+        .query_one(
+            "SELECT current_database()::text, current_setting('server_version'), current_setting('server_version_num')::int",
+            &[],
+        )
+        .await
+        .map_err(|e| url.query_error(&e))?;
+    Ok(DatabaseInfo {
+        name: row.get(0),
+        server_version: row.get(1),
+        server_version_num: u32::try_from(row.get::<_, i32>(2)).unwrap_or(0),
+    })
+}
+
+/// A PostgreSQL client program with its version.
+#[derive(Debug, Clone)]
+pub struct Tool {
+    pub path: PathBuf,
+    pub version: String,
+    pub major: u32,
+}
+
+fn parse_version(output: &str) -> Option<(String, u32)> {
+    // "pg_dump (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)"
+    let version = output.split_whitespace().nth(2)?.to_owned();
+    let major = version.split(['.', 'b', 'r', 'd']).next()?.parse().ok()?;
+    Some((version, major))
+}
+
+async fn tool_version(path: &Path) -> Option<(String, u32)> {
+    let out = Command::new(path).arg("--version").output().await.ok()?;
+    parse_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Finds `name` (pg_dump, psql, pg_restore) of at least the server's major version:
+/// `$STRATA_PG_BIN_DIR` if set, else the oldest suitable one among `PATH` and
+/// `/usr/lib/postgresql/*/bin` (a matching major avoids SQL that older servers
+/// reject).
+///
+/// # Errors
+/// No such tool, or only older ones.
+pub async fn find_tool(name: &str, server: &DatabaseInfo) -> Result<Tool, SourceError> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = std::env::var_os("STRATA_PG_BIN_DIR") {
+        candidates.push(Path::new(&dir).join(name));
+    } else {
+        if let Some(path) = std::env::var_os("PATH") {
+            candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
+        }
+        if let Ok(dirs) = std::fs::read_dir("/usr/lib/postgresql") {
+            candidates.extend(dirs.flatten().map(|d| d.path().join("bin").join(name)));
+        }
+    }
+    let searched = candidates
+        .iter()
+        .map(|p| p.parent().unwrap_or(p).display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut found = Vec::new();
+    for path in candidates.into_iter().filter(|p| p.is_file()) {
+        if let Some((version, major)) = tool_version(&path).await {
+            found.push(Tool { path, version, major });
+        }
+    }
+    if let Some(best) = found
+        .iter()
+        .filter(|t| t.major >= server.major())
+        .min_by_key(|t| t.major)
+    {
+        return Ok(best.clone());
+    }
+    match found.into_iter().max_by_key(|t| t.major) {
+        Some(newest) => Err(SourceError::ToolTooOld {
+            tool: name.to_owned(),
+            tool_version: newest.version,
+            server_version: server.server_version.clone(),
+            server_major: server.major(),
+        }),
+        None => Err(SourceError::ToolMissing {
+            tool: name.to_owned(),
+            searched,
+        }),
+    }
+}
+
+/// pg_dump output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DumpFormat {
+    Plain,
+    Custom,
+}
+
+impl DumpFormat {
+    /// File-name extension before compression and encryption.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Plain => "sql",
+            Self::Custom => "dump",
+        }
+    }
+}
+
+/// Captures a child's stderr in the background (bounded).
+pub fn capture_stderr(stderr: impl AsyncRead + Unpin + Send + 'static) -> JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut stderr = stderr;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = stderr.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > STDERR_CAP {
+                buf.drain(..buf.len() - STDERR_CAP);
+            }
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// Turns captured stderr into one line for an error message.
+pub fn one_line(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if lines.is_empty() {
+        return "no error output".into();
+    }
+    lines[lines.len().saturating_sub(3)..].join(" | ")
+}
+
+/// Checks a finished child's status together with its stderr.
+///
+/// # Errors
+/// A non-zero exit or death by signal.
+pub fn check_status(tool: &str, status: ExitStatus, stderr: &str) -> Result<(), SourceError> {
+    if status.success() {
+        return Ok(());
+    }
+    Err(SourceError::Failed {
+        tool: tool.to_owned(),
+        status: status.to_string(),
+        stderr: one_line(stderr),
+    })
+}
+
+/// A running `pg_dump`: read its stdout, then [`PgDump::finish`] decides.
+pub struct PgDump {
+    child: Child,
+    stdout: ChildStdout,
+    stderr: JoinHandle<String>,
+}
+
+impl PgDump {
+    /// Starts pg_dump on `url` in `format`, inside `snapshot` when given.
+    ///
+    /// # Errors
+    /// The program could not be started.
+    pub fn spawn(tool: &Tool, url: &DbUrl, format: DumpFormat, snapshot: Option<&str>) -> Result<Self, SourceError> {
+        let mut cmd = Command::new(&tool.path);
+        cmd.arg("--no-password");
+        match format {
+            DumpFormat::Plain => cmd.arg("--format=plain"),
+            // strata compresses the stream itself.
+            DumpFormat::Custom => cmd.args(["--format=custom", "--compress=0"]),
+        };
+        if let Some(s) = snapshot {
+            cmd.arg(format!("--snapshot={s}"));
+        }
+        for var in ["PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGOPTIONS"] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(url.libpq_env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|source| SourceError::Spawn {
+            tool: "pg_dump".into(),
+            source,
+        })?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = capture_stderr(child.stderr.take().expect("piped stderr"));
+        Ok(Self { child, stdout, stderr })
+    }
+
+    /// Fills `buf` (up to its capacity) from pg_dump's stdout; 0 at the end.
+    ///
+    /// # Errors
+    /// Reading the pipe failed.
+    pub async fn read(&mut self, buf: &mut bytes::BytesMut) -> Result<usize, SourceError> {
+        let start = buf.len();
+        while buf.len() < buf.capacity() {
+            let n = self.stdout.read_buf(buf).await.map_err(|source| SourceError::Read {
+                tool: "pg_dump".into(),
+                source,
+            })?;
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(buf.len() - start)
+    }
+
+    /// Waits for pg_dump to exit and fails on anything but success, even when every
+    /// byte streamed fine.
+    ///
+    /// # Errors
+    /// Non-zero exit or a signal, with pg_dump's last error lines.
+    pub async fn finish(mut self) -> Result<(), SourceError> {
+        let status = self.child.wait().await.map_err(|source| SourceError::Spawn {
+            tool: "pg_dump".into(),
+            source,
+        })?;
+        let stderr = self.stderr.await.unwrap_or_default();
+        check_status("pg_dump", status, &stderr)
+    }
+
+    /// Stops pg_dump at once (a failed or cancelled run).
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Row counts of every user table in the current snapshot (custom-format dumps,
+/// whose stream strata does not parse).
+///
+/// # Errors
+/// A query failed.
+pub async fn count_rows(url: &DbUrl, client: &tokio_postgres::Client) -> Result<BTreeMap<String, u64>, SourceError> {
+    let rows = client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname !~ '^pg_(toast|temp)' \
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                               AND d.objid = c.oid AND d.deptype = 'e')",
+            &[],
+        )
+        .await
+        .map_err(|e| url.query_error(&e))?;
+    let mut counts = BTreeMap::new();
+    for row in rows {
+        let name: String = row.get(0);
+        let n: i64 = client
+            .query_one(&format!("SELECT count(*) FROM ONLY {name}"), &[])
+            .await
+            .map_err(|e| url.query_error(&e))?
+            .get(0);
+        counts.insert(name, u64::try_from(n).unwrap_or(0));
+    }
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(
+            parse_version("pg_dump (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)\n"),
+            Some(("15.19".into(), 15))
+        );
+        assert_eq!(parse_version("psql (PostgreSQL) 9.6.24"), Some(("9.6.24".into(), 9)));
+        assert_eq!(parse_version("pg_dump (PostgreSQL) 17beta1"), Some(("17beta1".into(), 17)));
+        assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn urls_never_show_passwords() {
+        let url: DbUrl = "postgres://app:s3cr3t-canary@db.example:6543/prod".parse().unwrap();
+        assert_eq!(url.to_string(), "postgres://app@db.example:6543/prod");
+        assert!(!format!("{url:?}").contains("s3cr3t"));
+        let env = url.libpq_env();
+        assert!(env.contains(&("PGPASSWORD", "s3cr3t-canary".into())));
+        assert_eq!(url.with_dbname("other").to_string(), "postgres://app@db.example:6543/other");
+        let err = "postgres://app:s3cr3t-canary@db/x?bogus=1".parse::<DbUrl>().unwrap_err();
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+    }
+}
