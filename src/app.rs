@@ -22,8 +22,12 @@ impl Strata {
         let mut targets: BTreeMap<String, Arc<dyn Target>> = BTreeMap::new();
         for (name, t) in &config.targets {
             let target: Arc<dyn Target> = match &t.kind {
-                TargetKind::Local { path } => Arc::new(LocalTarget::new(name.clone(), path.clone())),
-                TargetKind::S3 { settings, .. } => Arc::new(S3Target::new(name.clone(), settings.clone()).await),
+                TargetKind::Local { path } => {
+                    Arc::new(LocalTarget::new(name.clone(), path.clone()))
+                }
+                TargetKind::S3 { settings, .. } => {
+                    Arc::new(S3Target::new(name.clone(), (**settings).clone()).await)
+                }
             };
             targets.insert(name.clone(), target);
         }
@@ -50,7 +54,13 @@ impl Strata {
     pub fn job(&self, name: &str) -> Result<&JobConfig, RunError> {
         self.config.job(name).ok_or_else(|| RunError::UnknownJob {
             job: name.to_owned(),
-            known: self.config.jobs.keys().cloned().collect::<Vec<_>>().join(", "),
+            known: self
+                .config
+                .jobs
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
         })
     }
 

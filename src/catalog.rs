@@ -29,10 +29,17 @@ impl Entry {
 ///
 /// # Errors
 /// Listing the target failed.
-pub async fn list(target: &dyn Target, prefix: &str, job: &str) -> Result<Vec<Entry>, StorageError> {
+pub async fn list(
+    target: &dyn Target,
+    prefix: &str,
+    job: &str,
+) -> Result<Vec<Entry>, StorageError> {
     let objects = target.list(&job_prefix(prefix, job)).await?;
     let mut out = Vec::new();
-    for obj in objects.into_iter().filter(|o| o.key.ends_with(MANIFEST_SUFFIX)) {
+    for obj in objects
+        .into_iter()
+        .filter(|o| o.key.ends_with(MANIFEST_SUFFIX))
+    {
         let bytes = read_all(target, &obj.key).await?;
         match serde_json::from_slice::<Manifest>(&bytes) {
             Ok(manifest) if manifest.job == job => out.push(Entry {
@@ -40,7 +47,9 @@ pub async fn list(target: &dyn Target, prefix: &str, job: &str) -> Result<Vec<En
                 manifest,
             }),
             Ok(_) => {}
-            Err(e) => tracing::warn!(target_name = target.name(), key = %obj.key, error = %e, "skipping unreadable manifest"),
+            Err(e) => {
+                tracing::warn!(target_name = target.name(), key = %obj.key, error = %e, "skipping unreadable manifest")
+            }
         }
     }
     out.sort_by_key(Entry::started_at);

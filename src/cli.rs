@@ -20,7 +20,13 @@ use crate::source::DbUrl;
 #[command(name = "strata", version, about)]
 pub struct Cli {
     /// Config file.
-    #[arg(short, long, global = true, env = "STRATA_CONFIG", default_value = "config.yaml")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "STRATA_CONFIG",
+        default_value = "config.yaml"
+    )]
     pub config: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -120,7 +126,10 @@ fn load(path: &std::path::Path) -> Result<Config, Failure> {
 }
 
 fn print_json<T: serde::Serialize>(value: &T) {
-    println!("{}", serde_json::to_string_pretty(value).expect("serialisable"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serialisable")
+    );
 }
 
 fn mib(bytes: u64) -> String {
@@ -131,7 +140,10 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Keygen { out } => {
             keys::generate(&out)?;
-            println!("wrote a new key to {} (mode 0600); keep a copy somewhere safe: without it no backup it encrypts can be restored", out.display());
+            println!(
+                "wrote a new key to {} (mode 0600); keep a copy somewhere safe: without it no backup it encrypts can be restored",
+                out.display()
+            );
             Ok(())
         }
         Command::Decrypt { key_file } => decrypt(&key_file),
@@ -147,7 +159,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Next { job, from, count } => {
             let config = load(&cli.config)?;
-            let job = config.job(&job).ok_or_else(|| Failure(2, format!("unknown job '{job}'")))?;
+            let job = config
+                .job(&job)
+                .ok_or_else(|| Failure(2, format!("unknown job '{job}'")))?;
             let schedule = job
                 .schedule
                 .as_ref()
@@ -200,12 +214,19 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             let job_cfg = strata.job(&job)?;
             let names = match target {
                 Some(t) if job_cfg.targets.contains(&t) => vec![t],
-                Some(t) => return Err(Failure(2, format!("target '{t}' is not one of job '{job}''s targets"))),
+                Some(t) => {
+                    return Err(Failure(
+                        2,
+                        format!("target '{t}' is not one of job '{job}''s targets"),
+                    ));
+                }
                 None => job_cfg.targets.clone(),
             };
             let mut rows = Vec::new();
             for name in names {
-                let entries = crate::catalog::list(strata.target(&name).as_ref(), strata.prefix(&name), &job).await?;
+                let entries =
+                    crate::catalog::list(strata.target(&name).as_ref(), strata.prefix(&name), &job)
+                        .await?;
                 for e in entries {
                     rows.push((name.clone(), e));
                 }
@@ -242,13 +263,20 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         } => {
             let into: DbUrl = into.parse()?;
             let strata = Strata::build(load(&cli.config)?).await;
-            let report = crate::restore::restore(&strata, &job, &backup, from.as_deref(), &into, replace).await?;
+            let report =
+                crate::restore::restore(&strata, &job, &backup, from.as_deref(), &into, replace)
+                    .await?;
             if json {
                 print_json(&report);
             } else {
                 println!(
                     "restored {} from {} into {}: {} tables, {} rows, verified, in {:.1} s",
-                    report.backup_id, report.target, report.database, report.tables, report.rows, report.seconds
+                    report.backup_id,
+                    report.target,
+                    report.database,
+                    report.tables,
+                    report.rows,
+                    report.seconds
                 );
             }
             Ok(())
@@ -275,7 +303,10 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             if report.ok() {
                 Ok(())
             } else {
-                Err(Failure(1, format!("verification of {} failed", report.backup_id)))
+                Err(Failure(
+                    1,
+                    format!("verification of {} failed", report.backup_id),
+                ))
             }
         }
     }

@@ -297,7 +297,7 @@ pub enum TargetKind {
         path: PathBuf,
     },
     S3 {
-        settings: crate::storage::s3::S3Settings,
+        settings: Box<crate::storage::s3::S3Settings>,
         lifecycle: Vec<LifecycleRule>,
         object_lock: Option<ObjectLock>,
         manage_lifecycle: bool,
@@ -402,22 +402,28 @@ impl Config {
     ///
     /// # Errors
     /// Every problem found, with key paths.
-    pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let invalid = |problems| ConfigError::Invalid {
             path: path.to_owned(),
             problems,
         };
         let mut problems = Problems::default();
-        let mut tree: Value = serde_yaml::from_str(text).map_err(|e| invalid(vec![format!("not valid YAML: {e}")]))?;
+        let mut tree: Value = serde_yaml::from_str(text)
+            .map_err(|e| invalid(vec![format!("not valid YAML: {e}")]))?;
         if tree.is_null() {
             return Err(invalid(vec!["the file is empty".into()]));
         }
         substitute(&mut tree, "", env, &mut problems);
         let mut unknown = Vec::new();
-        let raw: Result<RawConfig, _> = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
-            tree,
-            &mut |p: serde_ignored::Path<'_>| unknown.push(p.to_string()),
-        ));
+        let raw: Result<RawConfig, _> = serde_path_to_error::deserialize(
+            serde_ignored::Deserializer::new(tree, &mut |p: serde_ignored::Path<'_>| {
+                unknown.push(p.to_string())
+            }),
+        );
         for key in unknown {
             problems.add(key, "unknown key");
         }
@@ -425,7 +431,10 @@ impl Config {
             Ok(raw) => raw,
             Err(e) => {
                 let at = e.path().to_string();
-                problems.add(if at == "." { "(top level)".into() } else { at }, e.into_inner());
+                problems.add(
+                    if at == "." { "(top level)".into() } else { at },
+                    e.into_inner(),
+                );
                 return Err(invalid(problems.0));
             }
         };
@@ -444,11 +453,21 @@ impl Config {
 }
 
 /// Replaces `${VAR}` and `${VAR:-default}` in every string value of the tree.
-fn substitute(v: &mut Value, path: &str, env: &dyn Fn(&str) -> Option<String>, problems: &mut Problems) {
+fn substitute(
+    v: &mut Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) {
     match v {
         Value::String(s) => match expand(s, env) {
             Ok(out) => *s = out,
-            Err(var) => problems.add(path, format!("environment variable {var} is not set (use ${{{var}:-default}} for a default)")),
+            Err(var) => problems.add(
+                path,
+                format!(
+                    "environment variable {var} is not set (use ${{{var}:-default}} for a default)"
+                ),
+            ),
         },
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {
@@ -458,7 +477,11 @@ fn substitute(v: &mut Value, path: &str, env: &dyn Fn(&str) -> Option<String>, p
         Value::Mapping(map) => {
             for (k, item) in map.iter_mut() {
                 let key = k.as_str().map_or_else(|| format!("{k:?}"), str::to_owned);
-                let child = if path.is_empty() { key } else { format!("{path}.{key}") };
+                let child = if path.is_empty() {
+                    key
+                } else {
+                    format!("{path}.{key}")
+                };
                 substitute(item, &child, env, problems);
             }
         }
@@ -472,14 +495,19 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Strin
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {
-        let Some(len) = rest[start..].find('}') else { break };
+        let Some(len) = rest[start..].find('}') else {
+            break;
+        };
         out.push_str(&rest[..start]);
         let inner = &rest[start + 2..start + len];
         let (name, default) = match inner.split_once(":-") {
             Some((n, d)) => (n, Some(d)),
             None => (inner, None),
         };
-        match (env(name).filter(|v| !v.is_empty() || default.is_none()), default) {
+        match (
+            env(name).filter(|v| !v.is_empty() || default.is_none()),
+            default,
+        ) {
             (Some(value), _) => out.push_str(&value),
             (None, Some(d)) => out.push_str(d),
             (None, None) => return Err(name.to_owned()),
@@ -511,7 +539,13 @@ fn check_class(class: &str, path: &str, problems: &mut Problems) -> bool {
     if STORAGE_CLASSES.contains(&class) || OTHER_CLASSES.contains(&class) {
         true
     } else {
-        problems.add(path, format!("unknown storage class '{class}' (expected one of {})", STORAGE_CLASSES.join(", ")));
+        problems.add(
+            path,
+            format!(
+                "unknown storage class '{class}' (expected one of {})",
+                STORAGE_CLASSES.join(", ")
+            ),
+        );
         false
     }
 }
@@ -527,14 +561,27 @@ fn db_url(text: &str, at: &str, problems: &mut Problems) -> Option<DbUrl> {
 }
 
 fn cron(text: &str, at: &str, problems: &mut Problems) -> Option<CronSchedule> {
-    CronSchedule::parse(text).map_err(|e| problems.add(at, e)).ok()
+    CronSchedule::parse(text)
+        .map_err(|e| problems.add(at, e))
+        .ok()
 }
 
 fn validate(raw: RawConfig, path: &Path, p: &mut Problems) -> Option<Config> {
-    let timezone = match raw.timezone.as_deref().unwrap_or("UTC").parse::<chrono_tz::Tz>() {
+    let timezone = match raw
+        .timezone
+        .as_deref()
+        .unwrap_or("UTC")
+        .parse::<chrono_tz::Tz>()
+    {
         Ok(tz) => Some(tz),
         Err(_) => {
-            p.add("timezone", format!("unknown time zone '{}' (use an IANA name such as America/New_York)", raw.timezone.unwrap_or_default()));
+            p.add(
+                "timezone",
+                format!(
+                    "unknown time zone '{}' (use an IANA name such as America/New_York)",
+                    raw.timezone.unwrap_or_default()
+                ),
+            );
             None
         }
     };
@@ -544,7 +591,10 @@ fn validate(raw: RawConfig, path: &Path, p: &mut Problems) -> Option<Config> {
             .parse::<SocketAddr>()
             .map_err(|_| p.add("http.listen", format!("'{listen}' is not an address:port")))
             .ok();
-        for (key, file) in [("http.token_file", &h.token_file), ("http.admin_token_file", &h.admin_token_file)] {
+        for (key, file) in [
+            ("http.token_file", &h.token_file),
+            ("http.admin_token_file", &h.admin_token_file),
+        ] {
             if let Some(f) = file {
                 existing_file(f, key, p);
             }
@@ -555,7 +605,9 @@ fn validate(raw: RawConfig, path: &Path, p: &mut Problems) -> Option<Config> {
             admin_token_file: h.admin_token_file,
         })
     });
-    let state_url = raw.state.and_then(|s| db_url(&s.database_url, "state.database_url", p));
+    let state_url = raw
+        .state
+        .and_then(|s| db_url(&s.database_url, "state.database_url", p));
     let encryption = raw.encryption.and_then(|e| validate_encryption(e, p));
     let mut pricing: BTreeMap<String, f64> = [
         ("STANDARD", 0.023),
@@ -576,11 +628,16 @@ fn validate(raw: RawConfig, path: &Path, p: &mut Problems) -> Option<Config> {
             }
         }
     }
-    let alerts = raw.alerts.map_or_else(AlertsConfig::default, |a| validate_alerts(a, p));
+    let alerts = raw
+        .alerts
+        .map_or_else(AlertsConfig::default, |a| validate_alerts(a, p));
     let mut targets = BTreeMap::new();
     for (name, t) in raw.targets {
         if !valid_name(&name) {
-            p.add(format!("targets.{name}"), "target names use lowercase letters, digits, - and _");
+            p.add(
+                format!("targets.{name}"),
+                "target names use lowercase letters, digits, - and _",
+            );
         }
         if let Some(t) = validate_target(&name, t, p) {
             targets.insert(name, t);
@@ -611,11 +668,17 @@ fn validate(raw: RawConfig, path: &Path, p: &mut Problems) -> Option<Config> {
 
 fn validate_encryption(e: RawEncryption, p: &mut Problems) -> Option<EncryptionConfig> {
     let chunk_size = e.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
-    if chunk_size < 1024 || chunk_size > MAX_CHUNK_SIZE {
-        p.add("encryption.chunk_size", format!("must be between 1024 and {MAX_CHUNK_SIZE}"));
+    if !(1024..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+        p.add(
+            "encryption.chunk_size",
+            format!("must be between 1024 and {MAX_CHUNK_SIZE}"),
+        );
     }
     if e.keys.is_empty() {
-        p.add("encryption.keys", "at least one key is required (create one with `strata keygen --out FILE`)");
+        p.add(
+            "encryption.keys",
+            "at least one key is required (create one with `strata keygen --out FILE`)",
+        );
     }
     let mut loaded = Vec::new();
     for (id, file) in &e.keys {
@@ -630,7 +693,10 @@ fn validate_encryption(e: RawEncryption, p: &mut Problems) -> Option<EncryptionC
         }
     }
     if !e.keys.contains_key(&e.active) {
-        p.add("encryption.active", format!("'{}' is not one of encryption.keys", e.active));
+        p.add(
+            "encryption.active",
+            format!("'{}' is not one of encryption.keys", e.active),
+        );
         return None;
     }
     let keyring = Keyring::new(&e.active, loaded)?;
@@ -644,14 +710,21 @@ fn validate_alerts(a: RawAlerts, p: &mut Problems) -> AlertsConfig {
     let mut out = AlertsConfig::default();
     if let Some(email) = a.email {
         if !(email.smtp_url.starts_with("smtp://") || email.smtp_url.starts_with("smtps://")) {
-            p.add("alerts.email.smtp_url", "must start with smtp:// or smtps://");
+            p.add(
+                "alerts.email.smtp_url",
+                "must start with smtp:// or smtps://",
+            );
         }
         if email.to.is_empty() {
             p.add("alerts.email.to", "at least one recipient is required");
         }
         for (i, addr) in email.to.iter().chain([&email.from]).enumerate() {
             if !addr.contains('@') {
-                let at = if i < email.to.len() { format!("alerts.email.to[{i}]") } else { "alerts.email.from".into() };
+                let at = if i < email.to.len() {
+                    format!("alerts.email.to[{i}]")
+                } else {
+                    "alerts.email.from".into()
+                };
                 p.add(at, format!("'{addr}' is not an email address"));
             }
         }
@@ -675,7 +748,10 @@ fn validate_alerts(a: RawAlerts, p: &mut Problems) -> AlertsConfig {
         if r.is_finite() && r > 0.0 {
             out.size_change_ratio = r;
         } else {
-            p.add("alerts.size_change_ratio", "must be a positive number (0.5 = 50%)");
+            p.add(
+                "alerts.size_change_ratio",
+                "must be a positive number (0.5 = 50%)",
+            );
         }
     }
     if let Some(c) = a.monthly_cost_usd {
@@ -696,7 +772,12 @@ fn validate_alerts(a: RawAlerts, p: &mut Problems) -> AlertsConfig {
 
 fn validate_target(name: &str, t: RawTarget, p: &mut Problems) -> Option<TargetConfig> {
     let at = |key: &str| format!("targets.{name}.{key}");
-    let prefix = t.prefix.clone().unwrap_or_default().trim_matches('/').to_owned();
+    let prefix = t
+        .prefix
+        .clone()
+        .unwrap_or_default()
+        .trim_matches('/')
+        .to_owned();
     let offsite = t.offsite.unwrap_or(false);
     match t.kind.as_str() {
         "local" => {
@@ -739,9 +820,15 @@ fn validate_target(name: &str, t: RawTarget, p: &mut Problems) -> Option<TargetC
                 return None;
             };
             if !valid_bucket(&bucket) {
-                p.add(at("bucket"), format!("'{bucket}' is not a valid S3 bucket name"));
+                p.add(
+                    at("bucket"),
+                    format!("'{bucket}' is not a valid S3 bucket name"),
+                );
             }
-            let mut settings = crate::storage::s3::S3Settings::new(bucket, t.region.unwrap_or_else(|| "us-east-1".into()));
+            let mut settings = crate::storage::s3::S3Settings::new(
+                bucket,
+                t.region.unwrap_or_else(|| "us-east-1".into()),
+            );
             settings.endpoint = t.endpoint.filter(|e| !e.is_empty());
             if let Some(e) = &settings.endpoint {
                 if !(e.starts_with("http://") || e.starts_with("https://")) {
@@ -754,7 +841,10 @@ fn validate_target(name: &str, t: RawTarget, p: &mut Problems) -> Option<TargetC
                 Some("aws:kms") => Some("aws:kms".into()),
                 Some("none") => None,
                 Some(other) => {
-                    p.add(at("server_side_encryption"), format!("'{other}' is not AES256, aws:kms or none"));
+                    p.add(
+                        at("server_side_encryption"),
+                        format!("'{other}' is not AES256, aws:kms or none"),
+                    );
                     None
                 }
             };
@@ -778,21 +868,27 @@ fn validate_target(name: &str, t: RawTarget, p: &mut Problems) -> Option<TargetC
                 }
             }
             let lifecycle = validate_lifecycle(name, t.lifecycle.unwrap_or_default(), p);
-            let object_lock = t.object_lock.and_then(|l| {
+            let object_lock = t.object_lock.map(|l| {
                 if !matches!(l.mode.as_str(), "GOVERNANCE" | "COMPLIANCE") {
-                    p.add(at("object_lock.mode"), format!("'{}' is not GOVERNANCE or COMPLIANCE", l.mode));
+                    p.add(
+                        at("object_lock.mode"),
+                        format!("'{}' is not GOVERNANCE or COMPLIANCE", l.mode),
+                    );
                 }
                 if l.days == 0 {
                     p.add(at("object_lock.days"), "must be at least 1");
                 }
-                Some(ObjectLock { mode: l.mode, days: l.days })
+                ObjectLock {
+                    mode: l.mode,
+                    days: l.days,
+                }
             });
             Some(TargetConfig {
                 name: name.to_owned(),
                 prefix,
                 offsite,
                 kind: TargetKind::S3 {
-                    settings,
+                    settings: Box::new(settings),
                     lifecycle,
                     object_lock,
                     manage_lifecycle: t.manage_lifecycle.unwrap_or(false),
@@ -800,13 +896,20 @@ fn validate_target(name: &str, t: RawTarget, p: &mut Problems) -> Option<TargetC
             })
         }
         other => {
-            p.add(at("kind"), format!("unknown kind '{other}' (expected local or s3)"));
+            p.add(
+                at("kind"),
+                format!("unknown kind '{other}' (expected local or s3)"),
+            );
             None
         }
     }
 }
 
-fn validate_lifecycle(target: &str, rules: Vec<RawLifecycleRule>, p: &mut Problems) -> Vec<LifecycleRule> {
+fn validate_lifecycle(
+    target: &str,
+    rules: Vec<RawLifecycleRule>,
+    p: &mut Problems,
+) -> Vec<LifecycleRule> {
     let mut out = Vec::new();
     let mut last_day = 0;
     let count = rules.len();
@@ -819,13 +922,19 @@ fn validate_lifecycle(target: &str, rules: Vec<RawLifecycleRule>, p: &mut Proble
         match (r.storage_class, r.expire.unwrap_or(false)) {
             (Some(class), false) => {
                 check_class(&class, &format!("{at}.storage_class"), p);
-                out.push(LifecycleRule { after_days: r.after_days, storage_class: Some(class) });
+                out.push(LifecycleRule {
+                    after_days: r.after_days,
+                    storage_class: Some(class),
+                });
             }
             (None, true) => {
                 if i + 1 != count {
                     p.add(&at, "the expire rule must be the last one");
                 }
-                out.push(LifecycleRule { after_days: r.after_days, storage_class: None });
+                out.push(LifecycleRule {
+                    after_days: r.after_days,
+                    storage_class: None,
+                });
             }
             _ => p.add(&at, "give either storage_class or expire: true"),
         }
@@ -842,15 +951,26 @@ fn validate_job(
 ) -> Option<JobConfig> {
     let at = |key: &str| format!("jobs.{name}.{key}");
     if !valid_name(name) {
-        p.add(format!("jobs.{name}"), "job names use lowercase letters, digits, - and _");
+        p.add(
+            format!("jobs.{name}"),
+            "job names use lowercase letters, digits, - and _",
+        );
     }
     let database_url = db_url(&j.database_url, &at("database_url"), p);
-    let schedule = j.schedule.as_deref().and_then(|s| cron(s, &at("schedule"), p));
+    let schedule = j
+        .schedule
+        .as_deref()
+        .and_then(|s| cron(s, &at("schedule"), p));
     let file_prefix = j.file_prefix.unwrap_or_else(|| name.to_owned());
     if !valid_name(&file_prefix) {
         p.add(at("file_prefix"), "use lowercase letters, digits, - and _");
     }
-    let compression = match j.compression.as_deref().unwrap_or("gzip:6").parse::<Compression>() {
+    let compression = match j
+        .compression
+        .as_deref()
+        .unwrap_or("gzip:6")
+        .parse::<Compression>()
+    {
         Ok(c) => Some(c),
         Err(e) => {
             p.add(at("compression"), e);
@@ -863,7 +983,10 @@ fn validate_job(
     for (i, t) in j.targets.iter().enumerate() {
         if !targets.contains_key(t) {
             let known = targets.keys().cloned().collect::<Vec<_>>().join(", ");
-            p.add(format!("jobs.{name}.targets[{i}]"), format!("unknown target '{t}' (known: {known})"));
+            p.add(
+                format!("jobs.{name}.targets[{i}]"),
+                format!("unknown target '{t}' (known: {known})"),
+            );
         }
     }
     let r = j.retention.unwrap_or_default();
@@ -891,37 +1014,67 @@ fn validate_job(
         "automatic" => Some(PruneMode::Automatic),
         "approval" => Some(PruneMode::Approval),
         other => {
-            p.add(at("prune"), format!("'{other}' is not automatic or approval"));
+            p.add(
+                at("prune"),
+                format!("'{other}' is not automatic or approval"),
+            );
             None
         }
     };
     let verify = match j.verify {
-        None => Some(VerifyConfig { restore_test: None, restore_into: None, read_back: ReadBack::Never, sql: Vec::new() }),
+        None => Some(VerifyConfig {
+            restore_test: None,
+            restore_into: None,
+            read_back: ReadBack::Never,
+            sql: Vec::new(),
+        }),
         Some(v) => {
-            let restore_test = v.restore_test.as_deref().and_then(|s| cron(s, &at("verify.restore_test"), p));
-            let restore_into = v.restore_into.as_deref().filter(|s| !s.is_empty()).and_then(|s| db_url(s, &at("verify.restore_into"), p));
+            let restore_test = v
+                .restore_test
+                .as_deref()
+                .and_then(|s| cron(s, &at("verify.restore_test"), p));
+            let restore_into = v
+                .restore_into
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .and_then(|s| db_url(s, &at("verify.restore_into"), p));
             if restore_test.is_some() && restore_into.is_none() {
-                p.add(at("verify.restore_into"), "required when verify.restore_test is set");
+                p.add(
+                    at("verify.restore_into"),
+                    "required when verify.restore_test is set",
+                );
             }
             let read_back = match v.read_back.as_deref().unwrap_or("never") {
                 "always" => Some(ReadBack::Always),
                 "weekly" => Some(ReadBack::Weekly),
                 "never" => Some(ReadBack::Never),
                 other => {
-                    p.add(at("verify.read_back"), format!("'{other}' is not always, weekly or never"));
+                    p.add(
+                        at("verify.read_back"),
+                        format!("'{other}' is not always, weekly or never"),
+                    );
                     None
                 }
             };
-            read_back.map(|read_back| VerifyConfig { restore_test, restore_into, read_back, sql: v.sql })
+            read_back.map(|read_back| VerifyConfig {
+                restore_test,
+                restore_into,
+                read_back,
+                sql: v.sql,
+            })
         }
     };
-    let refresh = j.refresh.and_then(|r| {
+    let refresh = j.refresh.map(|r| {
         if r.from == name {
             p.add(at("refresh.from"), "a job cannot refresh from itself");
         } else if !jobs.contains(&r.from) {
             p.add(at("refresh.from"), format!("unknown job '{}'", r.from));
         }
-        Some(RefreshConfig { from: r.from, trim_sql: r.trim_sql, mask_sql: r.mask_sql })
+        RefreshConfig {
+            from: r.from,
+            trim_sql: r.trim_sql,
+            mask_sql: r.mask_sql,
+        }
     });
     Some(JobConfig {
         name: name.to_owned(),
@@ -987,7 +1140,10 @@ jobs:\n  app:\n    database_url: postgres://localhost/app\n    schedule: \"61 3 
             "jobs.app.compression: gzip level 11",
             "jobs.app.targets[1]: unknown target 'nowhere'",
         ] {
-            assert!(joined.contains(expected), "missing {expected:?} in\n{joined}");
+            assert!(
+                joined.contains(expected),
+                "missing {expected:?} in\n{joined}"
+            );
         }
         assert_eq!(p.len(), 6, "{joined}");
     }
@@ -996,32 +1152,61 @@ jobs:\n  app:\n    database_url: postgres://localhost/app\n    schedule: \"61 3 
     fn environment_values_are_substituted_inside_strings() {
         let text = "targets:\n  local: { kind: local, path: \"/b/${SET}/${UNSET:-dflt}\" }\njobs:\n  app: { database_url: \"${DB}\", targets: [local] }\n";
         let c = parse(text).unwrap();
-        let TargetKind::Local { path } = &c.targets["local"].kind else { panic!() };
+        let TargetKind::Local { path } = &c.targets["local"].kind else {
+            panic!()
+        };
         assert_eq!(path, Path::new("/b/from-env/dflt"));
-        assert_eq!(c.job("app").unwrap().database_url.to_string(), "postgres://u@h:5432/db");
-        let p = problems("targets:\n  local: { kind: local, path: \"${MISSING}\" }\njobs:\n  app: { database_url: postgres://x/y, targets: [local] }\n");
-        assert_eq!(p, vec!["targets.local.path: environment variable MISSING is not set (use ${MISSING:-default} for a default)"]);
+        assert_eq!(
+            c.job("app").unwrap().database_url.to_string(),
+            "postgres://u@h:5432/db"
+        );
+        let p = problems(
+            "targets:\n  local: { kind: local, path: \"${MISSING}\" }\njobs:\n  app: { database_url: postgres://x/y, targets: [local] }\n",
+        );
+        assert_eq!(
+            p,
+            vec![
+                "targets.local.path: environment variable MISSING is not set (use ${MISSING:-default} for a default)"
+            ]
+        );
     }
 
     #[test]
     fn missing_key_files_are_reported() {
-        let text = format!("encryption: {{ active: k1, keys: {{ k1: /nonexistent/k1.key }} }}\n{MINIMAL}");
+        let text =
+            format!("encryption: {{ active: k1, keys: {{ k1: /nonexistent/k1.key }} }}\n{MINIMAL}");
         let p = problems(&text);
-        assert!(p[0].starts_with("encryption.keys.k1: key file /nonexistent/k1.key"), "{p:?}");
+        assert!(
+            p[0].starts_with("encryption.keys.k1: key file /nonexistent/k1.key"),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn kind_specific_keys_are_checked() {
-        let p = problems("targets:\n  local: { kind: local, path: /x, bucket: b }\n  s3: { kind: s3, bucket: A_B }\n  odd: { kind: ftp }\njobs:\n  app: { database_url: postgres://x/y, targets: [local] }\n");
+        let p = problems(
+            "targets:\n  local: { kind: local, path: /x, bucket: b }\n  s3: { kind: s3, bucket: A_B }\n  odd: { kind: ftp }\njobs:\n  app: { database_url: postgres://x/y, targets: [local] }\n",
+        );
         let joined = p.join("\n");
-        assert!(joined.contains("targets.local.bucket: only valid for kind: s3"), "{joined}");
-        assert!(joined.contains("targets.s3.bucket: 'A_B' is not a valid S3 bucket name"), "{joined}");
-        assert!(joined.contains("targets.odd.kind: unknown kind 'ftp'"), "{joined}");
+        assert!(
+            joined.contains("targets.local.bucket: only valid for kind: s3"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("targets.s3.bucket: 'A_B' is not a valid S3 bucket name"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("targets.odd.kind: unknown kind 'ftp'"),
+            "{joined}"
+        );
     }
 
     #[test]
     fn passwords_do_not_appear_in_problems() {
-        let p = problems("targets:\n  local: { kind: local, path: /x }\njobs:\n  app: { database_url: \"postgres://u:hunter2-canary@h/db?nonsense=1\", targets: [local] }\n");
+        let p = problems(
+            "targets:\n  local: { kind: local, path: /x }\njobs:\n  app: { database_url: \"postgres://u:hunter2-canary@h/db?nonsense=1\", targets: [local] }\n",
+        );
         assert!(!p.join("\n").contains("hunter2"), "{p:?}");
     }
 }

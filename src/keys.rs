@@ -81,11 +81,9 @@ impl MasterKey {
             });
         }
         let text = fs::read_to_string(path).map_err(io)?;
-        let decoded = B64
-            .decode(text.trim())
-            .map_err(|_| KeyError::Malformed {
-                path: path.to_owned(),
-            })?;
+        let decoded = B64.decode(text.trim()).map_err(|_| KeyError::Malformed {
+            path: path.to_owned(),
+        })?;
         let bytes: [u8; KEY_LEN] = decoded.try_into().map_err(|_| KeyError::Malformed {
             path: path.to_owned(),
         })?;
@@ -185,7 +183,10 @@ mod tests {
         generate(&path).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let err = MasterKey::load("k", &path).unwrap_err();
-        assert!(matches!(err, KeyError::Permissions { mode: 0o644, .. }), "{err}");
+        assert!(
+            matches!(err, KeyError::Permissions { mode: 0o644, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("chmod 600"));
     }
 

@@ -113,7 +113,12 @@ impl Layout {
             started.minute(),
             started.second()
         );
-        let date = format!("{:04}/{:02}/{:02}", started.year(), started.month(), started.day());
+        let date = format!(
+            "{:04}/{:02}/{:02}",
+            started.year(),
+            started.month(),
+            started.day()
+        );
         let dir = [prefix, job, &date]
             .iter()
             .filter(|s| !s.is_empty())
@@ -162,11 +167,36 @@ mod tests {
     fn layout_matches_the_strategy_seed() {
         let tz = chrono_tz::America::New_York;
         let started = tz.with_ymd_and_hms(2025, 1, 1, 3, 0, 0).unwrap();
-        let l = Layout::new("database-backups", "production", "prod", &started, DumpFormat::Plain, Compression::Gzip(6), false);
-        assert_eq!(l.object_key(), "database-backups/production/2025/01/01/prod_backup_20250101_030000.sql.gz");
-        assert_eq!(l.manifest_key(), "database-backups/production/2025/01/01/prod_backup_20250101_030000.manifest.json");
-        let enc = Layout::new("", "development", "dev", &started, DumpFormat::Custom, Compression::Zstd(3), true);
-        assert_eq!(enc.object_key(), "development/2025/01/01/dev_backup_20250101_030000.dump.zst.enc");
+        let l = Layout::new(
+            "database-backups",
+            "production",
+            "prod",
+            &started,
+            DumpFormat::Plain,
+            Compression::Gzip(6),
+            false,
+        );
+        assert_eq!(
+            l.object_key(),
+            "database-backups/production/2025/01/01/prod_backup_20250101_030000.sql.gz"
+        );
+        assert_eq!(
+            l.manifest_key(),
+            "database-backups/production/2025/01/01/prod_backup_20250101_030000.manifest.json"
+        );
+        let enc = Layout::new(
+            "",
+            "development",
+            "dev",
+            &started,
+            DumpFormat::Custom,
+            Compression::Zstd(3),
+            true,
+        );
+        assert_eq!(
+            enc.object_key(),
+            "development/2025/01/01/dev_backup_20250101_030000.dump.zst.enc"
+        );
         assert_eq!(enc.backup_id, "dev_backup_20250101_030000");
     }
 
@@ -175,7 +205,18 @@ mod tests {
         // 08:00 UTC on 1 July is 04:00 in New York (EDT).
         let utc = Utc.with_ymd_and_hms(2025, 7, 1, 8, 0, 0).unwrap();
         let local = utc.with_timezone(&chrono_tz::America::New_York);
-        let l = Layout::new("p", "j", "dev", &local, DumpFormat::Plain, Compression::None, true);
-        assert_eq!(l.object_key(), "p/j/2025/07/01/dev_backup_20250701_040000.sql.enc");
+        let l = Layout::new(
+            "p",
+            "j",
+            "dev",
+            &local,
+            DumpFormat::Plain,
+            Compression::None,
+            true,
+        );
+        assert_eq!(
+            l.object_key(),
+            "p/j/2025/07/01/dev_backup_20250701_040000.sql.enc"
+        );
     }
 }

@@ -36,7 +36,11 @@ pub enum RestoreError {
     #[error("backup verification failed: {0}")]
     Verify(#[from] VerifyError),
     #[error("no backup '{which}' of job '{job}' on {searched}")]
-    NotFound { job: String, which: String, searched: String },
+    NotFound {
+        job: String,
+        which: String,
+        searched: String,
+    },
     #[error("target '{0}' is not one of this job's targets")]
     UnknownTarget(String),
     #[error(
@@ -67,7 +71,12 @@ pub struct RestoreReport {
 ///
 /// # Errors
 /// Unknown job or target, listing failures on every target, or no such backup.
-pub async fn find(strata: &Strata, job: &str, which: &str, from: Option<&str>) -> Result<(Arc<dyn Target>, Entry), RestoreError> {
+pub async fn find(
+    strata: &Strata,
+    job: &str,
+    which: &str,
+    from: Option<&str>,
+) -> Result<(Arc<dyn Target>, Entry), RestoreError> {
     let job = strata.job(job)?;
     let names: Vec<String> = match from {
         Some(t) if job.targets.iter().any(|n| n == t) => vec![t.to_owned()],
@@ -81,7 +90,10 @@ pub async fn find(strata: &Strata, job: &str, which: &str, from: Option<&str>) -
         match catalog::list(target.as_ref(), strata.prefix(name), &job.name).await {
             Ok(entries) => {
                 if let Some(e) = catalog::select(&entries, which) {
-                    if best.as_ref().is_none_or(|(_, b)| e.started_at() > b.started_at()) {
+                    if best
+                        .as_ref()
+                        .is_none_or(|(_, b)| e.started_at() > b.started_at())
+                    {
                         best = Some((target, e.clone()));
                     }
                 }
@@ -116,8 +128,15 @@ fn quote_literal(s: &str) -> String {
 /// # Errors
 /// Anything that stops the restore; the target database is then as it was (or does
 /// not exist, when strata created it).
-#[tracing::instrument(skip_all, fields(job, backup = which, into = %into), err)]
-pub async fn restore(strata: &Strata, job: &str, which: &str, from: Option<&str>, into: &DbUrl, replace: bool) -> Result<RestoreReport, RestoreError> {
+#[tracing::instrument(skip_all, fields(job, backup = which, into = %into))]
+pub async fn restore(
+    strata: &Strata,
+    job: &str,
+    which: &str,
+    from: Option<&str>,
+    into: &DbUrl,
+    replace: bool,
+) -> Result<RestoreReport, RestoreError> {
     let clock = Instant::now();
     let (target, entry) = find(strata, job, which, from).await?;
     let admin_url = into.with_dbname("postgres");
@@ -139,7 +158,11 @@ pub async fn restore(strata: &Strata, job: &str, which: &str, from: Option<&str>
         }
     }
     let scratch = if swap {
-        format!("{}_strata_{}", &name[..name.len().min(40)], &uuid::Uuid::new_v4().simple().to_string()[..8])
+        format!(
+            "{}_strata_{}",
+            &name[..name.len().min(40)],
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )
     } else {
         name.clone()
     };
@@ -159,7 +182,11 @@ pub async fn restore(strata: &Strata, job: &str, which: &str, from: Option<&str>
         return Err(e);
     }
     if swap {
-        let old = format!("{}_strata_old_{}", &name[..name.len().min(40)], &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let old = format!(
+            "{}_strata_old_{}",
+            &name[..name.len().min(40)],
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let sql = format!(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {lit} AND pid <> pg_backend_pid();\
              ALTER DATABASE {name} RENAME TO {old}; ALTER DATABASE {scratch} RENAME TO {name};",
@@ -185,7 +212,13 @@ pub async fn restore(strata: &Strata, job: &str, which: &str, from: Option<&str>
 }
 
 async fn drop_database(admin: &tokio_postgres::Client, url: &DbUrl, name: &str) {
-    if let Err(e) = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))).await {
+    if let Err(e) = admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(name)
+        ))
+        .await
+    {
         tracing::warn!(database = name, error = %url.query_error(&e), "could not drop database");
     }
 }
@@ -227,7 +260,12 @@ fn count_check_sql(entry: &Entry) -> String {
     sql
 }
 
-async fn restore_into(strata: &Strata, target: &dyn Target, entry: &Entry, dest: &DbUrl) -> Result<(), RestoreError> {
+async fn restore_into(
+    strata: &Strata,
+    target: &dyn Target,
+    entry: &Entry,
+    dest: &DbUrl,
+) -> Result<(), RestoreError> {
     let client = dest.connect().await?;
     let server = source::database_info(dest, &client).await?;
     let manifest = &entry.manifest;
@@ -238,11 +276,21 @@ async fn restore_into(strata: &Strata, target: &dyn Target, entry: &Entry, dest:
     let tool = source::find_tool(tool_name, &server).await?;
     let mut cmd = Command::new(&tool.path);
     match manifest.format {
-        DumpFormat::Plain => cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-"]),
-        DumpFormat::Custom => cmd.args(["--exit-on-error", "--single-transaction", "--no-password"]).arg(format!(
-            "--dbname=dbname='{}'",
-            dest.dbname().replace('\\', "\\\\").replace('\'', "\\'")
-        )),
+        DumpFormat::Plain => cmd.args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--single-transaction",
+            "-f",
+            "-",
+        ]),
+        DumpFormat::Custom => cmd
+            .args(["--exit-on-error", "--single-transaction", "--no-password"])
+            .arg(format!(
+                "--dbname=dbname='{}'",
+                dest.dbname().replace('\\', "\\\\").replace('\'', "\\'")
+            )),
     };
     for var in ["PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGOPTIONS"] {
         cmd.env_remove(var);
@@ -260,7 +308,15 @@ async fn restore_into(strata: &Strata, target: &dyn Target, entry: &Entry, dest:
     let mut stdin = child.stdin.take().expect("piped stdin");
 
     let stream = target.get(&entry.object_key()).await?;
-    let opened = restore_stream::open(stream, expected(entry), strata.config().encryption.as_ref().map(|e| e.keyring.clone()))?;
+    let opened = restore_stream::open(
+        stream,
+        expected(entry),
+        strata
+            .config()
+            .encryption
+            .as_ref()
+            .map(|e| e.keyring.clone()),
+    )?;
     let mut reader = BufReader::with_capacity(COPY_BUF, opened.reader);
     let copied = tokio::io::copy_buf(&mut reader, &mut stdin).await;
     let checked = opened.check.await.expect("verify task panicked");
@@ -318,7 +374,11 @@ async fn restore_into(strata: &Strata, target: &dyn Target, entry: &Entry, dest:
     Ok(())
 }
 
-async fn check_counts(url: &DbUrl, client: &tokio_postgres::Client, entry: &Entry) -> Result<(), RestoreError> {
+async fn check_counts(
+    url: &DbUrl,
+    client: &tokio_postgres::Client,
+    entry: &Entry,
+) -> Result<(), RestoreError> {
     let mut wrong = Vec::new();
     for (table, expected) in &entry.manifest.tables {
         let n: i64 = client
@@ -349,7 +409,8 @@ pub struct VerifyReport {
 impl VerifyReport {
     /// Every check passed.
     pub fn ok(&self) -> bool {
-        self.targets.iter().all(|(_, r)| r == "ok") && self.restore.as_deref().is_none_or(|r| r == "ok")
+        self.targets.iter().all(|(_, r)| r == "ok")
+            && self.restore.as_deref().is_none_or(|r| r == "ok")
     }
 }
 
@@ -359,21 +420,32 @@ impl VerifyReport {
 ///
 /// # Errors
 /// The backup cannot be found; individual check failures are in the report.
-pub async fn verify(strata: &Strata, job: &str, which: &str, restore_into: Option<&DbUrl>) -> Result<VerifyReport, RestoreError> {
+pub async fn verify(
+    strata: &Strata,
+    job: &str,
+    which: &str,
+    restore_into: Option<&DbUrl>,
+) -> Result<VerifyReport, RestoreError> {
     let (_, entry) = find(strata, job, which, None).await?;
     let mut targets = Vec::new();
     for record in &entry.manifest.targets {
-        if strata.config().targets.get(&record.target).is_none() {
+        if !strata.config().targets.contains_key(&record.target) {
             continue;
         }
         let target = strata.target(&record.target);
         let result = read_back(strata, target.as_ref(), &entry).await;
-        targets.push((record.target.clone(), result.map_or_else(|e| e.to_string(), |()| "ok".into())));
+        targets.push((
+            record.target.clone(),
+            result.map_or_else(|e| e.to_string(), |()| "ok".into()),
+        ));
     }
     let restore = match restore_into {
         None => None,
         Some(server) => {
-            let scratch = format!("strata_verify_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            let scratch = format!(
+                "strata_verify_{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            );
             let dest = server.with_dbname(&scratch);
             let result = restore(strata, job, &entry.manifest.backup_id, None, &dest, false).await;
             if result.is_ok() {
@@ -392,9 +464,21 @@ pub async fn verify(strata: &Strata, job: &str, which: &str, restore_into: Optio
     })
 }
 
-async fn read_back(strata: &Strata, target: &dyn Target, entry: &Entry) -> Result<(), RestoreError> {
+async fn read_back(
+    strata: &Strata,
+    target: &dyn Target,
+    entry: &Entry,
+) -> Result<(), RestoreError> {
     let stream = target.get(&entry.object_key()).await?;
-    let opened = restore_stream::open(stream, expected(entry), strata.config().encryption.as_ref().map(|e| e.keyring.clone()))?;
+    let opened = restore_stream::open(
+        stream,
+        expected(entry),
+        strata
+            .config()
+            .encryption
+            .as_ref()
+            .map(|e| e.keyring.clone()),
+    )?;
     let mut reader = BufReader::with_capacity(COPY_BUF, opened.reader);
     let copied = tokio::io::copy_buf(&mut reader, &mut tokio::io::sink()).await;
     opened.check.await.expect("verify task panicked")?;

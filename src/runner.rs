@@ -52,8 +52,12 @@ impl BackupReport {
 /// # Errors
 /// The dump could not be taken or no target holds the result. A backup that
 /// reached only some targets is a report with `failed` entries, not an error.
-#[tracing::instrument(skip_all, fields(job = job_name), err)]
-pub async fn backup(strata: &Strata, job_name: &str, now: DateTime<Utc>) -> Result<BackupReport, RunError> {
+#[tracing::instrument(skip_all, fields(job = job_name, backup_id))]
+pub async fn backup(
+    strata: &Strata,
+    job_name: &str,
+    now: DateTime<Utc>,
+) -> Result<BackupReport, RunError> {
     let clock = Instant::now();
     let job = strata.job(job_name)?;
     let config = strata.config();
@@ -64,7 +68,15 @@ pub async fn backup(strata: &Strata, job_name: &str, now: DateTime<Utc>) -> Resu
         .iter()
         .map(|name| {
             let t = &config.targets[name];
-            let layout = Layout::new(&t.prefix, &job.name, &job.file_prefix, &local, job.format, job.compression, encryption.is_some());
+            let layout = Layout::new(
+                &t.prefix,
+                &job.name,
+                &job.file_prefix,
+                &local,
+                job.format,
+                job.compression,
+                encryption.is_some(),
+            );
             (strata.target(name), layout)
         })
         .collect();
@@ -124,7 +136,13 @@ pub async fn backup(strata: &Strata, job_name: &str, now: DateTime<Utc>) -> Resu
         }
     };
     let ((streamed, uploads), counts) = tokio::join!(
-        pipeline::backup_stream(&mut dump, job.compression, encryptor, job.format == DumpFormat::Plain, uploads),
+        pipeline::backup_stream(
+            &mut dump,
+            job.compression,
+            encryptor,
+            job.format == DumpFormat::Plain,
+            uploads
+        ),
         counts
     );
     let streamed = match streamed {
@@ -150,18 +168,23 @@ pub async fn backup(strata: &Strata, job_name: &str, now: DateTime<Utc>) -> Resu
         }
     };
 
-    let completions = futures::future::join_all(uploads.into_iter().map(|(name, upload)| async move {
-        match upload {
-            Ok(u) => (name, u.complete().await),
-            Err(e) => (name, Err(e)),
-        }
-    }))
-    .await;
+    let completions =
+        futures::future::join_all(uploads.into_iter().map(|(name, upload)| async move {
+            match upload {
+                Ok(u) => (name, u.complete().await),
+                Err(e) => (name, Err(e)),
+            }
+        }))
+        .await;
     let mut records = Vec::new();
     for (name, result) in completions {
         match result {
             Ok(put) => {
-                let layout = &plan.iter().find(|(t, _)| t.name() == name).expect("planned target").1;
+                let layout = &plan
+                    .iter()
+                    .find(|(t, _)| t.name() == name)
+                    .expect("planned target")
+                    .1;
                 records.push(TargetRecord {
                     target: name,
                     key: layout.object_key(),
@@ -201,10 +224,14 @@ pub async fn backup(strata: &Strata, job_name: &str, now: DateTime<Utc>) -> Resu
         targets: records.clone(),
         verifications: Vec::new(),
     };
-    let json = bytes::Bytes::from(serde_json::to_vec_pretty(&manifest).expect("manifest serialises"));
+    let json =
+        bytes::Bytes::from(serde_json::to_vec_pretty(&manifest).expect("manifest serialises"));
     let mut written = 0;
     for record in &records {
-        let (target, layout) = plan.iter().find(|(t, _)| t.name() == record.target).expect("planned target");
+        let (target, layout) = plan
+            .iter()
+            .find(|(t, _)| t.name() == record.target)
+            .expect("planned target");
         match target.put_small(&layout.manifest_key(), json.clone()).await {
             Ok(_) => written += 1,
             Err(e) => {

@@ -135,7 +135,9 @@ mod tests {
             assert_eq!(text.parse::<Compression>().unwrap(), value);
         }
         assert_eq!(Compression::Gzip(6).to_string(), "gzip:6");
-        for bad in ["gzip:0", "gzip:10", "zstd:0", "zstd:23", "lz4", "gzip:x", "none:1"] {
+        for bad in [
+            "gzip:0", "gzip:10", "zstd:0", "zstd:23", "lz4", "gzip:x", "none:1",
+        ] {
             assert!(bad.parse::<Compression>().is_err(), "{bad} accepted");
         }
     }
@@ -143,8 +145,12 @@ mod tests {
     #[test]
     fn concatenated_gzip_members_decode_as_one_stream() {
         let mut out = Vec::new();
-        Compression::Gzip(6).compress_block(b"first block, ", &mut out).unwrap();
-        Compression::Gzip(6).compress_block(b"second block", &mut out).unwrap();
+        Compression::Gzip(6)
+            .compress_block(b"first block, ", &mut out)
+            .unwrap();
+        Compression::Gzip(6)
+            .compress_block(b"second block", &mut out)
+            .unwrap();
         let mut text = String::new();
         flate2::read::MultiGzDecoder::new(&out[..])
             .read_to_string(&mut text)
@@ -155,8 +161,12 @@ mod tests {
     #[test]
     fn concatenated_zstd_frames_decode_as_one_stream() {
         let mut out = Vec::new();
-        Compression::Zstd(3).compress_block(b"one ", &mut out).unwrap();
-        Compression::Zstd(3).compress_block(b"two", &mut out).unwrap();
+        Compression::Zstd(3)
+            .compress_block(b"one ", &mut out)
+            .unwrap();
+        Compression::Zstd(3)
+            .compress_block(b"two", &mut out)
+            .unwrap();
         assert_eq!(zstd::decode_all(&out[..]).unwrap(), b"one two");
     }
 }

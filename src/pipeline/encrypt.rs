@@ -251,7 +251,7 @@ enum KeySource {
 enum DecryptState {
     Header,
     Body {
-        key: LessSafeKey,
+        key: Box<LessSafeKey>,
         header: Vec<u8>,
         chunk_size: usize,
         counter: u128,
@@ -306,7 +306,7 @@ impl Decryptor {
                 KeySource::Single(key) => key,
             };
             self.state = DecryptState::Body {
-                key: file_key(master, &header.salt),
+                key: Box::new(file_key(master, &header.salt)),
                 header: self.buf[..len].to_vec(),
                 chunk_size: header.chunk_size as usize,
                 counter: 0,
@@ -339,7 +339,10 @@ impl Decryptor {
                         // Say "trailing data" when this was a valid final chunk.
                         let n = nonce(*counter, true)?;
                         return Err(
-                            if key.open_in_place(n, Aad::from(&header[..]), scratch).is_ok() {
+                            if key
+                                .open_in_place(n, Aad::from(&header[..]), scratch)
+                                .is_ok()
+                            {
                                 CryptoError::TrailingData(*counter)
                             } else {
                                 CryptoError::Tampered(*counter)
@@ -420,7 +423,11 @@ impl Decryptor {
 ///
 /// # Errors
 /// The random generator failed.
-pub fn encrypt_all(master: &MasterKey, chunk_size: u32, plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn encrypt_all(
+    master: &MasterKey,
+    chunk_size: u32,
+    plain: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     let mut enc = Encryptor::new(master, chunk_size)?;
     let mut out = Vec::new();
     enc.update(plain, &mut out)?;
@@ -516,7 +523,10 @@ mod tests {
     fn truncation_at_chunk_boundary_is_detected() {
         let out = sealed(&[1u8; 40], 16); // chunks 16, 16, 8
         let cut = header_len() + 2 * (16 + TAG_LEN);
-        assert_eq!(decrypt_all(&ring(), &out[..cut]), Err(CryptoError::Truncated(1)));
+        assert_eq!(
+            decrypt_all(&ring(), &out[..cut]),
+            Err(CryptoError::Truncated(1))
+        );
     }
 
     #[test]
@@ -525,7 +535,10 @@ mod tests {
         let err = decrypt_all(&ring(), &out[..out.len() - 3]).unwrap_err();
         assert_eq!(err, CryptoError::Tampered(2));
         let err = decrypt_all(&ring(), &out[..header_len() + 20]).unwrap_err();
-        assert!(matches!(err, CryptoError::Tampered(0) | CryptoError::Truncated(_)), "{err}");
+        assert!(
+            matches!(err, CryptoError::Tampered(0) | CryptoError::Truncated(_)),
+            "{err}"
+        );
     }
 
     #[test]
@@ -534,7 +547,10 @@ mod tests {
         for i in 0..out.len() {
             let mut bad = out.clone();
             bad[i] ^= 0x01;
-            assert!(decrypt_all(&ring(), &bad).is_err(), "flip at byte {i} went unnoticed");
+            assert!(
+                decrypt_all(&ring(), &bad).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
         }
     }
 
@@ -547,10 +563,16 @@ mod tests {
         swapped.extend_from_slice(&out[h + c..h + 2 * c]);
         swapped.extend_from_slice(&out[h..h + c]);
         swapped.extend_from_slice(&out[h + 2 * c..]);
-        assert_eq!(decrypt_all(&ring(), &swapped), Err(CryptoError::Tampered(0)));
+        assert_eq!(
+            decrypt_all(&ring(), &swapped),
+            Err(CryptoError::Tampered(0))
+        );
         let mut repeated = out[..h + c].to_vec();
         repeated.extend_from_slice(&out[h..]);
-        assert_eq!(decrypt_all(&ring(), &repeated), Err(CryptoError::Tampered(1)));
+        assert_eq!(
+            decrypt_all(&ring(), &repeated),
+            Err(CryptoError::Tampered(1))
+        );
     }
 
     #[test]
@@ -563,7 +585,10 @@ mod tests {
         // After a full-size final chunk it is recognised as trailing data.
         let mut full = sealed(&[1u8; 32], 16);
         full.push(0);
-        assert_eq!(decrypt_all(&ring(), &full), Err(CryptoError::TrailingData(1)));
+        assert_eq!(
+            decrypt_all(&ring(), &full),
+            Err(CryptoError::TrailingData(1))
+        );
     }
 
     #[test]
@@ -573,7 +598,10 @@ mod tests {
         let h = header_len();
         let mut spliced = a[..h + 32].to_vec();
         spliced.extend_from_slice(&b[h + 32..]);
-        assert_eq!(decrypt_all(&ring(), &spliced), Err(CryptoError::Tampered(1)));
+        assert_eq!(
+            decrypt_all(&ring(), &spliced),
+            Err(CryptoError::Tampered(1))
+        );
     }
 
     #[test]
@@ -584,14 +612,23 @@ mod tests {
         assert_eq!(decrypt_all(&ring(), &magic), Err(CryptoError::BadMagic));
         let mut alg = out.clone();
         alg[8] = 2;
-        assert_eq!(decrypt_all(&ring(), &alg), Err(CryptoError::UnsupportedAlgorithm(2)));
+        assert_eq!(
+            decrypt_all(&ring(), &alg),
+            Err(CryptoError::UnsupportedAlgorithm(2))
+        );
         let mut size = out.clone();
         size[12] = 32; // chunk size 16 → 32: same key, different associated data
         assert!(decrypt_all(&ring(), &size).is_err());
         let mut id = out.clone();
         id[15] = b'2';
-        assert_eq!(decrypt_all(&ring(), &id), Err(CryptoError::UnknownKey("k2".into())));
-        assert_eq!(decrypt_all(&ring(), &out[..10]), Err(CryptoError::TruncatedHeader));
+        assert_eq!(
+            decrypt_all(&ring(), &id),
+            Err(CryptoError::UnknownKey("k2".into()))
+        );
+        assert_eq!(
+            decrypt_all(&ring(), &out[..10]),
+            Err(CryptoError::TruncatedHeader)
+        );
     }
 
     #[test]

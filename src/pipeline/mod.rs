@@ -149,7 +149,9 @@ async fn read_and_compress(
             .await
             .expect("compression task panicked")
             .map_err(|e| Downstream::Failed(PipelineError::Compress(e)))?;
-        out.send(Some(block.into())).await.map_err(|_| Downstream::Closed)
+        out.send(Some(block.into()))
+            .await
+            .map_err(|_| Downstream::Closed)
     }
     loop {
         let mut buf = BytesMut::with_capacity(BLOCK);
@@ -167,7 +169,9 @@ async fn read_and_compress(
             let _ = tx.send(block.clone()).await;
         }
         if compression == Compression::None {
-            out.send(Some(block)).await.map_err(|_| Downstream::Closed)?;
+            out.send(Some(block))
+                .await
+                .map_err(|_| Downstream::Closed)?;
             continue;
         }
         if queue.len() >= parallel {
@@ -175,7 +179,9 @@ async fn read_and_compress(
         }
         queue.push_back(tokio::task::spawn_blocking(move || {
             let mut packed = Vec::with_capacity(block.len() / 2);
-            compression.compress_block(&block, &mut packed).map(|()| packed)
+            compression
+                .compress_block(&block, &mut packed)
+                .map(|()| packed)
         }));
     }
     while !queue.is_empty() {
@@ -233,7 +239,10 @@ fn seal(
 
 /// Hands every stored block to each upload's task; a failing target drops out
 /// (its upload aborted) while the others go on.
-async fn tee(mut rx: mpsc::Receiver<Bytes>, uploads: Vec<(String, Box<dyn Upload>)>) -> Vec<TargetUpload> {
+async fn tee(
+    mut rx: mpsc::Receiver<Bytes>,
+    uploads: Vec<(String, Box<dyn Upload>)>,
+) -> Vec<TargetUpload> {
     let mut workers = Vec::new();
     for (name, mut upload) in uploads {
         let (tx, mut wrx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);

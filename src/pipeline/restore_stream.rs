@@ -56,7 +56,11 @@ pub struct Opened {
 ///
 /// # Errors
 /// The backup is encrypted and no keys are configured.
-pub fn open(stream: ByteStream, expected: Expected, keys: Option<Arc<Keyring>>) -> Result<Opened, VerifyError> {
+pub fn open(
+    stream: ByteStream,
+    expected: Expected,
+    keys: Option<Arc<Keyring>>,
+) -> Result<Opened, VerifyError> {
     let decryptor = match (expected.encrypted, keys) {
         (true, Some(keys)) => Some(Decryptor::new(keys)),
         (true, None) => return Err(VerifyError::NoKeys),
@@ -64,7 +68,9 @@ pub fn open(stream: ByteStream, expected: Expected, keys: Option<Arc<Keyring>>) 
     };
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     let check = tokio::spawn(pump(stream, decryptor, expected.clone(), tx));
-    let plain = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let plain = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     let reader = StreamReader::new(Box::pin(plain));
     let reader: Box<dyn AsyncRead + Send + Unpin> = match expected.compression {
         Compression::None => Box::new(reader),

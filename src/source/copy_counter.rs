@@ -50,7 +50,8 @@ impl RowCounter {
         }
         let room = HEAD_CAP.saturating_sub(self.head.len());
         self.head.extend_from_slice(&bytes[..room.min(bytes.len())]);
-        self.tail.extend_from_slice(&bytes[bytes.len().saturating_sub(TAIL_LEN)..]);
+        self.tail
+            .extend_from_slice(&bytes[bytes.len().saturating_sub(TAIL_LEN)..]);
         let excess = self.tail.len().saturating_sub(TAIL_LEN);
         self.tail.drain(..excess);
     }

@@ -124,10 +124,15 @@ impl DbUrl {
     /// password goes here, never into arguments.
     pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
         let c = &self.config;
-        let mut env = vec![("PGDATABASE", self.dbname().to_owned()), ("PGAPPNAME", "strata".to_owned())];
+        let mut env = vec![
+            ("PGDATABASE", self.dbname().to_owned()),
+            ("PGAPPNAME", "strata".to_owned()),
+        ];
         match c.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => env.push(("PGHOST", h.clone())),
-            Some(tokio_postgres::config::Host::Unix(p)) => env.push(("PGHOST", p.display().to_string())),
+            Some(tokio_postgres::config::Host::Unix(p)) => {
+                env.push(("PGHOST", p.display().to_string()))
+            }
             None => {}
         }
         if let Some(port) = c.get_ports().first() {
@@ -209,7 +214,10 @@ impl DatabaseInfo {
 ///
 /// # Errors
 /// The query failed.
-pub async fn database_info(url: &DbUrl, client: &tokio_postgres::Client) -> Result<DatabaseInfo, SourceError> {
+pub async fn database_info(
+    url: &DbUrl,
+    client: &tokio_postgres::Client,
+) -> Result<DatabaseInfo, SourceError> {
     let row = client
         .query_one(
             "SELECT current_database()::text, current_setting('server_version'), current_setting('server_version_num')::int",
@@ -271,7 +279,11 @@ pub async fn find_tool(name: &str, server: &DatabaseInfo) -> Result<Tool, Source
     let mut found = Vec::new();
     for path in candidates.into_iter().filter(|p| p.is_file()) {
         if let Some((version, major)) = tool_version(&path).await {
-            found.push(Tool { path, version, major });
+            found.push(Tool {
+                path,
+                version,
+                major,
+            });
         }
     }
     if let Some(best) = found
@@ -334,7 +346,11 @@ pub fn capture_stderr(stderr: impl AsyncRead + Unpin + Send + 'static) -> JoinHa
 
 /// Turns captured stderr into one line for an error message.
 pub fn one_line(stderr: &str) -> String {
-    let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     if lines.is_empty() {
         return "no error output".into();
     }
@@ -368,7 +384,12 @@ impl PgDump {
     ///
     /// # Errors
     /// The program could not be started.
-    pub fn spawn(tool: &Tool, url: &DbUrl, format: DumpFormat, snapshot: Option<&str>) -> Result<Self, SourceError> {
+    pub fn spawn(
+        tool: &Tool,
+        url: &DbUrl,
+        format: DumpFormat,
+        snapshot: Option<&str>,
+    ) -> Result<Self, SourceError> {
         let mut cmd = Command::new(&tool.path);
         cmd.arg("--no-password");
         match format {
@@ -393,7 +414,11 @@ impl PgDump {
         })?;
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = capture_stderr(child.stderr.take().expect("piped stderr"));
-        Ok(Self { child, stdout, stderr })
+        Ok(Self {
+            child,
+            stdout,
+            stderr,
+        })
     }
 
     /// Fills `buf` (up to its capacity) from pg_dump's stdout; 0 at the end.
@@ -403,10 +428,14 @@ impl PgDump {
     pub async fn read(&mut self, buf: &mut bytes::BytesMut) -> Result<usize, SourceError> {
         let start = buf.len();
         while buf.len() < buf.capacity() {
-            let n = self.stdout.read_buf(buf).await.map_err(|source| SourceError::Read {
-                tool: "pg_dump".into(),
-                source,
-            })?;
+            let n = self
+                .stdout
+                .read_buf(buf)
+                .await
+                .map_err(|source| SourceError::Read {
+                    tool: "pg_dump".into(),
+                    source,
+                })?;
             if n == 0 {
                 break;
             }
@@ -420,10 +449,14 @@ impl PgDump {
     /// # Errors
     /// Non-zero exit or a signal, with pg_dump's last error lines.
     pub async fn finish(mut self) -> Result<(), SourceError> {
-        let status = self.child.wait().await.map_err(|source| SourceError::Spawn {
-            tool: "pg_dump".into(),
-            source,
-        })?;
+        let status = self
+            .child
+            .wait()
+            .await
+            .map_err(|source| SourceError::Spawn {
+                tool: "pg_dump".into(),
+                source,
+            })?;
         let stderr = self.stderr.await.unwrap_or_default();
         check_status("pg_dump", status, &stderr)
     }
@@ -439,7 +472,10 @@ impl PgDump {
 ///
 /// # Errors
 /// A query failed.
-pub async fn count_rows(url: &DbUrl, client: &tokio_postgres::Client) -> Result<BTreeMap<String, u64>, SourceError> {
+pub async fn count_rows(
+    url: &DbUrl,
+    client: &tokio_postgres::Client,
+) -> Result<BTreeMap<String, u64>, SourceError> {
     let rows = client
         .query(
             "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
@@ -475,20 +511,33 @@ mod tests {
             parse_version("pg_dump (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)\n"),
             Some(("15.19".into(), 15))
         );
-        assert_eq!(parse_version("psql (PostgreSQL) 9.6.24"), Some(("9.6.24".into(), 9)));
-        assert_eq!(parse_version("pg_dump (PostgreSQL) 17beta1"), Some(("17beta1".into(), 17)));
+        assert_eq!(
+            parse_version("psql (PostgreSQL) 9.6.24"),
+            Some(("9.6.24".into(), 9))
+        );
+        assert_eq!(
+            parse_version("pg_dump (PostgreSQL) 17beta1"),
+            Some(("17beta1".into(), 17))
+        );
         assert_eq!(parse_version("garbage"), None);
     }
 
     #[test]
     fn urls_never_show_passwords() {
-        let url: DbUrl = "postgres://app:s3cr3t-canary@db.example:6543/prod".parse().unwrap();
+        let url: DbUrl = "postgres://app:s3cr3t-canary@db.example:6543/prod"
+            .parse()
+            .unwrap();
         assert_eq!(url.to_string(), "postgres://app@db.example:6543/prod");
         assert!(!format!("{url:?}").contains("s3cr3t"));
         let env = url.libpq_env();
         assert!(env.contains(&("PGPASSWORD", "s3cr3t-canary".into())));
-        assert_eq!(url.with_dbname("other").to_string(), "postgres://app@db.example:6543/other");
-        let err = "postgres://app:s3cr3t-canary@db/x?bogus=1".parse::<DbUrl>().unwrap_err();
+        assert_eq!(
+            url.with_dbname("other").to_string(),
+            "postgres://app@db.example:6543/other"
+        );
+        let err = "postgres://app:s3cr3t-canary@db/x?bogus=1"
+            .parse::<DbUrl>()
+            .unwrap_err();
         assert!(!err.to_string().contains("s3cr3t"), "{err}");
     }
 }

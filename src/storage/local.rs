@@ -52,7 +52,10 @@ impl LocalTarget {
         ))
     }
 
-    async fn create_staging(&self, key: &str) -> Result<(PathBuf, PathBuf, tokio::fs::File), StorageError> {
+    async fn create_staging(
+        &self,
+        key: &str,
+    ) -> Result<(PathBuf, PathBuf, tokio::fs::File), StorageError> {
         let path = self.path(key);
         if let Some(dir) = path.parent() {
             tokio::fs::create_dir_all(dir).await.map_err(self.io(key))?;
@@ -263,7 +266,11 @@ impl Target for LocalTarget {
             let cutoff = SystemTime::now() - age;
             let mut removed = 0;
             for (meta, modified) in walk(&root, &prefix, true)? {
-                let is_staging = meta.key.rsplit('/').next().is_some_and(|n| n.starts_with('.') && n.contains(STAGING_MARK));
+                let is_staging = meta
+                    .key
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|n| n.starts_with('.') && n.contains(STAGING_MARK));
                 if is_staging && modified <= cutoff {
                     std::fs::remove_file(root.join(&meta.key))?;
                     removed += 1;
@@ -283,7 +290,11 @@ impl Target for LocalTarget {
 
 /// Lists files under `root/prefix` as keys relative to `root`; staging files only
 /// when `staging` is set.
-fn walk(root: &Path, prefix: &str, staging: bool) -> std::io::Result<Vec<(ObjectMeta, SystemTime)>> {
+fn walk(
+    root: &Path,
+    prefix: &str,
+    staging: bool,
+) -> std::io::Result<Vec<(ObjectMeta, SystemTime)>> {
     let mut out = Vec::new();
     let mut stack = vec![root.join(prefix)];
     while let Some(dir) = stack.pop() {
@@ -303,7 +314,12 @@ fn walk(root: &Path, prefix: &str, staging: bool) -> std::io::Result<Vec<(Object
             if is_staging != staging {
                 continue;
             }
-            let rel = entry.path().strip_prefix(root).expect("under root").to_string_lossy().into_owned();
+            let rel = entry
+                .path()
+                .strip_prefix(root)
+                .expect("under root")
+                .to_string_lossy()
+                .into_owned();
             out.push((
                 ObjectMeta {
                     key: rel,

@@ -151,7 +151,9 @@ fn s3_error<E>(target: &str, key: &str, e: SdkError<E>) -> StorageError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let code = e.as_service_error().and_then(|s| s.code().map(str::to_owned));
+    let code = e
+        .as_service_error()
+        .and_then(|s| s.code().map(str::to_owned));
     let status = e.raw_response().map(|r| r.status().as_u16());
     if status == Some(404) || matches!(code.as_deref(), Some("NoSuchKey" | "NotFound")) {
         return StorageError::NotFound {
@@ -166,7 +168,11 @@ where
             class: "an archive tier".into(),
         };
     }
-    let message = match (code, e.as_service_error().and_then(|s| s.message().map(str::to_owned))) {
+    let message = match (
+        code,
+        e.as_service_error()
+            .and_then(|s| s.message().map(str::to_owned)),
+    ) {
         (Some(code), Some(msg)) => format!("{code}: {msg}"),
         (Some(code), None) => code,
         _ => DisplayErrorContext(&e).to_string(),
@@ -225,7 +231,11 @@ impl S3Upload {
             .create_multipart_upload()
             .bucket(&s.bucket)
             .key(&self.key)
-            .set_server_side_encryption(s.server_side_encryption.as_deref().map(ServerSideEncryption::from))
+            .set_server_side_encryption(
+                s.server_side_encryption
+                    .as_deref()
+                    .map(ServerSideEncryption::from),
+            )
             .set_storage_class(s.storage_class.as_deref().map(StorageClass::from))
             .set_tagging(tagging(&s.tags))
             .send()
@@ -295,7 +305,11 @@ impl S3Upload {
                 .put_object()
                 .bucket(&s.bucket)
                 .key(&self.key)
-                .set_server_side_encryption(s.server_side_encryption.as_deref().map(ServerSideEncryption::from))
+                .set_server_side_encryption(
+                    s.server_side_encryption
+                        .as_deref()
+                        .map(ServerSideEncryption::from),
+                )
                 .set_storage_class(s.storage_class.as_deref().map(StorageClass::from))
                 .set_tagging(tagging(&s.tags))
                 .body(SdkBody::from(body))
@@ -318,7 +332,11 @@ impl S3Upload {
                 .bucket(&s.bucket)
                 .key(&self.key)
                 .set_upload_id(self.upload_id.clone())
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
                 .send()
                 .await
                 .map_err(|e| self.target.err(&self.key, e))?;
@@ -604,13 +622,19 @@ mod tests {
         assert_eq!(part_size(base, 1001), 2 * base);
         assert_eq!(part_size(1, 1), MIN_PART);
         let total: u128 = (1..=MAX_PARTS).map(|n| part_size(base, n) as u128).sum();
-        assert!(total > 5 * (1u128 << 40), "10,000 parts hold only {total} bytes");
+        assert!(
+            total > 5 * (1u128 << 40),
+            "10,000 parts hold only {total} bytes"
+        );
         assert!(part_size(base, MAX_PARTS) <= MAX_PART);
     }
 
     #[test]
     fn tags_are_url_encoded() {
-        let tags = vec![("strata-job".into(), "prod db".into()), ("a&b".into(), "c=d".into())];
+        let tags = vec![
+            ("strata-job".into(), "prod db".into()),
+            ("a&b".into(), "c=d".into()),
+        ];
         assert_eq!(tagging(&tags).unwrap(), "strata-job=prod%20db&a%26b=c%3Dd");
         assert_eq!(tagging(&[]), None);
     }

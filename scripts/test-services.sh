@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Starts the real servers the test suite talks to and exports their addresses.
+# Sourced by scripts/test; installs what is missing into a cache that survives runs:
+#   PostgreSQL (Debian package, started if down), moto (PyPI, in a venv),
+#   Garage (crates.io, `cargo install`, about 8 minutes the first time).
+# Everything listens on 127.0.0.1 only; servers stop when the calling shell exits.
+
+CACHE=${STRATA_TEST_CACHE:-$HOME/.cache/strata-test}
+mkdir -p "$CACHE"
+log() { echo "test-services: $*" >&2; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_for() { # wait_for SECONDS CMD...
+  local deadline=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then return 1; fi
+    sleep 0.2
+  done
+}
+
+ensure_postgres() {
+  if pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then return; fi
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    log "installing PostgreSQL"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    local conf; conf=$(ls -d /etc/postgresql/*/main | tail -1)
+    # trust authentication for local test connections, as the test machines have it
+    sed -i -E 's/^(local|host)(\s+all\s+all\s+\S*\s*)(peer|scram-sha-256|md5)$/\1\2trust/' "$conf/pg_hba.conf"
+  fi
+  log "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | tail -1)" main start
+  wait_for 30 pg_isready -h 127.0.0.1 -p 5432 -q || { log "PostgreSQL did not start"; return 1; }
+}
+
+ensure_moto() {
+  if [ ! -x "$CACHE/venv/bin/moto_server" ] || ! "$CACHE/venv/bin/python" -c 'import cryptography' 2>/dev/null; then
+    log "installing moto into $CACHE/venv"
+    python3 -m venv "$CACHE/venv"
+    "$CACHE/venv/bin/pip" install -q --disable-pip-version-check 'moto[server]' cryptography aiosmtpd
+  fi
+  local port; port=$(free_port)
+  "$CACHE/venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$RUN_DIR/moto.log" 2>&1 &
+  PIDS+=($!)
+  export STRATA_TEST_MOTO="http://127.0.0.1:$port"
+  wait_for 30 curl -sf "$STRATA_TEST_MOTO/moto-api/" || { log "moto did not start"; cat "$RUN_DIR/moto.log" >&2; return 1; }
+}
+
+ensure_garage() {
+  local bin="$CACHE/garage/bin/garage"
+  if [ ! -x "$bin" ]; then
+    log "installing Garage (cargo install garage --locked; about 8 minutes, once)"
+    cargo install garage --locked --root "$CACHE/garage" >"$CACHE/garage-install.log" 2>&1 \
+      || { tail -20 "$CACHE/garage-install.log" >&2; return 1; }
+  fi
+  local dir="$RUN_DIR/garage" rpc s3 admin
+  rpc=$(free_port); s3=$(free_port); admin=$(free_port)
+  mkdir -p "$dir"
+  cat >"$dir/garage.toml" <<TOML
+metadata_dir = "$dir/meta"
+data_dir = "$dir/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$rpc"
+rpc_public_addr = "127.0.0.1:$rpc"
+rpc_secret = "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$s3"
+root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:$admin"
+TOML
+  local g=("$bin" -c "$dir/garage.toml")
+  "${g[@]}" server >"$RUN_DIR/garage.log" 2>&1 &
+  PIDS+=($!)
+  wait_for 30 "${g[@]}" node id -q || { log "Garage did not start"; cat "$RUN_DIR/garage.log" >&2; return 1; }
+  local node; node=$("${g[@]}" node id -q | cut -d@ -f1)
+  "${g[@]}" layout assign -z dc1 -c 10G "$node" >/dev/null
+  "${g[@]}" layout apply --version 1 >/dev/null
+  local out; out=$("${g[@]}" key create strata-test)
+  export STRATA_TEST_GARAGE="http://127.0.0.1:$s3"
+  STRATA_TEST_GARAGE_KEY_ID=$(awk -F': *' '/Key ID/ {print $2; exit}' <<<"$out")
+  STRATA_TEST_GARAGE_SECRET=$(awk -F': *' '/Secret key/ {print $2; exit}' <<<"$out")
+  export STRATA_TEST_GARAGE_KEY_ID STRATA_TEST_GARAGE_SECRET
+  "${g[@]}" key allow --create-bucket strata-test >/dev/null
+  wait_for 30 curl -s -o /dev/null "$STRATA_TEST_GARAGE" || { log "Garage S3 API did not answer"; return 1; }
+}
+
+stop_test_services() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$RUN_DIR"
+}
+
+start_test_services() {
+  PIDS=()
+  RUN_DIR=$(mktemp -d /tmp/strata-test.XXXXXX)
+  ensure_postgres
+  ensure_moto
+  ensure_garage
+  export STRATA_TEST_PYTHON="$CACHE/venv/bin/python"
+  log "PostgreSQL 127.0.0.1:5432, moto $STRATA_TEST_MOTO, Garage $STRATA_TEST_GARAGE"
+}

@@ -1,0 +1,193 @@
+//! The command line as an operator uses it: exit codes, one-line errors, and no
+//! secret in any output.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+
+use crate::helpers::{Setup, TestDb, bin, job};
+
+fn strata(setup: &Setup, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("-c")
+        .arg(setup.path().join("config.yaml"))
+        .args(args)
+        .env_remove("STRATA_PG_BIN_DIR")
+        .output()
+        .expect("strata runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn world_readable_or_missing_key_files_stop_every_command() {
+    let setup = Setup::new();
+    let db = TestDb::create();
+    setup.write_config("", &job("app", &db.url(), "local", ""));
+    let key = setup.path().join("k1.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for args in [&["check"][..], &["backup", "app"]] {
+        let out = strata(&setup, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("readable or writable by group/others (mode 0644)"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    std::fs::remove_file(&key).unwrap();
+    let out = strata(&setup, &["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("encryption.keys.k1: key file"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("No such file"), "{}", stderr(&out));
+}
+
+#[test]
+fn keygen_never_overwrites_a_key() {
+    let setup = Setup::new();
+    let key = setup.path().join("k1.key");
+    let before = std::fs::read(&key).unwrap();
+    let out = Command::new(bin())
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+}
+
+#[test]
+fn unreachable_server_is_named_and_the_password_is_not() {
+    let setup = Setup::new();
+    setup.write_config(
+        "",
+        &job(
+            "app",
+            "postgres://app:CANARY-db-password@127.0.0.1:9/prod",
+            "local",
+            "",
+        ),
+    );
+    let out = strata(&setup, &["backup", "app"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot connect to postgres://app@127.0.0.1:9/prod"),
+        "{err}"
+    );
+    assert!(!err.contains("CANARY"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line expected: {err}");
+}
+
+#[test]
+fn pg_dump_older_than_the_server_names_both_versions() {
+    let setup = Setup::new();
+    let db = TestDb::create();
+    setup.write_config("", &job("app", &db.url(), "local", ""));
+    let tools = setup.path().join("old-bin");
+    std::fs::create_dir(&tools).unwrap();
+    let fake = tools.join("pg_dump");
+    std::fs::write(&fake, "#!/bin/sh\necho 'pg_dump (PostgreSQL) 9.6.24'\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(bin())
+        .arg("-c")
+        .arg(setup.path().join("config.yaml"))
+        .args(["backup", "app"])
+        .env("STRATA_PG_BIN_DIR", &tools)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let server = crate::helpers::psql("postgres", "SHOW server_version");
+    let server = server.split_whitespace().next().unwrap();
+    assert!(
+        err.contains("pg_dump 9.6.24 is older than the server"),
+        "{err}"
+    );
+    assert!(
+        err.contains(server),
+        "server version {server} missing: {err}"
+    );
+    assert_eq!(
+        crate::helpers::files(&setup.backups()),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn backup_list_restore_and_verify_from_the_command_line() {
+    let setup = Setup::new();
+    let db = TestDb::create();
+    db.exec("CREATE TABLE t AS SELECT g FROM generate_series(1, 123) g");
+    setup.write_config("", &job("app", &db.url(), "local", ""));
+    let out = strata(&setup, &["backup", "app", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = report["manifest"]["backup_id"].as_str().unwrap().to_owned();
+    assert_eq!(report["manifest"]["tables"]["public.t"], 123);
+
+    let out = strata(&setup, &["list", "app", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["manifest"]["backup_id"], id.as_str());
+
+    let dest = TestDb::reserve();
+    let out = Command::new(bin())
+        .arg("-c")
+        .arg(setup.path().join("config.yaml"))
+        .args(["restore", "app", "--backup", &id])
+        .env("STRATA_RESTORE_INTO", dest.url())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(dest.exec("SELECT count(*) FROM t"), "123");
+
+    let server = format!("{}/postgres", crate::helpers::PG);
+    let out = strata(&setup, &["verify", "app", "--restore-into", &server]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("on local: ok") && text.contains("restore test: ok"),
+        "{text}"
+    );
+}
+
+#[test]
+fn next_lists_runs_in_the_zone_and_in_utc() {
+    let setup = Setup::new();
+    setup.write_config(
+        "",
+        &job(
+            "app",
+            "postgres://x/y",
+            "local",
+            ", schedule: \"0 3 * * *\"",
+        ),
+    );
+    let out = strata(
+        &setup,
+        &[
+            "next",
+            "app",
+            "--from",
+            "2025-03-08T12:00:00-05:00",
+            "--count",
+            "2",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Spring forward on 9 March 2025: 03:00 exists (EDT, UTC-4).
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        vec![
+            "2025-03-09T03:00:00-04:00  2025-03-09T07:00:00+00:00",
+            "2025-03-10T03:00:00-04:00  2025-03-10T07:00:00+00:00"
+        ]
+    );
+}

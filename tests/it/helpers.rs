@@ -1,0 +1,329 @@
+//! Shared test set-up: databases on the real local PostgreSQL, buckets on the real
+//! moto and Garage servers started by scripts/test, configs with fresh keys.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use aws_sdk_s3::Client;
+use strata::app::Strata;
+use strata::config::Config;
+use strata::storage::s3::{S3Settings, S3Target};
+
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the suite with scripts/test, which starts moto and Garage")
+    })
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// Runs SQL with psql against `db`, panicking with psql's error on failure.
+pub fn psql(db: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+pub fn db_exists(name: &str) -> bool {
+    psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
+    ) == "1"
+}
+
+/// A uniquely named database, dropped when the value is dropped.
+pub struct TestDb {
+    pub name: String,
+}
+
+impl TestDb {
+    pub fn create() -> Self {
+        let name = unique("strata_t_");
+        psql("postgres", &format!("CREATE DATABASE {name}"));
+        Self { name }
+    }
+
+    /// A name for a database that does not exist yet (dropped at the end too).
+    pub fn reserve() -> Self {
+        Self {
+            name: unique("strata_r_"),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{PG}/{}", self.name)
+    }
+
+    pub fn exec(&self, sql: &str) -> String {
+        psql(&self.name, sql)
+    }
+
+    /// pg_dump of the database, for comparing a restore with its source.
+    pub fn dump(&self) -> String {
+        let out = Command::new("pg_dump")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "--no-owner",
+                "-d",
+                &self.name,
+            ])
+            .output()
+            .expect("pg_dump runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // pg_dump writes a random \restrict key into every dump; the rest must match.
+        String::from_utf8(out.stdout)
+            .expect("utf-8 dump")
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn exists(&self) -> bool {
+        db_exists(&self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+            ])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .output();
+    }
+}
+
+/// Which S3 server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Kind {
+    Moto,
+    Garage,
+}
+
+/// A fresh bucket on a real S3 server, with the settings to reach it.
+pub struct Bucket {
+    pub settings: S3Settings,
+}
+
+impl Bucket {
+    pub async fn create(kind: S3Kind) -> Self {
+        let name = unique("strata-t-");
+        let mut settings = match kind {
+            S3Kind::Moto => {
+                let mut s = S3Settings::new(&name, "us-east-1");
+                s.endpoint = Some(env("STRATA_TEST_MOTO"));
+                s.credentials = Some(("testing".into(), "testing".into()));
+                s
+            }
+            S3Kind::Garage => {
+                let mut s = S3Settings::new(&name, "garage");
+                s.endpoint = Some(env("STRATA_TEST_GARAGE"));
+                s.credentials = Some((
+                    env("STRATA_TEST_GARAGE_KEY_ID"),
+                    env("STRATA_TEST_GARAGE_SECRET"),
+                ));
+                // Garage implements SSE-C only, not SSE-S3 headers.
+                s.server_side_encryption = None;
+                s
+            }
+        };
+        settings.path_style = true;
+        settings.max_attempts = 3;
+        settings.part_size = 5 * 1024 * 1024;
+        let target = S3Target::new("setup", settings.clone()).await;
+        target
+            .client()
+            .create_bucket()
+            .bucket(&name)
+            .send()
+            .await
+            .expect("create bucket");
+        Self { settings }
+    }
+
+    pub async fn target(&self, name: &str) -> S3Target {
+        S3Target::new(name, self.settings.clone()).await
+    }
+
+    pub async fn client(&self) -> Client {
+        self.target("client").await.client().clone()
+    }
+
+    /// Incomplete multipart uploads left in the bucket.
+    pub async fn incomplete_uploads(&self) -> usize {
+        let out = self
+            .client()
+            .await
+            .list_multipart_uploads()
+            .bucket(&self.settings.bucket)
+            .send()
+            .await
+            .expect("list uploads");
+        out.uploads().len()
+    }
+
+    /// Every object key in the bucket.
+    pub async fn keys(&self) -> Vec<String> {
+        let out = self
+            .client()
+            .await
+            .list_objects_v2()
+            .bucket(&self.settings.bucket)
+            .send()
+            .await
+            .expect("list");
+        out.contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect()
+    }
+
+    /// YAML for an s3 target pointing at this bucket (credentials via env in the
+    /// CLI, so they are given here only for the library).
+    pub fn yaml(&self, name: &str, endpoint: Option<&str>) -> String {
+        let s = &self.settings;
+        let sse = if s.server_side_encryption.is_some() {
+            "AES256"
+        } else {
+            "none"
+        };
+        format!(
+            "  {name}: {{ kind: s3, bucket: {}, region: {}, endpoint: \"{}\", path_style: true, prefix: database-backups, server_side_encryption: {sse}, part_size_mib: 5 }}\n",
+            s.bucket,
+            s.region,
+            endpoint.map_or_else(|| s.endpoint.clone().unwrap_or_default(), str::to_owned)
+        )
+    }
+}
+
+/// A working directory with a key file and a config.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        strata::keys::generate(&dir.path().join("k1.key")).unwrap();
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn backups(&self) -> PathBuf {
+        self.dir.path().join("backups")
+    }
+
+    /// Writes config.yaml with `targets_yaml` (lines under `targets:`) and one job.
+    pub fn write_config(&self, targets_yaml: &str, job_yaml: &str) -> PathBuf {
+        let text = format!(
+            "timezone: America/New_York\nencryption:\n  active: k1\n  keys: {{ k1: {} }}\ntargets:\n  local: {{ kind: local, path: {}, prefix: database-backups }}\n{targets_yaml}jobs:\n{job_yaml}",
+            self.path().join("k1.key").display(),
+            self.backups().display()
+        );
+        let path = self.path().join("config.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub async fn strata(&self, targets_yaml: &str, job_yaml: &str, buckets: &[&Bucket]) -> Strata {
+        let path = self.write_config(targets_yaml, job_yaml);
+        let mut config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        // Tests give each bucket's credentials directly instead of the AWS chain.
+        for t in config.targets.values_mut() {
+            if let strata::config::TargetKind::S3 { settings, .. } = &mut t.kind {
+                if let Some(b) = buckets
+                    .iter()
+                    .find(|b| b.settings.bucket == settings.bucket)
+                {
+                    settings.credentials = b.settings.credentials.clone();
+                    settings.max_attempts = 3;
+                }
+            }
+        }
+        Strata::build(config).await
+    }
+}
+
+/// A one-line job definition.
+pub fn job(name: &str, url: &str, targets: &str, extra: &str) -> String {
+    format!(
+        "  {name}: {{ database_url: \"{url}\", targets: [{targets}], file_prefix: {name}{extra} }}\n"
+    )
+}
+
+/// Files under `dir`, relative, sorted.
+pub fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Path of the built strata binary.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_strata")
+}

@@ -1,0 +1,10 @@
+//! Integration tests against real servers: PostgreSQL on 127.0.0.1:5432 and the moto
+//! and Garage S3 servers started by `scripts/test`.
+
+mod helpers;
+mod proxy;
+
+mod cli;
+mod conformance;
+mod failures;
+mod roundtrip;
