@@ -21,6 +21,9 @@ use super::encrypt::{CryptoError, Decryptor};
 use crate::keys::Keyring;
 use crate::storage::{ByteStream, StorageError};
 
+/// Plaintext handed on per message.
+const BATCH: usize = 1 << 20;
+
 /// Why a stored object failed verification.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -109,25 +112,24 @@ async fn verify_into(
 ) -> Result<(), VerifyError> {
     let mut sha = Sha::new(&SHA256);
     let mut size = 0u64;
-    let mut plain = Vec::new();
+    // Network frames are small; hand the decompressor ~1 MiB at a time.
+    let mut plain = Vec::with_capacity(BATCH + 65_536);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         sha.update(&chunk);
         size += chunk.len() as u64;
-        let out = match decryptor {
-            Some(dec) => {
-                plain.clear();
-                dec.update(&chunk, &mut plain)?;
-                Bytes::copy_from_slice(&plain)
+        match decryptor {
+            Some(dec) => dec.update(&chunk, &mut plain)?,
+            None => plain.extend_from_slice(&chunk),
+        }
+        if plain.len() >= BATCH {
+            let batch = std::mem::replace(&mut plain, Vec::with_capacity(BATCH + 65_536));
+            if tx.send(Ok(Bytes::from(batch))).await.is_err() {
+                // The consumer stopped reading; its own error explains why.
+                return Ok(());
             }
-            None => chunk,
-        };
-        if !out.is_empty() && tx.send(Ok(out)).await.is_err() {
-            // The consumer stopped reading; its own error explains why.
-            return Ok(());
         }
     }
-    plain.clear();
     if let Some(dec) = decryptor {
         dec.finish(&mut plain)?;
     }
@@ -144,6 +146,7 @@ async fn verify_into(
             actual,
         });
     }
+    // Only now, with everything verified, may the consumer see the end.
     if !plain.is_empty() {
         let _ = tx.send(Ok(Bytes::from(plain))).await;
     }

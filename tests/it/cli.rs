@@ -211,24 +211,49 @@ fn shipped_configurations_pass_check() {
     std::fs::copy(setup.path().join("k1.key"), keys.join("k1.key")).unwrap();
     let run = |with_urls: bool| {
         let mut cmd = Command::new(bin());
-        cmd.args(["-c", &format!("{root}/deploy/config.production.yaml"), "check"])
-            .env("STRATA_SECRETS_DIR", setup.path())
-            .env("STRATA_KEY_DIR", &keys);
+        cmd.args([
+            "-c",
+            &format!("{root}/deploy/config.production.yaml"),
+            "check",
+        ])
+        .env("STRATA_SECRETS_DIR", setup.path())
+        .env("STRATA_KEY_DIR", &keys);
         if with_urls {
-            for var in ["PROD_DATABASE_URL", "DEV_DATABASE_URL", "STAGING_DATABASE_URL", "STRATA_STATE_DATABASE_URL"] {
-                cmd.env(var, format!("postgres://strata@db.example/{}", var.to_lowercase()));
+            for var in [
+                "PROD_DATABASE_URL",
+                "DEV_DATABASE_URL",
+                "STAGING_DATABASE_URL",
+                "STRATA_STATE_DATABASE_URL",
+            ] {
+                cmd.env(
+                    var,
+                    format!("postgres://strata@db.example/{}", var.to_lowercase()),
+                );
             }
         }
         cmd.output().unwrap()
     };
     let out = run(true);
-    assert!(out.status.success(), "deploy/config.production.yaml: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "deploy/config.production.yaml: {}",
+        stderr(&out)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("2 job(s), 3 target(s)"), "{text}");
     // Without the environment, every missing variable is named at once.
     let out = run(false);
     assert_eq!(out.status.code(), Some(2));
-    for var in ["PROD_DATABASE_URL", "DEV_DATABASE_URL", "STAGING_DATABASE_URL", "STRATA_STATE_DATABASE_URL"] {
-        assert!(stderr(&out).contains(var), "{var} not reported: {}", stderr(&out));
+    for var in [
+        "PROD_DATABASE_URL",
+        "DEV_DATABASE_URL",
+        "STAGING_DATABASE_URL",
+        "STRATA_STATE_DATABASE_URL",
+    ] {
+        assert!(
+            stderr(&out).contains(var),
+            "{var} not reported: {}",
+            stderr(&out)
+        );
     }
 }
