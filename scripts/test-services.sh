@@ -87,7 +87,27 @@ TOML
   wait_for 30 curl -s -o /dev/null "$STRATA_TEST_GARAGE" || { log "Garage S3 API did not answer"; return 1; }
 }
 
+# A second, throwaway PostgreSQL that demands a password (scram-sha-256), for the
+# wrong-password and password-handling tests; the main one trusts local users.
+start_password_postgres() {
+  local bin dir port as=()
+  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  dir="$RUN_DIR/pg-password"; port=$(free_port)
+  mkdir -p "$dir"
+  echo "right-password" >"$dir/pw"
+  if [ "$(id -u)" = 0 ]; then
+    chmod 755 "$RUN_DIR"; chown -R postgres "$dir"; as=(runuser -u postgres --)
+  fi
+  "${as[@]}" "$bin/initdb" -D "$dir/data" -U strata_pw --pwfile="$dir/pw" --auth=scram-sha-256 >"$dir/initdb.log" 2>&1 \
+    || { cat "$dir/initdb.log" >&2; return 1; }
+  "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+  PG_PASSWORD_STOP=("${as[@]}" "$bin/pg_ctl" -D "$dir/data" -m immediate stop)
+  export STRATA_TEST_PG_PASSWORD_URL="postgres://strata_pw:right-password@127.0.0.1:$port/postgres"
+}
+
 stop_test_services() {
+  if [ -n "${PG_PASSWORD_STOP+x}" ]; then "${PG_PASSWORD_STOP[@]}" >/dev/null 2>&1 || true; fi
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$RUN_DIR"
@@ -99,6 +119,7 @@ start_test_services() {
   ensure_postgres
   ensure_moto
   ensure_garage
+  start_password_postgres
   export STRATA_TEST_PYTHON="$CACHE/venv/bin/python"
   log "PostgreSQL 127.0.0.1:5432, moto $STRATA_TEST_MOTO, Garage $STRATA_TEST_GARAGE"
 }

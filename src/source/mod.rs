@@ -400,9 +400,6 @@ impl PgDump {
         if let Some(s) = snapshot {
             cmd.arg(format!("--snapshot={s}"));
         }
-        for var in ["PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGOPTIONS"] {
-            cmd.env_remove(var);
-        }
         cmd.envs(url.libpq_env())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

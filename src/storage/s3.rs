@@ -22,6 +22,7 @@ use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
 };
 use bytes::{Bytes, BytesMut};
+use secrecy::{ExposeSecret, SecretString};
 use tokio::task::JoinSet;
 
 use super::{ByteStream, Medium, ObjectMeta, PutResult, StorageError, Target, Upload};
@@ -46,8 +47,9 @@ pub struct S3Settings {
     pub server_side_encryption: Option<String>,
     pub storage_class: Option<String>,
     pub tags: Vec<(String, String)>,
-    /// Explicit credentials; `None` uses the standard AWS chain.
-    pub credentials: Option<(String, String)>,
+    /// Explicit credentials (access key id, secret); `None` uses the standard AWS
+    /// chain. The secret never shows in `Debug`.
+    pub credentials: Option<(String, SecretString)>,
     pub part_size: usize,
     pub parts_in_flight: usize,
     pub max_attempts: u32,
@@ -97,7 +99,7 @@ impl S3Target {
         if let Some((id, secret)) = &settings.credentials {
             loader = loader.credentials_provider(Credentials::new(
                 id.clone(),
-                secret.clone(),
+                secret.expose_secret().to_owned(),
                 None,
                 None,
                 "strata-config",
@@ -627,6 +629,16 @@ mod tests {
             "10,000 parts hold only {total} bytes"
         );
         assert!(part_size(base, MAX_PARTS) <= MAX_PART);
+    }
+
+    #[test]
+    fn debug_output_hides_the_secret_key() {
+        let mut s = S3Settings::new("b", "r");
+        s.credentials = Some((
+            "AKIDEXAMPLE".into(),
+            SecretString::from("CANARY-secret-key"),
+        ));
+        assert!(!format!("{s:?}").contains("CANARY"));
     }
 
     #[test]

@@ -257,3 +257,106 @@ fn shipped_configurations_pass_check() {
         );
     }
 }
+
+fn password_server() -> String {
+    std::env::var("STRATA_TEST_PG_PASSWORD_URL")
+        .expect("STRATA_TEST_PG_PASSWORD_URL: run the suite with scripts/test")
+}
+
+#[test]
+fn wrong_password_is_named_as_the_cause_and_never_shown() {
+    let setup = Setup::new();
+    let url = password_server().replace("right-password", "CANARY-wrong-password");
+    setup.write_config("", &job("app", &url, "local", ""));
+    let out = strata(&setup, &["backup", "app"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("password authentication failed for user \"strata_pw\""),
+        "{err}"
+    );
+    assert!(!err.contains("CANARY"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn the_password_reaches_pg_dump_only_through_its_environment() {
+    let setup = Setup::new();
+    setup.write_config("", &job("app", &password_server(), "local", ""));
+    // A wrapper records pg_dump's arguments and whether PGPASSWORD was set, then
+    // runs the real pg_dump.
+    let real = crate::helpers::psql("postgres", "SELECT 1"); // the local server is up
+    assert_eq!(real, "1");
+    let pg_dump = String::from_utf8(
+        Command::new("bash")
+            .args([
+                "-c",
+                "ls -d /usr/lib/postgresql/*/bin/pg_dump | sort -V | tail -1",
+            ])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let tools = setup.path().join("bin");
+    std::fs::create_dir(&tools).unwrap();
+    let log = setup.path().join("argv.log");
+    let wrapper = tools.join("pg_dump");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\necho \"args: $*\" >> {log}\necho \"PGPASSWORD set: ${{PGPASSWORD:+yes}}\" >> {log}\nexec {} \"$@\"\n", pg_dump.trim(), log = log.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(bin())
+        .arg("-c")
+        .arg(setup.path().join("config.yaml"))
+        .args(["backup", "app"])
+        .env("STRATA_PG_BIN_DIR", &tools)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let recorded = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        recorded.contains("args: --no-password --format=plain --snapshot="),
+        "{recorded}"
+    );
+    assert!(recorded.contains("PGPASSWORD set: yes"), "{recorded}");
+    assert!(!recorded.contains("right-password"), "{recorded}");
+}
+
+#[tokio::test]
+async fn s3_credentials_come_from_the_standard_aws_chain() {
+    let setup = Setup::new();
+    let db = TestDb::create();
+    db.exec("CREATE TABLE t AS SELECT g FROM generate_series(1, 5) g");
+    let bucket = crate::helpers::Bucket::create(crate::helpers::S3Kind::Garage).await;
+    setup.write_config(
+        &bucket.yaml("s3", None),
+        &job("app", &db.url(), "local, s3", ""),
+    );
+    let (id, secret) = bucket.settings.credentials.clone().unwrap();
+    let run = |secret: &str| {
+        Command::new(bin())
+            .arg("-c")
+            .arg(setup.path().join("config.yaml"))
+            .args(["backup", "app"])
+            .env("AWS_ACCESS_KEY_ID", &id)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env_remove("AWS_PROFILE")
+            .output()
+            .unwrap()
+    };
+    use secrecy::ExposeSecret;
+    let out = run(secret.expose_secret());
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A wrong secret from the environment: the S3 copy fails, local keeps one,
+    // the run says which target failed, and the secret is not printed.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = run("CANARY-wrong-secret");
+    assert_eq!(out.status.code(), Some(1));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(text.contains("s3: FAILED"), "{text}");
+    assert!(text.contains("target(s) s3 failed"), "{text}");
+    assert!(!text.contains("CANARY"), "{text}");
+}

@@ -169,7 +169,7 @@ impl Bucket {
                 s.endpoint = Some(env("STRATA_TEST_GARAGE"));
                 s.credentials = Some((
                     env("STRATA_TEST_GARAGE_KEY_ID"),
-                    env("STRATA_TEST_GARAGE_SECRET"),
+                    env("STRATA_TEST_GARAGE_SECRET").into(),
                 ));
                 // Garage implements SSE-C only, not SSE-S3 headers.
                 s.server_side_encryption = None;

@@ -160,3 +160,56 @@ async fn stored_objects_are_standard_gzip_after_decryption() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "50000");
 }
+
+#[tokio::test]
+async fn s3_objects_carry_encryption_storage_class_and_tags() {
+    let source = TestDb::create();
+    source.exec("CREATE TABLE t AS SELECT g FROM generate_series(1, 10) g");
+    let setup = Setup::new();
+    let bucket = Bucket::create(S3Kind::Moto).await;
+    let targets = bucket
+        .yaml("s3", None)
+        .replace("part_size_mib: 5", "part_size_mib: 5, storage_class: STANDARD_IA, tags: { owner: dba, \"data class\": restricted }");
+    let strata = setup
+        .strata(&targets, &job("app", &source.url(), "s3", ""), &[&bucket])
+        .await;
+    let report = runner::backup(&strata, "app", Utc::now()).await.unwrap();
+    let record = &report.manifest.targets[0];
+    assert_eq!(record.storage_class.as_deref(), Some("STANDARD_IA"));
+    let client = bucket.client().await;
+    let head = client
+        .head_object()
+        .bucket(&bucket.settings.bucket)
+        .key(&record.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.server_side_encryption().map(|s| s.as_str()),
+        Some("AES256")
+    );
+    assert_eq!(
+        head.storage_class().map(|s| s.as_str()),
+        Some("STANDARD_IA")
+    );
+    let tags = client
+        .get_object_tagging()
+        .bucket(&bucket.settings.bucket)
+        .key(&record.key)
+        .send()
+        .await
+        .unwrap();
+    let mut tags: Vec<(String, String)> = tags
+        .tag_set()
+        .iter()
+        .map(|t| (t.key().to_owned(), t.value().to_owned()))
+        .collect();
+    tags.sort();
+    assert_eq!(
+        tags,
+        vec![
+            ("data class".into(), "restricted".into()),
+            ("owner".into(), "dba".into())
+        ]
+    );
+}
