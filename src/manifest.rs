@@ -150,6 +150,14 @@ impl Layout {
     }
 }
 
+/// The manifest key next to a data object key.
+pub fn manifest_key_beside(object_key: &str, backup_id: &str) -> String {
+    match object_key.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{backup_id}{MANIFEST_SUFFIX}"),
+        None => format!("{backup_id}{MANIFEST_SUFFIX}"),
+    }
+}
+
 /// The prefix under which all of a job's objects live on a target.
 pub fn job_prefix(prefix: &str, job: &str) -> String {
     if prefix.is_empty() {

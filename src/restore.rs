@@ -17,6 +17,7 @@ use tokio::process::Command;
 
 use crate::app::Strata;
 use crate::catalog::{self, Entry};
+use crate::manifest::{Verification, manifest_key_beside};
 use crate::pipeline::restore_stream::{self, Expected, VerifyError};
 use crate::runner::RunError;
 use crate::source::{self, DbUrl, DumpFormat, SourceError};
@@ -438,7 +439,7 @@ pub async fn verify(
             continue;
         }
         let target = strata.target(&record.target);
-        let result = read_back(strata, target.as_ref(), &entry).await;
+        let result = read_back(strata, target.as_ref(), &entry, &record.key).await;
         targets.push((
             record.target.clone(),
             result.map_or_else(|e| e.to_string(), |()| "ok".into()),
@@ -462,19 +463,71 @@ pub async fn verify(
             Some(result.map_or_else(|e| e.to_string(), |_| "ok".into()))
         }
     };
-    Ok(VerifyReport {
+    let report = VerifyReport {
         backup_id: entry.manifest.backup_id.clone(),
         targets,
         restore,
-    })
+    };
+    record_verification(strata, &entry, &report).await;
+    Ok(report)
+}
+
+/// Appends the results to the manifest on every target that holds the backup. A
+/// failure to record is logged; it does not change the verdict.
+async fn record_verification(strata: &Strata, entry: &Entry, report: &VerifyReport) {
+    let now = chrono::Utc::now();
+    let mut results: Vec<Verification> = report
+        .targets
+        .iter()
+        .map(|(target, outcome)| Verification {
+            at: now,
+            kind: "read_back".into(),
+            target: target.clone(),
+            ok: outcome == "ok",
+            detail: outcome.clone(),
+        })
+        .collect();
+    if let Some(outcome) = &report.restore {
+        results.push(Verification {
+            at: now,
+            kind: "restore".into(),
+            target: String::new(),
+            ok: outcome == "ok",
+            detail: outcome.clone(),
+        });
+    }
+    for record in &entry.manifest.targets {
+        if !strata.config().targets.contains_key(&record.target) {
+            continue;
+        }
+        let target = strata.target(&record.target);
+        let key = manifest_key_beside(&record.key, &entry.manifest.backup_id);
+        let updated = async {
+            let bytes = crate::storage::read_all(target.as_ref(), &key).await?;
+            let mut manifest: crate::manifest::Manifest =
+                serde_json::from_slice(&bytes).map_err(|e| StorageError::S3 {
+                    target: record.target.clone(),
+                    key: key.clone(),
+                    message: format!("manifest is not valid JSON: {e}"),
+                })?;
+            manifest.verifications.extend(results.iter().cloned());
+            let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+            target.put_small(&key, json.into()).await
+        }
+        .await;
+        if let Err(e) = updated {
+            tracing::warn!(target_name = %record.target, error = %e, "could not record the verification in the manifest");
+        }
+    }
 }
 
 async fn read_back(
     strata: &Strata,
     target: &dyn Target,
     entry: &Entry,
+    object_key: &str,
 ) -> Result<(), RestoreError> {
-    let stream = target.get(&entry.object_key()).await?;
+    let stream = target.get(object_key).await?;
     let opened = restore_stream::open(
         stream,
         expected(entry),
