@@ -17,5 +17,6 @@ pub mod restore;
 pub mod runner;
 pub mod schedule;
 pub mod source;
+pub mod state;
 pub mod storage;
 pub mod telemetry;

@@ -1,0 +1,383 @@
+//! The state database (tokio-postgres): run history, the append-only audit log,
+//! schedule claims and per-job locks shared by every daemon and CLI run.
+//!
+//! Backups never depend on it: when it is unreachable, records wait in an in-memory
+//! outbox and are written, in order, once it answers again; `/health` reports it.
+//! Locks are PostgreSQL advisory locks on a dedicated connection, so a process that
+//! dies releases its locks with its connection.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex as StdMutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::source::{DbUrl, pg_message};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Key of the advisory lock that serialises migrations across daemons.
+const MIGRATION_LOCK: i64 = 0x5354_5241_5441_0001;
+
+/// A state-database failure.
+#[derive(Debug, thiserror::Error)]
+#[error("state database {url}: {message}")]
+pub struct StateError {
+    url: String,
+    message: String,
+}
+
+/// Outcome of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Success,
+    Degraded,
+    Failed,
+    Aborted,
+}
+
+impl RunStatus {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Success => "success",
+            Self::Degraded => "degraded",
+            Self::Failed => "failed",
+            Self::Aborted => "aborted",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "running" => Self::Running,
+            "success" => Self::Success,
+            "degraded" => Self::Degraded,
+            "aborted" => Self::Aborted,
+            _ => Self::Failed,
+        }
+    }
+}
+
+/// One backup run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunRecord {
+    pub id: String,
+    pub job: String,
+    pub trigger: String,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub status: RunStatus,
+    pub backup_id: Option<String>,
+    pub raw_bytes: Option<u64>,
+    pub stored_bytes: Option<u64>,
+    pub error: Option<String>,
+    /// Per target: `ok` or the failure.
+    pub targets: BTreeMap<String, String>,
+    pub host: String,
+}
+
+/// One audit-log entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub job: Option<String>,
+    pub run_id: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+enum Pending {
+    Run(RunRecord),
+    Audit(AuditEntry),
+}
+
+/// Connection to the state database with an outbox for when it is down.
+pub struct StateDb {
+    url: DbUrl,
+    client: Mutex<Option<tokio_postgres::Client>>,
+    outbox: StdMutex<Vec<Pending>>,
+    reachable: AtomicBool,
+}
+
+/// A per-job lock held on its own connection; dropping it releases the lock.
+pub struct JobLock {
+    _client: tokio_postgres::Client,
+}
+
+fn lock_key(job: &str) -> String {
+    format!("strata:job:{job}")
+}
+
+impl StateDb {
+    /// Connects and applies migrations; when the database is unreachable the value
+    /// still works and keeps trying on every write.
+    pub async fn open(url: DbUrl) -> Self {
+        let db = Self {
+            url,
+            client: Mutex::new(None),
+            outbox: StdMutex::new(Vec::new()),
+            reachable: AtomicBool::new(false),
+        };
+        if let Err(e) = db.ensure().await {
+            tracing::warn!(error = %e, "state database unreachable; runs are kept in memory until it answers");
+        }
+        db
+    }
+
+    fn err(&self, message: impl Into<String>) -> StateError {
+        StateError {
+            url: self.url.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn pg(&self, e: &tokio_postgres::Error) -> StateError {
+        self.err(pg_message(e))
+    }
+
+    /// Whether the last attempt to reach the database worked.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Connects (and migrates) if not connected; then writes the outbox.
+    ///
+    /// # Errors
+    /// The database cannot be reached or migrated.
+    pub async fn ensure(&self) -> Result<(), StateError> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+            *guard = None;
+            let connected = self.connect_and_migrate().await;
+            self.reachable.store(connected.is_ok(), Ordering::Relaxed);
+            *guard = Some(connected?);
+        }
+        let client = guard.as_ref().expect("connected");
+        let pending: Vec<Pending> = std::mem::take(&mut *self.outbox.lock().expect("outbox"));
+        let mut rest = pending.into_iter();
+        while let Some(item) = rest.next() {
+            let written = match &item {
+                Pending::Run(run) => write_run(client, run).await,
+                Pending::Audit(entry) => write_audit(client, entry).await,
+            };
+            if let Err(e) = written {
+                let mut outbox = self.outbox.lock().expect("outbox");
+                let newer = std::mem::take(&mut *outbox);
+                outbox.push(item);
+                outbox.extend(rest);
+                outbox.extend(newer);
+                self.reachable.store(false, Ordering::Relaxed);
+                *guard = None;
+                return Err(self.pg(&e));
+            }
+        }
+        self.reachable.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn connect_and_migrate(&self) -> Result<tokio_postgres::Client, StateError> {
+        let mut client = self
+            .url
+            .connect()
+            .await
+            .map_err(|e| self.err(e.to_string()))?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(|e| self.pg(&e))?;
+        let migrated = embedded::migrations::runner().run_async(&mut client).await;
+        let _ = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await;
+        migrated.map_err(|e| self.err(format!("migration failed: {e}")))?;
+        Ok(client)
+    }
+
+    /// Checks the connection now (for `/health`).
+    pub async fn ping(&self) -> bool {
+        if self.ensure().await.is_err() {
+            return false;
+        }
+        let guard = self.client.lock().await;
+        let ok = match guard.as_ref() {
+            Some(c) => c.simple_query("SELECT 1").await.is_ok(),
+            None => false,
+        };
+        self.reachable.store(ok, Ordering::Relaxed);
+        ok
+    }
+
+    /// Stores (inserts or updates) a run; kept in the outbox if the database is down.
+    pub async fn save_run(&self, run: &RunRecord) {
+        self.outbox
+            .lock()
+            .expect("outbox")
+            .push(Pending::Run(run.clone()));
+        if let Err(e) = self.ensure().await {
+            tracing::warn!(run_id = %run.id, error = %e, "run kept in memory until the state database answers");
+        }
+    }
+
+    /// Appends to the audit log; kept in the outbox if the database is down.
+    pub async fn audit(&self, entry: AuditEntry) {
+        self.outbox
+            .lock()
+            .expect("outbox")
+            .push(Pending::Audit(entry));
+        if let Err(e) = self.ensure().await {
+            tracing::warn!(error = %e, "audit entry kept in memory until the state database answers");
+        }
+    }
+
+    /// Claims a scheduled slot; `Ok(false)` when another daemon already did.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn claim(
+        &self,
+        job: &str,
+        slot: DateTime<Utc>,
+        run_id: &str,
+        host: &str,
+    ) -> Result<bool, StateError> {
+        self.ensure().await?;
+        let guard = self.client.lock().await;
+        let client = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
+        let n = client
+            .execute(
+                "INSERT INTO schedule_claims (job, slot, run_id, claimed_by) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&job, &slot, &run_id, &host],
+            )
+            .await
+            .map_err(|e| self.pg(&e))?;
+        Ok(n == 1)
+    }
+
+    /// Takes the job's lock if nobody holds it, on a connection of its own.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn try_lock_job(&self, job: &str) -> Result<Option<JobLock>, StateError> {
+        let client = self
+            .url
+            .connect()
+            .await
+            .map_err(|e| self.err(e.to_string()))?;
+        let got: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                &[&lock_key(job)],
+            )
+            .await
+            .map_err(|e| self.pg(&e))?
+            .get(0);
+        Ok(got.then_some(JobLock { _client: client }))
+    }
+
+    /// One run by id.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn run(&self, id: &str) -> Result<Option<RunRecord>, StateError> {
+        self.ensure().await?;
+        let guard = self.client.lock().await;
+        let client = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
+        let row = client
+            .query_opt(
+                "SELECT id, job, trigger, scheduled_for, started_at, finished_at, status, backup_id, raw_bytes, stored_bytes, error, targets, host FROM runs WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(|e| self.pg(&e))?;
+        Ok(row.map(|r| RunRecord {
+            id: r.get(0),
+            job: r.get(1),
+            trigger: r.get(2),
+            scheduled_for: r.get(3),
+            started_at: r.get(4),
+            finished_at: r.get(5),
+            status: RunStatus::parse(r.get(6)),
+            backup_id: r.get(7),
+            raw_bytes: r.get::<_, Option<i64>>(8).map(|n| n as u64),
+            stored_bytes: r.get::<_, Option<i64>>(9).map(|n| n as u64),
+            error: r.get(10),
+            targets: serde_json::from_value(r.get(11)).unwrap_or_default(),
+            host: r.get(12),
+        }))
+    }
+
+    /// Runs of `job`, newest first (tests and reports).
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn runs_of(
+        &self,
+        job: &str,
+    ) -> Result<Vec<(String, Option<DateTime<Utc>>, String)>, StateError> {
+        self.ensure().await?;
+        let guard = self.client.lock().await;
+        let client = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
+        let rows = client
+            .query("SELECT id, scheduled_for, status FROM runs WHERE job = $1 ORDER BY started_at DESC", &[&job])
+            .await
+            .map_err(|e| self.pg(&e))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+}
+
+async fn write_run(
+    client: &tokio_postgres::Client,
+    run: &RunRecord,
+) -> Result<u64, tokio_postgres::Error> {
+    let targets = serde_json::to_value(&run.targets).expect("serialisable");
+    let raw = run.raw_bytes.map(|n| n as i64);
+    let stored = run.stored_bytes.map(|n| n as i64);
+    client
+        .execute(
+            "INSERT INTO runs (id, job, trigger, scheduled_for, started_at, finished_at, status, backup_id, raw_bytes, stored_bytes, error, targets, host) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (id) DO UPDATE SET finished_at = EXCLUDED.finished_at, status = EXCLUDED.status, \
+               backup_id = EXCLUDED.backup_id, raw_bytes = EXCLUDED.raw_bytes, stored_bytes = EXCLUDED.stored_bytes, \
+               error = EXCLUDED.error, targets = EXCLUDED.targets",
+            &[
+                &run.id,
+                &run.job,
+                &run.trigger,
+                &run.scheduled_for,
+                &run.started_at,
+                &run.finished_at,
+                &run.status.as_str(),
+                &run.backup_id,
+                &raw,
+                &stored,
+                &run.error,
+                &targets,
+                &run.host,
+            ],
+        )
+        .await
+}
+
+async fn write_audit(
+    client: &tokio_postgres::Client,
+    e: &AuditEntry,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO audit_log (at, actor, action, job, run_id, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&e.at, &e.actor, &e.action, &e.job, &e.run_id, &e.detail],
+        )
+        .await
+}
