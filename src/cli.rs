@@ -35,6 +35,8 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The daemon: schedules, HTTP API, metrics (until SIGTERM/SIGINT).
+    Run,
     /// Take one backup now; exit 0 only when every target holds it.
     Backup {
         job: String,
@@ -147,6 +149,11 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Decrypt { key_file } => decrypt(&key_file),
+        Command::Run => {
+            let config = load(&cli.config)?;
+            crate::daemon::run(config).await?;
+            Ok(())
+        }
         Command::Check => {
             let config = load(&cli.config)?;
             println!(
@@ -174,7 +181,16 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Backup { job, json } => {
             let strata = Strata::build(load(&cli.config)?).await;
-            let report = crate::runner::backup(&strata, &job, Utc::now()).await?;
+            // Ctrl-C or SIGTERM aborts cleanly: no partial object, no manifest.
+            let cancel = tokio_util::sync::CancellationToken::new();
+            tokio::spawn({
+                let cancel = cancel.clone();
+                async move {
+                    crate::daemon::stop_signal().await;
+                    cancel.cancel();
+                }
+            });
+            let report = crate::runner::backup(&strata, &job, Utc::now(), &cancel).await?;
             if json {
                 print_json(&report);
             } else {

@@ -6,12 +6,15 @@
 //! [`restore`] reverses the flow and verifies every byte before PostgreSQL commits.
 //! [`config`] turns `config.yaml` into validated types; [`cli`] is the command line.
 
+pub mod api;
 pub mod app;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod keys;
 pub mod manifest;
+pub mod metrics;
 pub mod pipeline;
 pub mod restore;
 pub mod runner;

@@ -4,7 +4,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = strata::cli::Cli::parse();
-    strata::telemetry::init("warn");
+    let daemon = matches!(cli.command, strata::cli::Command::Run);
+    strata::telemetry::init(if daemon { "info" } else { "warn" });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

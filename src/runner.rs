@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 
 use crate::app::Strata;
 use crate::manifest::{EncryptionInfo, FORMAT_VERSION, Layout, Manifest, TargetRecord};
@@ -29,6 +30,13 @@ pub enum RunError {
     Exists { backup_id: String, target: String },
     #[error("no target holds the backup: {}", .0.join("; "))]
     NoTarget(Vec<String>),
+}
+
+impl RunError {
+    /// The run was stopped on purpose (shutdown), not by a fault.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Self::Pipeline(PipelineError::Cancelled))
+    }
 }
 
 /// A backup that exists on at least one target.
@@ -57,6 +65,7 @@ pub async fn backup(
     strata: &Strata,
     job_name: &str,
     now: DateTime<Utc>,
+    cancel: &CancellationToken,
 ) -> Result<BackupReport, RunError> {
     let clock = Instant::now();
     let job = strata.job(job_name)?;
@@ -141,7 +150,8 @@ pub async fn backup(
             job.compression,
             encryptor,
             job.format == DumpFormat::Plain,
-            uploads
+            uploads,
+            cancel
         ),
         counts
     );

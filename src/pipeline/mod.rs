@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use ring::digest::{Context as Sha, SHA256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::source::copy_counter::RowCounter;
 use crate::source::{PgDump, SourceError};
@@ -42,6 +43,8 @@ pub enum PipelineError {
     Compress(std::io::Error),
     #[error("every target failed: {}", .0.join("; "))]
     AllTargetsFailed(Vec<String>),
+    #[error("cancelled (the daemon is stopping)")]
+    Cancelled,
 }
 
 /// What went into the targets.
@@ -60,15 +63,17 @@ pub type TargetUpload = (String, Result<Box<dyn Upload>, StorageError>);
 
 /// Streams pg_dump's output into every upload. Always hands the uploads back, so
 /// the caller can complete or abort each; it does not wait for pg_dump's exit.
+/// Cancelling `cancel` stops the stream (the result is then an error).
 pub async fn backup_stream(
     dump: &mut PgDump,
     compression: Compression,
     encryptor: Option<Encryptor>,
     count_rows: bool,
     uploads: Vec<(String, Box<dyn Upload>)>,
+    cancel: &CancellationToken,
 ) -> (Result<StreamStats, PipelineError>, Vec<TargetUpload>) {
     let (tee_tx, tee_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
-    let tee = tokio::spawn(tee(tee_rx, uploads));
+    let tee = tokio::spawn(tee(tee_rx, uploads, cancel.clone()));
     let (seal_tx, seal_rx) = mpsc::channel::<Option<Bytes>>(CHANNEL_DEPTH);
     let sealer = tokio::task::spawn_blocking(move || seal(seal_rx, encryptor, &tee_tx));
     let (count_tx, counter) = if count_rows {
@@ -85,7 +90,7 @@ pub async fn backup_stream(
         (None, None)
     };
 
-    let read = read_and_compress(dump, compression, &seal_tx, count_tx).await;
+    let read = read_and_compress(dump, compression, &seal_tx, count_tx, cancel).await;
     let ended = read.is_ok() && seal_tx.send(None).await.is_ok();
     drop(seal_tx);
     let sealed = sealer.await.expect("seal thread panicked");
@@ -101,6 +106,9 @@ pub async fn backup_stream(
             .collect::<Vec<_>>()
     };
     let result = (|| {
+        if cancel.is_cancelled() {
+            return Err(PipelineError::Cancelled);
+        }
         let raw_bytes = match read {
             Ok(n) => n,
             Err(Downstream::Closed) => return Err(PipelineError::AllTargetsFailed(failures())),
@@ -136,6 +144,7 @@ async fn read_and_compress(
     compression: Compression,
     out: &mpsc::Sender<Option<Bytes>>,
     counter: Option<mpsc::Sender<Bytes>>,
+    cancel: &CancellationToken,
 ) -> Result<u64, Downstream> {
     let parallel = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) + 1;
     let mut queue: VecDeque<JoinHandle<std::io::Result<Vec<u8>>>> = VecDeque::new();
@@ -155,10 +164,10 @@ async fn read_and_compress(
     }
     loop {
         let mut buf = BytesMut::with_capacity(BLOCK);
-        let n = dump
-            .read(&mut buf)
-            .await
-            .map_err(|e| Downstream::Failed(e.into()))?;
+        let n = tokio::select! {
+            read = dump.read(&mut buf) => read.map_err(|e| Downstream::Failed(e.into()))?,
+            () = cancel.cancelled() => return Err(Downstream::Closed),
+        };
         if n == 0 {
             break;
         }
@@ -242,6 +251,7 @@ fn seal(
 async fn tee(
     mut rx: mpsc::Receiver<Bytes>,
     uploads: Vec<(String, Box<dyn Upload>)>,
+    cancel: CancellationToken,
 ) -> Vec<TargetUpload> {
     let mut workers = Vec::new();
     for (name, mut upload) in uploads {
@@ -259,7 +269,15 @@ async fn tee(
         });
         workers.push((name, Some(tx), handle));
     }
-    while let Some(block) = rx.recv().await {
+    loop {
+        let block = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            block = rx.recv() => match block {
+                Some(b) => b,
+                None => break,
+            },
+        };
         let mut live = 0;
         for (_, tx, _) in &mut workers {
             if let Some(sender) = tx {

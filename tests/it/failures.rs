@@ -78,7 +78,9 @@ async fn part_uploads_retried_after_slowdown_store_the_same_bytes() {
         fault: Fault::Respond(500, INTERNAL),
         times: Some(1),
     });
-    let report = runner::backup(&strata, "app", Utc::now()).await.unwrap();
+    let report = runner::backup(&strata, "app", Utc::now(), &Default::default())
+        .await
+        .unwrap();
     assert!(report.is_complete(), "{:?}", report.failed);
     assert_eq!(proxy.hits(), 3, "the faults were not exercised");
     // The stored object, read directly from the server, hashes to the manifest's value.
@@ -113,7 +115,7 @@ async fn part_failure_aborts(fault: Fault, expected: &str) {
         fault,
         times: None,
     });
-    let err = runner::backup(&strata, "app", Utc::now())
+    let err = runner::backup(&strata, "app", Utc::now(), &Default::default())
         .await
         .unwrap_err();
     assert!(err.to_string().contains(expected), "{err}");
@@ -141,7 +143,7 @@ async fn complete_answering_200_with_an_error_body_is_a_failure() {
         fault: Fault::Respond(200, INTERNAL),
         times: None,
     });
-    let err = runner::backup(&strata, "app", Utc::now())
+    let err = runner::backup(&strata, "app", Utc::now(), &Default::default())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("InternalError"), "{err}");
@@ -164,7 +166,7 @@ async fn object_size_is_checked_after_completion() {
         fault: Fault::RewriteLength(1234),
         times: None,
     });
-    let err = runner::backup(&strata, "app", Utc::now())
+    let err = runner::backup(&strata, "app", Utc::now(), &Default::default())
         .await
         .unwrap_err();
     assert!(
@@ -215,7 +217,7 @@ async fn pg_dump_killed_mid_stream_fails_the_run_and_leaves_nothing() {
             false
         })
     };
-    let err = runner::backup(&strata, "app", Utc::now())
+    let err = runner::backup(&strata, "app", Utc::now(), &Default::default())
         .await
         .unwrap_err();
     assert!(
@@ -254,7 +256,7 @@ async fn full_local_disk_fails_without_a_partial_file() {
             &[],
         )
         .await;
-    let err = runner::backup(&strata, "app", Utc::now()).await;
+    let err = runner::backup(&strata, "app", Utc::now(), &Default::default()).await;
     let left = files(&mount);
     let _ = std::process::Command::new("umount").arg(&mount).status();
     let err = err.unwrap_err();
@@ -276,7 +278,9 @@ async fn one_target_down_keeps_the_others_and_reports_degraded() {
             &[&bucket],
         )
         .await;
-    let report = runner::backup(&strata, "app", Utc::now()).await.unwrap();
+    let report = runner::backup(&strata, "app", Utc::now(), &Default::default())
+        .await
+        .unwrap();
     assert!(!report.is_complete());
     assert_eq!(report.failed.keys().collect::<Vec<_>>(), vec!["s3"]);
     assert_eq!(
@@ -320,7 +324,9 @@ async fn local_backup(
     let strata = setup
         .strata("", &job("app", &db.url(), "local", ""), &[])
         .await;
-    let report = runner::backup(&strata, "app", Utc::now()).await.unwrap();
+    let report = runner::backup(&strata, "app", Utc::now(), &Default::default())
+        .await
+        .unwrap();
     let object = setup.backups().join(&report.manifest.targets[0].key);
     let manifest = object.with_file_name(format!("{}.manifest.json", report.manifest.backup_id));
     (db, strata, object, manifest)

@@ -52,7 +52,9 @@ async fn backup_and_restore(kind: Option<S3Kind>, format: &str, compression: &st
             &bucket.iter().collect::<Vec<_>>(),
         )
         .await;
-    let report = runner::backup(&strata, "app", Utc::now()).await.unwrap();
+    let report = runner::backup(&strata, "app", Utc::now(), &Default::default())
+        .await
+        .unwrap();
     assert!(report.is_complete(), "{:?}", report.failed);
     let m = &report.manifest;
     assert_eq!(m.targets.len(), list.split(", ").count());
@@ -123,7 +125,9 @@ async fn stored_objects_are_standard_gzip_after_decryption() {
     let strata = setup
         .strata("", &job("app", &source.url(), "local", ""), &[])
         .await;
-    let report = runner::backup(&strata, "app", Utc::now()).await.unwrap();
+    let report = runner::backup(&strata, "app", Utc::now(), &Default::default())
+        .await
+        .unwrap();
     let object = setup.backups().join(&report.manifest.targets[0].key);
     let script = format!(
         "set -o pipefail; {} decrypt --key-file {} < {} | gunzip | grep -c '^[0-9]'",
@@ -173,7 +177,9 @@ async fn s3_objects_carry_encryption_storage_class_and_tags() {
     let strata = setup
         .strata(&targets, &job("app", &source.url(), "s3", ""), &[&bucket])
         .await;
-    let report = runner::backup(&strata, "app", Utc::now()).await.unwrap();
+    let report = runner::backup(&strata, "app", Utc::now(), &Default::default())
+        .await
+        .unwrap();
     let record = &report.manifest.targets[0];
     assert_eq!(record.storage_class.as_deref(), Some("STANDARD_IA"));
     let client = bucket.client().await;

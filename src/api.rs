@@ -1,0 +1,215 @@
+//! HTTP API (axum): `/health` and `/metrics` for monitoring, and a bearer-token
+//! protected API to start backups and read runs and backups.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use ring::digest::{SHA256, digest};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::daemon::{Daemon, TokenHash, TriggerError};
+
+/// Largest request body accepted.
+const BODY_LIMIT: usize = 16 * 1024;
+
+/// Builds the router.
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/backups/{job}", get(list_backups).post(start_backup))
+        .route("/runs/{id}", get(get_run))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(daemon)
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, axum::Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+/// Why a request was not authorised.
+enum AuthError {
+    Disabled,
+    Unauthorized,
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Disabled => error(
+                StatusCode::FORBIDDEN,
+                "this endpoint is disabled: configure http.token_file",
+            ),
+            Self::Unauthorized => {
+                let mut resp = error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    "Bearer".parse().expect("header value"),
+                );
+                resp
+            }
+        }
+    }
+}
+
+/// Checks `Authorization: Bearer …` against `expected` in constant time; returns
+/// the caller's identity for the audit log (a token fingerprint, never the token).
+fn authorize(headers: &HeaderMap, expected: Option<&TokenHash>) -> Result<String, AuthError> {
+    let Some(expected) = expected else {
+        return Err(AuthError::Disabled);
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Hashing first makes the comparison length-independent.
+    let hash = digest(&SHA256, presented.as_bytes());
+    if presented.is_empty() || !bool::from(hash.as_ref().ct_eq(expected)) {
+        return Err(AuthError::Unauthorized);
+    }
+    Ok(format!("api:{}", &hex::encode(hash.as_ref())[..8]))
+}
+
+async fn health(State(d): State<Arc<Daemon>>) -> Response {
+    let now = d.clock.now();
+    let config = d.strata.config();
+    let mut healthy = true;
+    let mut jobs = serde_json::Map::new();
+    for (name, h) in d.health() {
+        let rpo = config.jobs.get(&name).map_or(0, |j| j.rpo.as_secs());
+        let age = h.last_success.map(|t| (now - t).num_seconds().max(0));
+        let within = age.is_some_and(|a| a as u64 <= rpo);
+        healthy &= within;
+        jobs.insert(
+            name,
+            json!({
+                "last_success": h.last_success,
+                "age_seconds": age,
+                "rpo_seconds": rpo,
+                "within_rpo": within,
+                "last_result": h.last_result,
+                "last_run_id": h.last_run_id,
+                "last_error": h.last_error,
+                "next_run": h.next_run,
+                "running": h.running,
+            }),
+        );
+    }
+    let state_db = match &d.state {
+        None => "not configured",
+        Some(s) if s.reachable() => "ok",
+        Some(_) => {
+            healthy = false;
+            "unreachable"
+        }
+    };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if healthy { "ok" } else { "failing" },
+        "state_db": state_db,
+        "jobs": jobs,
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        d.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn start_backup(
+    State(d): State<Arc<Daemon>>,
+    Path(job): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let actor = match authorize(&headers, d.api_token.as_ref()) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    // An optional JSON object, e.g. {"reason": "before the migration"}.
+    let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(map)) => map.get("reason").cloned().unwrap_or(Value::Null),
+            Ok(_) => return error(StatusCode::BAD_REQUEST, "the body must be a JSON object"),
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
+        }
+    };
+    d.audit(
+        &actor,
+        "api.backup",
+        Some(&job),
+        None,
+        json!({ "reason": reason }),
+    )
+    .await;
+    match d.trigger(&job, "api", None, &actor).await {
+        Ok(run_id) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "run_id": run_id })),
+        )
+            .into_response(),
+        Err(e @ TriggerError::UnknownJob(_)) => error(StatusCode::NOT_FOUND, e),
+        Err(e @ TriggerError::AlreadyRunning(_)) => error(StatusCode::CONFLICT, e),
+        Err(e @ TriggerError::Stopping) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn list_backups(
+    State(d): State<Arc<Daemon>>,
+    Path(job): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let actor = match authorize(&headers, d.api_token.as_ref()) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    let Some(cfg) = d.strata.config().job(&job) else {
+        return error(StatusCode::NOT_FOUND, format!("unknown job '{job}'"));
+    };
+    d.audit(&actor, "api.list", Some(&job), None, Value::Null)
+        .await;
+    let mut items = Vec::new();
+    for t in &cfg.targets {
+        match crate::catalog::list(d.strata.target(t).as_ref(), d.strata.prefix(t), &job).await {
+            Ok(entries) => items.extend(
+                entries
+                    .into_iter()
+                    .map(|e| json!({ "target": t, "key": e.object_key(), "manifest": e.manifest })),
+            ),
+            Err(e) => items.push(json!({ "target": t, "error": e.to_string() })),
+        }
+    }
+    axum::Json(Value::Array(items)).into_response()
+}
+
+async fn get_run(
+    State(d): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&headers, d.api_token.as_ref()) {
+        return r.into_response();
+    }
+    match d.run(&id).await {
+        Some(run) => axum::Json(run).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no run '{id}'")),
+    }
+}

@@ -1,0 +1,647 @@
+//! The long-running service: schedules, one run per job at a time (in this
+//! process and, through the state database, across processes), run bookkeeping
+//! (state database, metrics, health, audit), start-up cleanup and graceful stop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ring::digest::{SHA256, digest};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::Strata;
+use crate::catalog;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::schedule::{self, Clock, SystemClock};
+use crate::state::{AuditEntry, JobLock, RunRecord, RunStatus, StateDb};
+
+/// Runs kept in memory for `GET /runs/{id}` when the state database is down.
+const RECENT_RUNS: usize = 500;
+
+/// Why a run could not be started.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TriggerError {
+    #[error("unknown job '{0}'")]
+    UnknownJob(String),
+    #[error("a backup of job '{0}' is already running")]
+    AlreadyRunning(String),
+    #[error("the daemon is stopping")]
+    Stopping,
+}
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("token file {path}: {message}")]
+    Token { path: String, message: String },
+    #[error("cannot listen: {0}")]
+    Listen(std::io::Error),
+}
+
+/// What `/health` shows per job, kept in memory so health checks cost nothing.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct JobHealth {
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_result: Option<String>,
+    pub last_run_id: Option<String>,
+    pub last_error: Option<String>,
+    pub next_run: Option<DateTime<Utc>>,
+    pub running: bool,
+    #[serde(skip)]
+    pub last_stored_bytes: Option<u64>,
+}
+
+struct Running {
+    cancel: CancellationToken,
+    _lock: Option<JobLock>,
+}
+
+/// SHA-256 of a bearer token; compared in constant time.
+pub type TokenHash = [u8; 32];
+
+/// The daemon and everything its API and schedules share.
+pub struct Daemon {
+    pub strata: Arc<Strata>,
+    pub state: Option<Arc<StateDb>>,
+    pub metrics: Metrics,
+    pub clock: Arc<dyn Clock>,
+    pub host: String,
+    pub api_token: Option<TokenHash>,
+    pub admin_token: Option<TokenHash>,
+    health: Mutex<BTreeMap<String, JobHealth>>,
+    recent: Mutex<(Vec<String>, HashMap<String, RunRecord>)>,
+    running: Mutex<HashMap<String, Running>>,
+    tasks: TaskTracker,
+    stopping: CancellationToken,
+}
+
+fn read_token(path: &std::path::Path) -> Result<TokenHash, DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |message: String| DaemonError::Token {
+        path: path.display().to_string(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(err(format!(
+            "readable by group/others (mode {mode:04o}); run `chmod 600` on it"
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let token = text.trim();
+    if token.len() < 16 {
+        return Err(err("the token must be at least 16 characters".into()));
+    }
+    Ok(digest(&SHA256, token.as_bytes())
+        .as_ref()
+        .try_into()
+        .expect("32 bytes"))
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn env_duration(name: &str, default: Duration) -> Duration {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .unwrap_or(default)
+}
+
+impl Daemon {
+    /// Builds the daemon: target clients, state database (migrated), tokens.
+    ///
+    /// # Errors
+    /// A token file is missing, unreadable or too open.
+    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Self>, DaemonError> {
+        let http = config.http.clone();
+        let api_token = http
+            .as_ref()
+            .and_then(|h| h.token_file.as_deref())
+            .map(read_token)
+            .transpose()?;
+        let admin_token = http
+            .as_ref()
+            .and_then(|h| h.admin_token_file.as_deref())
+            .map(read_token)
+            .transpose()?;
+        let state = match &config.state_url {
+            Some(url) => Some(Arc::new(StateDb::open(url.clone()).await)),
+            None => None,
+        };
+        let host = format!(
+            "{}:{}",
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".into()),
+            std::process::id()
+        );
+        let health = config
+            .jobs
+            .keys()
+            .map(|j| (j.clone(), JobHealth::default()))
+            .collect();
+        Ok(Arc::new(Self {
+            strata: Arc::new(Strata::build(config).await),
+            state,
+            metrics: Metrics::new(),
+            clock,
+            host,
+            api_token,
+            admin_token,
+            health: Mutex::new(health),
+            recent: Mutex::default(),
+            running: Mutex::default(),
+            tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+        }))
+    }
+
+    /// Per-job health, for `/health`.
+    pub fn health(&self) -> BTreeMap<String, JobHealth> {
+        self.health.lock().expect("health").clone()
+    }
+
+    /// A run from memory or the state database.
+    pub async fn run(&self, id: &str) -> Option<RunRecord> {
+        if let Some(r) = self.recent.lock().expect("recent").1.get(id) {
+            return Some(r.clone());
+        }
+        match &self.state {
+            Some(state) => state.run(id).await.ok().flatten(),
+            None => None,
+        }
+    }
+
+    fn remember(&self, run: &RunRecord) {
+        let mut recent = self.recent.lock().expect("recent");
+        if !recent.1.contains_key(&run.id) {
+            recent.0.push(run.id.clone());
+        }
+        recent.1.insert(run.id.clone(), run.clone());
+        while recent.0.len() > RECENT_RUNS {
+            let old = recent.0.remove(0);
+            recent.1.remove(&old);
+        }
+    }
+
+    /// Appends to the audit log (when a state database is configured) and logs.
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        job: Option<&str>,
+        run_id: Option<&str>,
+        detail: serde_json::Value,
+    ) {
+        tracing::info!(actor, action, job, run_id, %detail, "audit");
+        if let Some(state) = &self.state {
+            state
+                .audit(AuditEntry {
+                    at: self.clock.now(),
+                    actor: actor.to_owned(),
+                    action: action.to_owned(),
+                    job: job.map(str::to_owned),
+                    run_id: run_id.map(str::to_owned),
+                    detail,
+                })
+                .await;
+        }
+    }
+
+    /// Starts a backup of `job` unless one is running anywhere; returns the run id
+    /// at once, the backup goes on in the background.
+    ///
+    /// # Errors
+    /// Unknown job, a run already in progress (here or in another process), or the
+    /// daemon is stopping.
+    pub async fn trigger(
+        self: &Arc<Self>,
+        job: &str,
+        trigger: &str,
+        scheduled_for: Option<DateTime<Utc>>,
+        actor: &str,
+    ) -> Result<String, TriggerError> {
+        if self.strata.config().job(job).is_none() {
+            return Err(TriggerError::UnknownJob(job.to_owned()));
+        }
+        if self.stopping.is_cancelled() {
+            return Err(TriggerError::Stopping);
+        }
+        let cancel = {
+            let mut running = self.running.lock().expect("running");
+            if running.contains_key(job) {
+                return Err(TriggerError::AlreadyRunning(job.to_owned()));
+            }
+            let cancel = CancellationToken::new();
+            running.insert(
+                job.to_owned(),
+                Running {
+                    cancel: cancel.clone(),
+                    _lock: None,
+                },
+            );
+            cancel
+        };
+        // Across processes: the job's advisory lock in the state database.
+        if let Some(state) = &self.state {
+            match state.try_lock_job(job).await {
+                Ok(Some(lock)) => {
+                    if let Some(r) = self.running.lock().expect("running").get_mut(job) {
+                        r._lock = Some(lock);
+                    }
+                }
+                Ok(None) => {
+                    self.running.lock().expect("running").remove(job);
+                    return Err(TriggerError::AlreadyRunning(job.to_owned()));
+                }
+                Err(e) => {
+                    tracing::warn!(job, error = %e, "state database unreachable: running without the cross-process lock")
+                }
+            }
+        }
+        let run = RunRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            job: job.to_owned(),
+            trigger: trigger.to_owned(),
+            scheduled_for,
+            started_at: self.clock.now(),
+            finished_at: None,
+            status: RunStatus::Running,
+            backup_id: None,
+            raw_bytes: None,
+            stored_bytes: None,
+            error: None,
+            targets: BTreeMap::new(),
+            host: self.host.clone(),
+        };
+        let id = run.id.clone();
+        self.remember(&run);
+        if let Some(h) = self.health.lock().expect("health").get_mut(job) {
+            h.running = true;
+        }
+        self.metrics.running.with_label_values(&[job]).set(1);
+        let me = self.clone();
+        let actor = actor.to_owned();
+        self.tasks
+            .spawn(async move { me.execute(run, cancel, actor).await });
+        Ok(id)
+    }
+
+    async fn execute(
+        self: Arc<Self>,
+        mut run: RunRecord,
+        cancel: CancellationToken,
+        actor: String,
+    ) {
+        let job = run.job.clone();
+        if let Some(state) = &self.state {
+            state.save_run(&run).await;
+        }
+        self.audit(
+            &actor,
+            "backup.start",
+            Some(&job),
+            Some(&run.id),
+            serde_json::json!({ "trigger": run.trigger }),
+        )
+        .await;
+        let started = std::time::Instant::now();
+        let result = crate::runner::backup(&self.strata, &job, run.started_at, &cancel).await;
+        let duration = started.elapsed().as_secs_f64();
+        run.finished_at = Some(self.clock.now());
+        let m = &self.metrics;
+        m.last_duration.with_label_values(&[&job]).set(duration);
+        match &result {
+            Ok(report) => {
+                let manifest = &report.manifest;
+                run.status = if report.is_complete() {
+                    RunStatus::Success
+                } else {
+                    RunStatus::Degraded
+                };
+                run.backup_id = Some(manifest.backup_id.clone());
+                run.raw_bytes = Some(manifest.raw_bytes);
+                run.stored_bytes = Some(manifest.stored_bytes);
+                for t in &manifest.targets {
+                    run.targets.insert(t.target.clone(), "ok".into());
+                }
+                for (t, why) in &report.failed {
+                    run.targets.insert(t.clone(), why.clone());
+                    m.upload_failures.with_label_values(&[t]).inc();
+                }
+                if !report.is_complete() {
+                    run.error = Some(format!(
+                        "target(s) failed: {}",
+                        report.failed.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                m.last_size
+                    .with_label_values(&[&job])
+                    .set(manifest.stored_bytes as f64);
+                m.last_raw
+                    .with_label_values(&[&job])
+                    .set(manifest.raw_bytes as f64);
+            }
+            Err(e) => {
+                run.status = if e.is_cancelled() {
+                    RunStatus::Aborted
+                } else {
+                    RunStatus::Failed
+                };
+                run.error = Some(e.to_string());
+            }
+        }
+        m.runs.with_label_values(&[&job, run.status.as_str()]).inc();
+        m.running.with_label_values(&[&job]).set(0);
+        {
+            let mut health = self.health.lock().expect("health");
+            let h = health.entry(job.clone()).or_default();
+            h.running = false;
+            h.last_result = Some(run.status.as_str().to_owned());
+            h.last_run_id = Some(run.id.clone());
+            h.last_error = run.error.clone();
+            if let Ok(report) = &result {
+                if let Some(prev) = h.last_stored_bytes.filter(|p| *p > 0) {
+                    m.size_change_ratio
+                        .with_label_values(&[&job])
+                        .set(report.manifest.stored_bytes as f64 / prev as f64 - 1.0);
+                }
+                h.last_stored_bytes = Some(report.manifest.stored_bytes);
+                if report.is_complete() {
+                    h.last_success = Some(report.manifest.started_at);
+                    m.last_success
+                        .with_label_values(&[&job])
+                        .set(report.manifest.started_at.timestamp() as f64);
+                }
+            }
+        }
+        tracing::info!(
+            job = %job,
+            run_id = %run.id,
+            status = run.status.as_str(),
+            backup_id = run.backup_id.as_deref().unwrap_or("-"),
+            raw_bytes = run.raw_bytes.unwrap_or(0),
+            stored_bytes = run.stored_bytes.unwrap_or(0),
+            duration_s = duration,
+            error = run.error.as_deref().unwrap_or(""),
+            "backup run finished"
+        );
+        self.remember(&run);
+        if let Some(state) = &self.state {
+            state.save_run(&run).await;
+        }
+        self.audit(
+            &actor,
+            "backup.finish",
+            Some(&job),
+            Some(&run.id),
+            serde_json::json!({ "status": run.status.as_str(), "backup_id": run.backup_id, "error": run.error }),
+        )
+        .await;
+        // Dropping the entry releases the cross-process lock.
+        self.running.lock().expect("running").remove(&job);
+    }
+
+    /// Reads the newest backup of every job from its targets (health, metrics,
+    /// catch-up decisions).
+    async fn load_history(&self) {
+        let config = self.strata.config();
+        for (name, job) in &config.jobs {
+            let mut newest: Option<catalog::Entry> = None;
+            for t in &job.targets {
+                match catalog::list(self.strata.target(t).as_ref(), self.strata.prefix(t), name)
+                    .await
+                {
+                    Ok(entries) => {
+                        if let Some(e) = entries.into_iter().last() {
+                            if newest
+                                .as_ref()
+                                .is_none_or(|n| e.started_at() > n.started_at())
+                            {
+                                newest = Some(e);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = %name, target_name = %t, error = %e, "cannot list backups")
+                    }
+                }
+            }
+            if let Some(e) = newest {
+                let mut health = self.health.lock().expect("health");
+                let h = health.entry(name.clone()).or_default();
+                h.last_success = Some(e.started_at());
+                h.last_stored_bytes = Some(e.manifest.stored_bytes);
+                self.metrics
+                    .last_success
+                    .with_label_values(&[name])
+                    .set(e.started_at().timestamp() as f64);
+            }
+        }
+    }
+
+    /// Removes what killed runs left behind: staging files and incomplete uploads
+    /// older than `STRATA_STALE_AFTER` (default 6h, longer than any backup).
+    async fn cleanup(&self) {
+        let age = env_duration("STRATA_STALE_AFTER", Duration::from_secs(6 * 3600));
+        let config = self.strata.config();
+        for (name, t) in &config.targets {
+            match self.strata.target(name).cleanup_stale(&t.prefix, age).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(target_name = %name, removed = n, "removed debris of interrupted runs")
+                }
+                Err(e) => {
+                    tracing::warn!(target_name = %name, error = %e, "start-up cleanup failed")
+                }
+            }
+        }
+    }
+
+    fn spawn_schedules(self: &Arc<Self>) {
+        let config = self.strata.config();
+        for (name, job) in &config.jobs {
+            let Some(schedule) = job.schedule.clone() else {
+                continue;
+            };
+            let me = self.clone();
+            let name = name.clone();
+            let tz = config.timezone;
+            self.tasks.spawn(async move {
+                let next = schedule::next_after(&schedule, tz, me.clock.now());
+                me.set_next(&name, next);
+                let stop = me.stopping.clone();
+                schedule::run_loop(
+                    &schedule,
+                    tz,
+                    me.clock.as_ref(),
+                    |slot| {
+                        let me = me.clone();
+                        let name = name.clone();
+                        let schedule = schedule.clone();
+                        async move {
+                            me.fire(&name, slot, "schedule").await;
+                            me.set_next(
+                                &name,
+                                schedule::next_after(&schedule, tz, me.clock.now().max(slot)),
+                            );
+                        }
+                    },
+                    stop.cancelled_owned(),
+                )
+                .await;
+            });
+        }
+    }
+
+    fn set_next(&self, job: &str, next: Option<DateTime<Utc>>) {
+        if let Some(h) = self.health.lock().expect("health").get_mut(job) {
+            h.next_run = next;
+        }
+    }
+
+    /// Runs the slot unless another daemon sharing the state database claimed it.
+    async fn fire(self: &Arc<Self>, job: &str, slot: DateTime<Utc>, trigger: &str) {
+        if let Some(state) = &self.state {
+            match state
+                .claim(job, slot, &uuid::Uuid::new_v4().to_string(), &self.host)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(job, %slot, "slot claimed by another daemon");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(job, error = %e, "state database unreachable: running the slot without a claim")
+                }
+            }
+        }
+        match self.trigger(job, trigger, Some(slot), "scheduler").await {
+            Ok(id) => tracing::info!(job, run_id = %id, %slot, trigger, "backup started"),
+            Err(e) => tracing::warn!(job, %slot, error = %e, "scheduled backup skipped"),
+        }
+    }
+
+    /// A job whose newest backup is older than its RPO (or that has none) and whose
+    /// last scheduled slot passed gets one catch-up run, claimed like that slot.
+    async fn catch_up(self: &Arc<Self>) {
+        let config = self.strata.config();
+        let now = self.clock.now();
+        for (name, job) in &config.jobs {
+            let Some(schedule) = &job.schedule else {
+                continue;
+            };
+            let last = self
+                .health
+                .lock()
+                .expect("health")
+                .get(name)
+                .and_then(|h| h.last_success);
+            let rpo = chrono::Duration::from_std(job.rpo).unwrap_or(chrono::Duration::MAX);
+            if last.is_some_and(|t| now - t <= rpo) {
+                continue;
+            }
+            // The most recent slot before now (at most a year back), to claim.
+            let slot = schedule::upcoming(
+                schedule,
+                config.timezone,
+                now - chrono::Duration::days(366),
+                400,
+            )
+            .into_iter()
+            .map(|t| t.with_timezone(&Utc))
+            .take_while(|t| *t <= now)
+            .last();
+            if let Some(slot) = slot {
+                tracing::info!(job = %name, %slot, "past its RPO at start-up: one catch-up run");
+                self.fire(name, slot, "catch-up").await;
+            }
+        }
+    }
+
+    /// Serves the API on `listener` and runs the schedules until `stop` resolves;
+    /// then lets running backups finish for `STRATA_SHUTDOWN_GRACE` (default 5m)
+    /// and aborts the rest cleanly.
+    ///
+    /// # Errors
+    /// The HTTP server failed.
+    pub async fn run_until_stopped(
+        self: Arc<Self>,
+        listener: TcpListener,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), DaemonError> {
+        self.cleanup().await;
+        self.load_history().await;
+        self.spawn_schedules();
+        self.catch_up().await;
+        if let Some(state) = self.state.clone() {
+            let stopping = self.stopping.clone();
+            self.tasks.spawn(async move {
+                loop {
+                    state.ping().await;
+                    tokio::select! {
+                        () = stopping.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    }
+                }
+            });
+        }
+        let app = crate::api::router(self.clone());
+        let stopping = self.stopping.clone();
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            stop.await;
+            stopping.cancel();
+        });
+        tracing::info!(host = %self.host, "strata daemon started");
+        let served = server.await.map_err(DaemonError::Listen);
+        self.stopping.cancel();
+        self.tasks.close();
+        let grace = env_duration("STRATA_SHUTDOWN_GRACE", Duration::from_secs(300));
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over: aborting running backups");
+            for r in self.running.lock().expect("running").values() {
+                r.cancel.cancel();
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(60), self.tasks.wait()).await;
+        }
+        if let Some(state) = &self.state {
+            let _ = state.ensure().await;
+        }
+        tracing::info!("strata daemon stopped");
+        served
+    }
+}
+
+/// `strata run`: the daemon with the system clock, until SIGTERM/SIGINT.
+///
+/// # Errors
+/// Bad tokens or the listen address is taken.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let listen = config
+        .http
+        .as_ref()
+        .map_or_else(|| "127.0.0.1:9187".parse().expect("address"), |h| h.listen);
+    let daemon = Daemon::build(config, Arc::new(SystemClock)).await?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(DaemonError::Listen)?;
+    daemon.run_until_stopped(listener, stop_signal()).await
+}
