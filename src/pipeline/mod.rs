@@ -256,20 +256,31 @@ async fn tee(
     let mut workers = Vec::new();
     for (name, mut upload) in uploads {
         let (tx, mut wrx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+        let cancel = cancel.clone();
         let handle = tokio::spawn(async move {
             while let Some(block) = wrx.recv().await {
-                if let Err(e) = upload.put_part(block).await {
-                    if let Err(abort) = upload.abort().await {
-                        tracing::warn!(error = %abort, "abort after a failed write also failed");
+                // On cancel the upload is handed back unfinished; the caller aborts it.
+                let written = tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => None,
+                    r = upload.put_part(block) => Some(r),
+                };
+                match written {
+                    None => break,
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        if let Err(abort) = upload.abort().await {
+                            tracing::warn!(error = %abort, "abort after a failed write also failed");
+                        }
+                        return Err(e);
                     }
-                    return Err(e);
                 }
             }
             Ok(upload)
         });
         workers.push((name, Some(tx), handle));
     }
-    loop {
+    'stream: loop {
         let block = tokio::select! {
             biased;
             () = cancel.cancelled() => break,
@@ -281,7 +292,12 @@ async fn tee(
         let mut live = 0;
         for (_, tx, _) in &mut workers {
             if let Some(sender) = tx {
-                if sender.send(block.clone()).await.is_ok() {
+                let sent = tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => break 'stream,
+                    sent = sender.send(block.clone()) => sent,
+                };
+                if sent.is_ok() {
                     live += 1;
                 } else {
                     *tx = None;

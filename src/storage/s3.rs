@@ -383,12 +383,20 @@ impl S3Upload {
         while self.in_flight.join_next().await.is_some() {}
         if let Some(id) = self.upload_id.take() {
             let s = &self.target.settings;
+            // An abort must not hold up a failing run or a shutdown for long.
+            let quick = aws_sdk_s3::config::Builder::default().timeout_config(
+                TimeoutConfig::builder()
+                    .operation_attempt_timeout(Duration::from_secs(10))
+                    .build(),
+            );
             self.target
                 .client
                 .abort_multipart_upload()
                 .bucket(&s.bucket)
                 .key(&self.key)
                 .upload_id(id)
+                .customize()
+                .config_override(quick)
                 .send()
                 .await
                 .map_err(|e| self.target.err(&self.key, e))?;

@@ -16,7 +16,7 @@ const ACCESS_DENIED: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><C
 const INTERNAL: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message></Error>";
 
 /// A database whose uncompressed dump is about `mib` MiB of incompressible text.
-fn big_db(mib: usize) -> TestDb {
+pub fn big_db(mib: usize) -> TestDb {
     let db = TestDb::create();
     let rows = mib * 1024 * 1024 / 72;
     db.exec(&format!(

@@ -267,8 +267,13 @@ impl Setup {
 
     /// Writes config.yaml with `targets_yaml` (lines under `targets:`) and one job.
     pub fn write_config(&self, targets_yaml: &str, job_yaml: &str) -> PathBuf {
+        self.write_config_with("", targets_yaml, job_yaml)
+    }
+
+    /// Like `write_config`, with extra top-level YAML (http, state, …).
+    pub fn write_config_with(&self, top: &str, targets_yaml: &str, job_yaml: &str) -> PathBuf {
         let text = format!(
-            "timezone: America/New_York\nencryption:\n  active: k1\n  keys: {{ k1: {} }}\ntargets:\n  local: {{ kind: local, path: {}, prefix: database-backups }}\n{targets_yaml}jobs:\n{job_yaml}",
+            "timezone: America/New_York\n{top}encryption:\n  active: k1\n  keys: {{ k1: {} }}\ntargets:\n  local: {{ kind: local, path: {}, prefix: database-backups }}\n{targets_yaml}jobs:\n{job_yaml}",
             self.path().join("k1.key").display(),
             self.backups().display()
         );

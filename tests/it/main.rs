@@ -6,5 +6,6 @@ mod proxy;
 
 mod cli;
 mod conformance;
+mod daemon;
 mod failures;
 mod roundtrip;

@@ -103,7 +103,8 @@ async fn read_request(conn: &mut TcpStream) -> std::io::Result<Option<(String, V
     while buf.len() < head_end + length {
         let n = conn.read(&mut chunk).await?;
         if n == 0 {
-            break;
+            // The client gave up mid-body: forward nothing, as a reset would.
+            return Ok(None);
         }
         buf.extend_from_slice(&chunk[..n]);
     }

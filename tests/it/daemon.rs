@@ -1,0 +1,750 @@
+//! The daemon: API status codes and auth, health and metrics, the state database
+//! (and its absence), replicas sharing it, SIGTERM and SIGKILL mid-backup.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use strata::config::Config;
+use strata::daemon::Daemon;
+use strata::schedule::SystemClock;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{Bucket, S3Kind, Setup, TestDb, bin, files, job, psql};
+use crate::proxy::{Fault, FaultProxy, Rule};
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+fn write_token(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("api-token");
+    std::fs::write(&path, TOKEN).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An in-process daemon on a free port with a fresh state database.
+struct App {
+    url: String,
+    http: reqwest::Client,
+    state: Option<TestDb>,
+    source: TestDb,
+    setup: Setup,
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl App {
+    async fn spawn(job_extra: &str, state: Option<String>, token: bool) -> Self {
+        let setup = Setup::new();
+        let source = TestDb::create();
+        source.exec("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+        let state_db = if state.is_none() {
+            Some(TestDb::create())
+        } else {
+            None
+        };
+        let state_url = state.unwrap_or_else(|| state_db.as_ref().unwrap().url());
+        let token_line = if token {
+            format!(", token_file: {}", write_token(setup.path()).display())
+        } else {
+            String::new()
+        };
+        let top = format!(
+            "http: {{ listen: \"127.0.0.1:0\"{token_line} }}\nstate: {{ database_url: \"{state_url}\" }}\n"
+        );
+        let path =
+            setup.write_config_with(&top, "", &job("app", &source.url(), "local", job_extra));
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let daemon = Daemon::build(config, Arc::new(SystemClock)).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(
+            daemon
+                .run_until_stopped(listener, stop.clone().cancelled_owned())
+                .map_unit(),
+        );
+        Self {
+            url,
+            http: reqwest::Client::new(),
+            state: state_db,
+            source,
+            setup,
+            stop,
+            handle,
+        }
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+    }
+
+    async fn health(&self) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .get(format!("{}/health", self.url))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
+    /// Waits for a run to leave `running` and returns it.
+    async fn finished(&self, run_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r: Value = self
+                .get(&format!("/runs/{run_id}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if r["status"] != "running" {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "run {run_id} did not finish");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn shutdown(self) {
+        self.stop.cancel();
+        self.handle.await.unwrap();
+    }
+}
+
+trait MapUnit {
+    fn map_unit(self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl<F: std::future::Future<Output = Result<(), strata::daemon::DaemonError>> + Send> MapUnit
+    for F
+{
+    async fn map_unit(self) {
+        self.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn bearer_token_is_required_and_checked() {
+    let app = App::spawn("", None, true).await;
+    let url = format!("{}/backups/app", app.url);
+    let c = &app.http;
+    for req in [
+        c.post(&url),
+        c.post(&url).bearer_auth("wrong-token-0123456789abcdef"),
+        c.post(&url).bearer_auth(&TOKEN[..TOKEN.len() - 1]),
+        c.post(&url).bearer_auth(format!("{TOKEN}x")),
+        c.post(&url)
+            .header("Authorization", format!("Basic {TOKEN}")),
+        c.get(&url),
+        c.get(format!("{}/runs/whatever", app.url)),
+    ] {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    }
+    let r = app.post("/backups/app").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let run_id = r.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.finished(&run_id).await["status"], "success");
+    // The audit log names the caller by token fingerprint, never the token.
+    let state = app.state.as_ref().unwrap();
+    let actors = state
+        .exec("SELECT string_agg(DISTINCT actor, ',') FROM audit_log WHERE actor LIKE 'api:%'");
+    assert!(actors.starts_with("api:") && actors.len() == 12, "{actors}");
+    assert_eq!(state.exec(&format!("SELECT count(*) FROM audit_log WHERE detail::text LIKE '%{TOKEN}%' OR actor LIKE '%{TOKEN}%'")), "0");
+    // The audit log is append-only.
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            &state.name,
+            "-c",
+            "DELETE FROM audit_log",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("audit_log is append-only"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_api_is_disabled_without_a_token_file() {
+    let app = App::spawn("", None, false).await;
+    let r = app
+        .http
+        .post(format!("{}/backups/app", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.http
+            .get(format!("{}/metrics", app.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_4xx_and_leave_the_daemon_working() {
+    let app = App::spawn("", None, true).await;
+    let cases: Vec<(reqwest::RequestBuilder, StatusCode)> = vec![
+        (app.post("/backups/nope"), StatusCode::NOT_FOUND),
+        (app.get("/backups/nope"), StatusCode::NOT_FOUND),
+        (
+            app.post("/backups/app").body("{not json"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            app.post("/backups/app").body("[1, 2]"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            app.post("/backups/app").body(vec![b'x'; 1 << 20]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (app.get("/runs/no-such-run"), StatusCode::NOT_FOUND),
+        (app.get("/no/such/endpoint"), StatusCode::NOT_FOUND),
+    ];
+    for (req, status) in cases {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), status);
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert!(
+            status == StatusCode::PAYLOAD_TOO_LARGE || body["error"].is_string(),
+            "{body}"
+        );
+    }
+    let r = app
+        .post("/backups/app")
+        .body("{\"reason\": \"before the migration\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let run_id = r.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.finished(&run_id).await["status"], "success");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_triggers_start_exactly_one_run() {
+    let app = App::spawn(", compression: \"gzip:9\"", None, true).await;
+    app.source
+        .exec("CREATE TABLE more AS SELECT g, md5(g::text) FROM generate_series(1, 300000) g");
+    let posts = (0..6).map(|_| app.post("/backups/app").send());
+    let responses = futures::future::join_all(posts).await;
+    let statuses: Vec<StatusCode> = responses
+        .iter()
+        .map(|r| r.as_ref().unwrap().status())
+        .collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::ACCEPTED)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CONFLICT)
+            .count(),
+        5,
+        "{statuses:?}"
+    );
+    // A second process (the CLI) is refused as well while the run goes on.
+    let accepted = responses
+        .into_iter()
+        .map(Result::unwrap)
+        .find(|r| r.status() == StatusCode::ACCEPTED)
+        .unwrap();
+    let run_id = accepted.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.finished(&run_id).await["status"], "success");
+    let state = app.state.as_ref().unwrap();
+    assert_eq!(state.exec("SELECT count(*) FROM runs"), "1");
+    assert_eq!(
+        files(&app.setup.backups())
+            .iter()
+            .filter(|f| f.ends_with(".manifest.json"))
+            .count(),
+        1
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_is_503_past_rpo_and_200_after_a_backup_and_metrics_move() {
+    let app = App::spawn(", rpo: 1h", None, true).await;
+    let (status, body) = app.health().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["jobs"]["app"]["within_rpo"], false);
+    assert_eq!(body["state_db"], "ok");
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("strata_backup_runs_total{job=\"app\",result=\"success\"}"));
+
+    let r = app.post("/backups/app").send().await.unwrap();
+    let run_id = r.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = app.finished(&run_id).await;
+    assert_eq!(run["status"], "success");
+    assert!(
+        run["backup_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("app_backup_")
+    );
+    let (status, body) = app.health().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["jobs"]["app"]["last_result"], "success");
+    assert!(body["jobs"]["app"]["age_seconds"].as_i64().unwrap() < 60);
+
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "strata_backup_last_success_timestamp_seconds{job=\"app\"}",
+        "strata_backup_last_duration_seconds{job=\"app\"}",
+        "strata_backup_last_size_bytes{job=\"app\"}",
+        "strata_backup_last_raw_bytes{job=\"app\"}",
+        "strata_backup_runs_total{job=\"app\",result=\"success\"} 1",
+        "strata_backup_running{job=\"app\"} 0",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from\n{metrics}");
+    }
+    // A second backup moves the counters and yields a size-change ratio.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = app.post("/backups/app").send().await.unwrap();
+    let run_id = r.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.finished(&run_id).await;
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("strata_backup_runs_total{job=\"app\",result=\"success\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("strata_backup_size_change_ratio{job=\"app\"}"),
+        "{metrics}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_the_state_database_backups_still_run_and_health_says_so() {
+    let app = App::spawn(
+        "",
+        Some("postgres://postgres@127.0.0.1:9/strata_state".into()),
+        true,
+    )
+    .await;
+    let (status, body) = app.health().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["state_db"], "unreachable");
+    let r = app.post("/backups/app").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let run_id = r.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.finished(&run_id).await["status"], "success");
+    assert_eq!(
+        files(&app.setup.backups())
+            .iter()
+            .filter(|f| f.ends_with(".manifest.json"))
+            .count(),
+        1
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn runs_kept_while_the_state_database_was_down_are_written_when_it_returns() {
+    let state_db = TestDb::reserve(); // does not exist yet
+    let app = App::spawn("", Some(state_db.url()), true).await;
+    let r = app.post("/backups/app").send().await.unwrap();
+    let run_id = r.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.finished(&run_id).await["status"], "success");
+    psql("postgres", &format!("CREATE DATABASE {}", state_db.name));
+    // The daemon reconnects within its 10 s health ping and flushes its outbox.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = app.health().await;
+        if body["state_db"] == "ok" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "state database never came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        state_db.exec(&format!("SELECT status FROM runs WHERE id = '{run_id}'")),
+        "success"
+    );
+    assert_eq!(
+        state_db.exec("SELECT count(*) FROM audit_log WHERE action LIKE 'backup.%'"),
+        "2"
+    );
+    app.shutdown().await;
+}
+
+/// A `strata run` process.
+struct Proc {
+    child: Child,
+    url: String,
+    log: std::path::PathBuf,
+}
+
+impl Proc {
+    fn spawn(
+        setup: &Setup,
+        name: &str,
+        top_extra: &str,
+        targets: &str,
+        job_yaml: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let port = free_port();
+        let token = write_token(setup.path());
+        let top = format!(
+            "http: {{ listen: \"127.0.0.1:{port}\", token_file: {} }}\n{top_extra}",
+            token.display()
+        );
+        let config = setup.write_config_with(&top, targets, job_yaml);
+        let named = setup.path().join(format!("{name}.yaml"));
+        std::fs::rename(config, &named).unwrap();
+        let log_path = setup.path().join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(bin())
+            .arg("-c")
+            .arg(&named)
+            .arg("run")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log: log_path,
+        }
+    }
+
+    async fn ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reqwest::get(format!("{}/health", self.url)).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon at {} never answered",
+                self.url
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Waits for the process to exit without blocking the runtime (the fault
+    /// proxy runs on it).
+    async fn wait(mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit; its log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn replicas_sharing_a_state_database_run_each_slot_once() {
+    let setup = Setup::new();
+    let source = TestDb::create();
+    source.exec("CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g");
+    let state = TestDb::create();
+    let top = format!("state: {{ database_url: \"{}\" }}\n", state.url());
+    let job_yaml = job(
+        "app",
+        &source.url(),
+        "local",
+        ", schedule: \"*/2 * * * * *\", rpo: 1h",
+    );
+    let replicas: Vec<Proc> = (0..3)
+        .map(|i| Proc::spawn(&setup, &format!("r{i}"), &top, "", &job_yaml, &[]))
+        .collect();
+    for r in &replicas {
+        r.ready().await;
+    }
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    for r in &replicas {
+        r.signal("-TERM");
+    }
+    for r in replicas {
+        assert!(r.wait(Duration::from_secs(30)).await.success());
+    }
+    let slots = state.exec("SELECT count(*) FROM schedule_claims");
+    let runs = state.exec("SELECT count(*) FROM runs");
+    let doubled = state.exec("SELECT count(*) FROM (SELECT scheduled_for FROM runs GROUP BY scheduled_for HAVING count(*) > 1) d");
+    let hosts = state.exec("SELECT count(DISTINCT host) FROM runs");
+    assert_eq!(doubled, "0", "a slot ran twice");
+    assert!(
+        slots.parse::<u32>().unwrap() >= 4,
+        "only {slots} slots in 9 s"
+    );
+    assert!(
+        runs == slots || runs.parse::<u32>().unwrap() + 1 == slots.parse::<u32>().unwrap(),
+        "{runs} runs for {slots} slots"
+    );
+    let manifests = files(&setup.backups())
+        .iter()
+        .filter(|f| f.ends_with(".manifest.json"))
+        .count();
+    assert_eq!(
+        manifests.to_string(),
+        state.exec("SELECT count(*) FROM runs WHERE status = 'success'")
+    );
+    assert!(hosts.parse::<u32>().unwrap() >= 1);
+}
+
+/// A slow S3 target (each part delayed) so a backup stays in flight.
+async fn slow_s3() -> (Bucket, FaultProxy) {
+    let bucket = Bucket::create(S3Kind::Moto).await;
+    let proxy = FaultProxy::start(bucket.settings.endpoint.as_deref().unwrap()).await;
+    proxy.add(Rule {
+        method: "PUT",
+        query_has: "partNumber=",
+        fault: Fault::Delay(2000),
+        times: None,
+    });
+    (bucket, proxy)
+}
+
+async fn wait_for_incomplete_upload(bucket: &Bucket) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bucket.incomplete_uploads().await == 0 {
+        assert!(Instant::now() < deadline, "the upload never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn creds(bucket: &Bucket) -> Vec<(&'static str, String)> {
+    use secrecy::ExposeSecret;
+    let (id, secret) = bucket.settings.credentials.clone().unwrap();
+    vec![
+        ("AWS_ACCESS_KEY_ID", id),
+        ("AWS_SECRET_ACCESS_KEY", secret.expose_secret().to_owned()),
+    ]
+}
+
+#[tokio::test]
+async fn sigterm_mid_backup_aborts_cleanly_and_records_the_run() {
+    let setup = Setup::new();
+    let source = crate::failures::big_db(40);
+    let state = TestDb::create();
+    let (bucket, proxy) = slow_s3().await;
+    let targets = bucket
+        .yaml("s3", Some(&proxy.url()))
+        .replace("part_size_mib: 5", "part_size_mib: 5, parts_in_flight: 1");
+    let top = format!("state: {{ database_url: \"{}\" }}\n", state.url());
+    let env = creds(&bucket);
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("STRATA_SHUTDOWN_GRACE", "0s"));
+    let d = Proc::spawn(
+        &setup,
+        "d",
+        &top,
+        &targets,
+        &job("app", &source.url(), "local, s3", ", compression: none"),
+        &env,
+    );
+    d.ready().await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/backups/app", d.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let run_id = r.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for_incomplete_upload(&bucket).await;
+    d.signal("-TERM");
+    let log = d.log.clone();
+    let status = d.wait(Duration::from_secs(60)).await;
+    assert!(status.success(), "{status}");
+    let log = std::fs::read_to_string(log).unwrap();
+    assert_eq!(
+        bucket.incomplete_uploads().await,
+        0,
+        "an incomplete multipart upload was left; log:\n{log}"
+    );
+    assert_eq!(bucket.keys().await, Vec::<String>::new());
+    assert_eq!(files(&setup.backups()), Vec::<String>::new());
+    assert_eq!(
+        state.exec(&format!("SELECT status FROM runs WHERE id = '{run_id}'")),
+        "aborted"
+    );
+}
+
+#[tokio::test]
+async fn after_sigkill_mid_upload_the_next_start_cleans_up_and_backs_up() {
+    let setup = Setup::new();
+    let source = crate::failures::big_db(40);
+    let (bucket, proxy) = slow_s3().await;
+    let slow = bucket
+        .yaml("s3", Some(&proxy.url()))
+        .replace("part_size_mib: 5", "part_size_mib: 5, parts_in_flight: 1");
+    let job_yaml = job("app", &source.url(), "local, s3", ", compression: none");
+    let env = creds(&bucket);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let d = Proc::spawn(&setup, "d1", "", &slow, &job_yaml, &env);
+    d.ready().await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/backups/app", d.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    wait_for_incomplete_upload(&bucket).await;
+    d.signal("-KILL");
+    d.wait(Duration::from_secs(10)).await;
+    assert!(bucket.incomplete_uploads().await > 0);
+    assert!(
+        files(&setup.backups())
+            .iter()
+            .any(|f| f.contains(".strata-partial-")),
+        "no staging file left by the kill"
+    );
+
+    // Restart (straight to moto this time) with debris older than 0 s treated as stale.
+    let mut env2 = env.clone();
+    env2.push(("STRATA_STALE_AFTER", "0s"));
+    let d = Proc::spawn(&setup, "d2", "", &bucket.yaml("s3", None), &job_yaml, &env2);
+    d.ready().await;
+    assert_eq!(
+        bucket.incomplete_uploads().await,
+        0,
+        "stale upload not cleaned at start-up"
+    );
+    assert!(
+        !files(&setup.backups())
+            .iter()
+            .any(|f| f.contains(".strata-partial-")),
+        "staging file not cleaned"
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{}/backups/app", d.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let run_id = r.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let run = loop {
+        let run: Value = reqwest::Client::new()
+            .get(format!("{}/runs/{run_id}", d.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if run["status"] != "running" {
+            break run;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(run["status"], "success", "{run}");
+    d.signal("-TERM");
+    assert!(d.wait(Duration::from_secs(30)).await.success());
+}
