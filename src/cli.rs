@@ -180,7 +180,43 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Backup { job, json } => {
-            let strata = Strata::build(load(&cli.config)?).await;
+            let config = load(&cli.config)?;
+            let state = match &config.state_url {
+                Some(url) => Some(crate::state::StateDb::open(url.clone()).await),
+                None => None,
+            };
+            let strata = Strata::build(config).await;
+            strata.job(&job)?;
+            // One run per job, whoever starts it: the daemon holds the same lock.
+            let _lock = match &state {
+                Some(s) => match s.try_lock_job(&job).await {
+                    Ok(Some(lock)) => Some(lock),
+                    Ok(None) => {
+                        return Err(Failure(
+                            1,
+                            format!(
+                                "a backup of job '{job}' is already running (another strata process holds its lock)"
+                            ),
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "state database unreachable: running without the cross-process lock");
+                        None
+                    }
+                },
+                None => None,
+            };
+            let actor = format!(
+                "cli:{}",
+                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+            );
+            let mut run = crate::state::RunRecord::start(
+                &job,
+                "cli",
+                None,
+                Utc::now(),
+                &crate::state::host_id(),
+            );
             // Ctrl-C or SIGTERM aborts cleanly: no partial object, no manifest.
             let cancel = tokio_util::sync::CancellationToken::new();
             tokio::spawn({
@@ -190,7 +226,24 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                     cancel.cancel();
                 }
             });
-            let report = crate::runner::backup(&strata, &job, Utc::now(), &cancel).await?;
+            if let Some(s) = &state {
+                s.save_run(&run).await;
+            }
+            let result = crate::runner::backup(&strata, &job, run.started_at, &cancel).await;
+            run.finish(&result, Utc::now());
+            if let Some(s) = &state {
+                s.save_run(&run).await;
+                s.audit(crate::state::AuditEntry {
+                    at: Utc::now(),
+                    actor,
+                    action: "backup".into(),
+                    job: Some(job.clone()),
+                    run_id: Some(run.id.clone()),
+                    detail: serde_json::json!({ "status": run.status.as_str(), "backup_id": run.backup_id, "error": run.error }),
+                })
+                .await;
+            }
+            let report = result?;
             if json {
                 print_json(&report);
             } else {

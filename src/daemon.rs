@@ -18,7 +18,7 @@ use crate::catalog;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::schedule::{self, Clock, SystemClock};
-use crate::state::{AuditEntry, JobLock, RunRecord, RunStatus, StateDb};
+use crate::state::{AuditEntry, JobLock, RunRecord, StateDb};
 
 /// Runs kept in memory for `GET /runs/{id}` when the state database is down.
 const RECENT_RUNS: usize = 500;
@@ -142,13 +142,7 @@ impl Daemon {
             Some(url) => Some(Arc::new(StateDb::open(url.clone()).await)),
             None => None,
         };
-        let host = format!(
-            "{}:{}",
-            std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "localhost".into()),
-            std::process::id()
-        );
+        let host = crate::state::host_id();
         let health = config
             .jobs
             .keys()
@@ -273,21 +267,7 @@ impl Daemon {
                 }
             }
         }
-        let run = RunRecord {
-            id: uuid::Uuid::new_v4().to_string(),
-            job: job.to_owned(),
-            trigger: trigger.to_owned(),
-            scheduled_for,
-            started_at: self.clock.now(),
-            finished_at: None,
-            status: RunStatus::Running,
-            backup_id: None,
-            raw_bytes: None,
-            stored_bytes: None,
-            error: None,
-            targets: BTreeMap::new(),
-            host: self.host.clone(),
-        };
+        let run = RunRecord::start(job, trigger, scheduled_for, self.clock.now(), &self.host);
         let id = run.id.clone();
         self.remember(&run);
         if let Some(h) = self.health.lock().expect("health").get_mut(job) {
@@ -322,48 +302,19 @@ impl Daemon {
         let started = std::time::Instant::now();
         let result = crate::runner::backup(&self.strata, &job, run.started_at, &cancel).await;
         let duration = started.elapsed().as_secs_f64();
-        run.finished_at = Some(self.clock.now());
+        run.finish(&result, self.clock.now());
         let m = &self.metrics;
         m.last_duration.with_label_values(&[&job]).set(duration);
-        match &result {
-            Ok(report) => {
-                let manifest = &report.manifest;
-                run.status = if report.is_complete() {
-                    RunStatus::Success
-                } else {
-                    RunStatus::Degraded
-                };
-                run.backup_id = Some(manifest.backup_id.clone());
-                run.raw_bytes = Some(manifest.raw_bytes);
-                run.stored_bytes = Some(manifest.stored_bytes);
-                for t in &manifest.targets {
-                    run.targets.insert(t.target.clone(), "ok".into());
-                }
-                for (t, why) in &report.failed {
-                    run.targets.insert(t.clone(), why.clone());
-                    m.upload_failures.with_label_values(&[t]).inc();
-                }
-                if !report.is_complete() {
-                    run.error = Some(format!(
-                        "target(s) failed: {}",
-                        report.failed.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ));
-                }
-                m.last_size
-                    .with_label_values(&[&job])
-                    .set(manifest.stored_bytes as f64);
-                m.last_raw
-                    .with_label_values(&[&job])
-                    .set(manifest.raw_bytes as f64);
+        if let Ok(report) = &result {
+            for t in report.failed.keys() {
+                m.upload_failures.with_label_values(&[t]).inc();
             }
-            Err(e) => {
-                run.status = if e.is_cancelled() {
-                    RunStatus::Aborted
-                } else {
-                    RunStatus::Failed
-                };
-                run.error = Some(e.to_string());
-            }
+            m.last_size
+                .with_label_values(&[&job])
+                .set(report.manifest.stored_bytes as f64);
+            m.last_raw
+                .with_label_values(&[&job])
+                .set(report.manifest.raw_bytes as f64);
         }
         m.runs.with_label_values(&[&job, run.status.as_str()]).inc();
         m.running.with_label_values(&[&job]).set(0);

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+use crate::runner::{BackupReport, RunError};
 use crate::source::{DbUrl, pg_message};
 
 mod embedded {
@@ -82,6 +83,76 @@ pub struct RunRecord {
     /// Per target: `ok` or the failure.
     pub targets: BTreeMap<String, String>,
     pub host: String,
+}
+
+impl RunRecord {
+    /// A run that starts now.
+    pub fn start(
+        job: &str,
+        trigger: &str,
+        scheduled_for: Option<DateTime<Utc>>,
+        started_at: DateTime<Utc>,
+        host: &str,
+    ) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            job: job.to_owned(),
+            trigger: trigger.to_owned(),
+            scheduled_for,
+            started_at,
+            finished_at: None,
+            status: RunStatus::Running,
+            backup_id: None,
+            raw_bytes: None,
+            stored_bytes: None,
+            error: None,
+            targets: BTreeMap::new(),
+            host: host.to_owned(),
+        }
+    }
+
+    /// Records how the backup ended.
+    pub fn finish(&mut self, result: &Result<BackupReport, RunError>, at: DateTime<Utc>) {
+        self.finished_at = Some(at);
+        match result {
+            Ok(report) => {
+                let m = &report.manifest;
+                self.status = if report.is_complete() {
+                    RunStatus::Success
+                } else {
+                    RunStatus::Degraded
+                };
+                self.backup_id = Some(m.backup_id.clone());
+                self.raw_bytes = Some(m.raw_bytes);
+                self.stored_bytes = Some(m.stored_bytes);
+                for t in &m.targets {
+                    self.targets.insert(t.target.clone(), "ok".into());
+                }
+                for (t, why) in &report.failed {
+                    self.targets.insert(t.clone(), why.clone());
+                }
+                if !report.is_complete() {
+                    let failed: Vec<&str> = report.failed.keys().map(String::as_str).collect();
+                    self.error = Some(format!("target(s) failed: {}", failed.join(", ")));
+                }
+            }
+            Err(e) => {
+                self.status = if e.is_cancelled() {
+                    RunStatus::Aborted
+                } else {
+                    RunStatus::Failed
+                };
+                self.error = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// This process, as recorded in runs and claims: `hostname:pid`.
+pub fn host_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map_or_else(|_| "localhost".to_owned(), |h| h.trim().to_owned());
+    format!("{host}:{}", std::process::id())
 }
 
 /// One audit-log entry.

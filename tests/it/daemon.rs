@@ -748,3 +748,75 @@ async fn after_sigkill_mid_upload_the_next_start_cleans_up_and_backs_up() {
     d.signal("-TERM");
     assert!(d.wait(Duration::from_secs(30)).await.success());
 }
+
+#[tokio::test]
+async fn the_cli_is_refused_while_the_daemon_runs_the_same_job() {
+    let setup = Setup::new();
+    let source = crate::failures::big_db(40);
+    let state = TestDb::create();
+    let (bucket, proxy) = slow_s3().await;
+    let targets = bucket
+        .yaml("s3", Some(&proxy.url()))
+        .replace("part_size_mib: 5", "part_size_mib: 5, parts_in_flight: 1");
+    let top = format!("state: {{ database_url: \"{}\" }}\n", state.url());
+    let env = creds(&bucket);
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("STRATA_SHUTDOWN_GRACE", "0s"));
+    let d = Proc::spawn(
+        &setup,
+        "d",
+        &top,
+        &targets,
+        &job("app", &source.url(), "local, s3", ", compression: none"),
+        &env,
+    );
+    d.ready().await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/backups/app", d.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    wait_for_incomplete_upload(&bucket).await;
+    let cli = tokio::process::Command::new(bin())
+        .arg("-c")
+        .arg(setup.path().join("d.yaml"))
+        .args(["backup", "app"])
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(cli.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&cli.stderr);
+    assert!(
+        err.contains("a backup of job 'app' is already running"),
+        "{err}"
+    );
+    d.signal("-TERM");
+    assert!(d.wait(Duration::from_secs(60)).await.success());
+    // Once the daemon is gone, the CLI runs, and its run is recorded and audited.
+    let cli = tokio::process::Command::new(bin())
+        .arg("-c")
+        .arg(setup.path().join("d.yaml"))
+        .args(["backup", "app"])
+        .envs(env.iter().copied())
+        .env("USER", "alice")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert_eq!(
+        state.exec("SELECT status FROM runs WHERE trigger = 'cli'"),
+        "success"
+    );
+    assert_eq!(
+        state
+            .exec("SELECT count(*) FROM audit_log WHERE actor = 'cli:alice' AND action = 'backup'"),
+        "1"
+    );
+}
