@@ -24,4 +24,4 @@ USER strata
 WORKDIR /var/lib/strata
 ENV STRATA_CONFIG=/etc/strata/config.yaml
 ENTRYPOINT ["/usr/local/bin/strata"]
-CMD ["backup", "production"]
+CMD ["run"]

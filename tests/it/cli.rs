@@ -196,16 +196,16 @@ fn next_lists_runs_in_the_zone_and_in_utc() {
 fn shipped_configurations_pass_check() {
     let setup = Setup::new();
     let root = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new(bin())
-        .args(["-c", &format!("{root}/config.yaml"), "check"])
-        .env("STRATA_KEY_FILE", setup.path().join("k1.key"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "config.yaml: {}", stderr(&out));
-
     for token in ["api-token", "admin-token"] {
         std::fs::write(setup.path().join(token), "t").unwrap();
     }
+    let out = Command::new(bin())
+        .args(["-c", &format!("{root}/config.yaml"), "check"])
+        .env("STRATA_KEY_FILE", setup.path().join("k1.key"))
+        .env("STRATA_TOKEN_FILE", setup.path().join("api-token"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "config.yaml: {}", stderr(&out));
     let keys = setup.path().join("keys");
     std::fs::create_dir(&keys).unwrap();
     std::fs::copy(setup.path().join("k1.key"), keys.join("k1.key")).unwrap();
