@@ -332,9 +332,19 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         } => {
             let into: DbUrl = into.parse()?;
             let strata = Strata::build(load(&cli.config)?).await;
-            let report =
+            let result =
                 crate::restore::restore(&strata, &job, &backup, from.as_deref(), &into, replace)
-                    .await?;
+                    .await;
+            let detail = match &result {
+                Ok(r) => {
+                    serde_json::json!({ "backup_id": r.backup_id, "into": r.database, "ok": true })
+                }
+                Err(e) => {
+                    serde_json::json!({ "backup": backup, "into": into.to_string(), "ok": false, "error": e.to_string() })
+                }
+            };
+            audit_cli(strata.config(), "restore", &job, detail).await;
+            let report = result?;
             if json {
                 print_json(&report);
             } else {
@@ -358,7 +368,17 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         } => {
             let server = restore_into.map(|u| u.parse::<DbUrl>()).transpose()?;
             let strata = Strata::build(load(&cli.config)?).await;
-            let report = crate::restore::verify(&strata, &job, &backup, server.as_ref()).await?;
+            let result = crate::restore::verify(&strata, &job, &backup, server.as_ref()).await;
+            let detail = match &result {
+                Ok(r) => {
+                    serde_json::json!({ "backup_id": r.backup_id, "ok": r.ok(), "targets": r.targets, "restore": r.restore })
+                }
+                Err(e) => {
+                    serde_json::json!({ "backup": backup, "ok": false, "error": e.to_string() })
+                }
+            };
+            audit_cli(strata.config(), "verify", &job, detail).await;
+            let report = result?;
             if json {
                 print_json(&report);
             } else {
@@ -379,6 +399,30 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
         }
     }
+}
+
+/// Records a CLI operation in the state database's audit log, when one is
+/// configured (a failure to record is logged, never fatal).
+async fn audit_cli(config: &Config, action: &str, job: &str, detail: serde_json::Value) {
+    let Some(url) = &config.state_url else { return };
+    let state = crate::state::StateDb::open(url.clone()).await;
+    state
+        .audit(crate::state::AuditEntry {
+            at: Utc::now(),
+            actor: cli_actor(),
+            action: action.into(),
+            job: Some(job.to_owned()),
+            run_id: None,
+            detail,
+        })
+        .await;
+}
+
+fn cli_actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
 }
 
 /// stdin → stdout; only authenticated plaintext is written, and a bad or truncated

@@ -653,6 +653,19 @@ fn validate(raw: RawConfig, path: &Path, p: &mut Problems) -> Option<Config> {
     if jobs.is_empty() && p.0.is_empty() {
         p.add("jobs", "no jobs are configured");
     }
+    if let Some(state) = &state_url {
+        for job in jobs.values() {
+            if state.to_string() == job.database_url.to_string() {
+                p.add(
+                    "state.database_url",
+                    format!(
+                        "is the database job '{}' backs up; give the state a database of its own",
+                        job.name
+                    ),
+                );
+            }
+        }
+    }
     Some(Config {
         path: path.to_owned(),
         timezone: timezone?,
@@ -1199,6 +1212,19 @@ jobs:\n  app:\n    database_url: postgres://localhost/app\n    schedule: \"61 3 
         assert!(
             joined.contains("targets.odd.kind: unknown kind 'ftp'"),
             "{joined}"
+        );
+    }
+
+    #[test]
+    fn the_state_database_must_not_be_a_backed_up_one() {
+        let p = problems(&format!(
+            "state: {{ database_url: postgres://localhost/app }}\n{MINIMAL}"
+        ));
+        assert_eq!(
+            p,
+            vec![
+                "state.database_url: is the database job 'app' backs up; give the state a database of its own"
+            ]
         );
     }
 

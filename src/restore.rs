@@ -240,6 +240,33 @@ async fn relation_count(url: &DbUrl) -> Result<i64, RestoreError> {
     Ok(row.get(0))
 }
 
+/// The stored object as verified plaintext, plus the task that says whether every
+/// byte checked out (hash, size, authentication).
+async fn open_verified(
+    strata: &Strata,
+    target: &dyn Target,
+    entry: &Entry,
+    object_key: &str,
+) -> Result<
+    (
+        BufReader<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
+        tokio::task::JoinHandle<Result<(), VerifyError>>,
+    ),
+    RestoreError,
+> {
+    let stream = target.get(object_key).await?;
+    let keys = strata
+        .config()
+        .encryption
+        .as_ref()
+        .map(|e| e.keyring.clone());
+    let opened = restore_stream::open(stream, expected(entry), keys)?;
+    Ok((
+        BufReader::with_capacity(COPY_BUF, opened.reader),
+        opened.check,
+    ))
+}
+
 fn expected(entry: &Entry) -> Expected {
     Expected {
         stored_bytes: entry.manifest.stored_bytes,
@@ -313,19 +340,9 @@ async fn restore_into(
     let stderr = source::capture_stderr(child.stderr.take().expect("piped stderr"));
     let mut stdin = child.stdin.take().expect("piped stdin");
 
-    let stream = target.get(&entry.object_key()).await?;
-    let opened = restore_stream::open(
-        stream,
-        expected(entry),
-        strata
-            .config()
-            .encryption
-            .as_ref()
-            .map(|e| e.keyring.clone()),
-    )?;
-    let mut reader = BufReader::with_capacity(COPY_BUF, opened.reader);
+    let (mut reader, check) = open_verified(strata, target, entry, &entry.object_key()).await?;
     let copied = tokio::io::copy_buf(&mut reader, &mut stdin).await;
-    let checked = opened.check.await.expect("verify task panicked");
+    let checked = check.await.expect("verify task panicked");
     let mut tail = match (&copied, checked) {
         (_, Err(e)) => Err(RestoreError::from(e)),
         (Err(e), Ok(())) => Err(RestoreError::Tool {
@@ -527,19 +544,9 @@ async fn read_back(
     entry: &Entry,
     object_key: &str,
 ) -> Result<(), RestoreError> {
-    let stream = target.get(object_key).await?;
-    let opened = restore_stream::open(
-        stream,
-        expected(entry),
-        strata
-            .config()
-            .encryption
-            .as_ref()
-            .map(|e| e.keyring.clone()),
-    )?;
-    let mut reader = BufReader::with_capacity(COPY_BUF, opened.reader);
+    let (mut reader, check) = open_verified(strata, target, entry, object_key).await?;
     let copied = tokio::io::copy_buf(&mut reader, &mut tokio::io::sink()).await;
-    opened.check.await.expect("verify task panicked")?;
+    check.await.expect("verify task panicked")?;
     let n = copied.map_err(|e| RestoreError::Tool {
         tool: "decompress".into(),
         message: e.to_string(),

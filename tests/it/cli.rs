@@ -124,8 +124,10 @@ fn pg_dump_older_than_the_server_names_both_versions() {
 fn backup_list_restore_and_verify_from_the_command_line() {
     let setup = Setup::new();
     let db = TestDb::create();
+    let state = TestDb::create();
     db.exec("CREATE TABLE t AS SELECT g FROM generate_series(1, 123) g");
-    setup.write_config("", &job("app", &db.url(), "local", ""));
+    let top = format!("state: {{ database_url: \"{}\" }}\n", state.url());
+    setup.write_config_with(&top, "", &job("app", &db.url(), "local", ""));
     let out = strata(&setup, &["backup", "app", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -154,6 +156,20 @@ fn backup_list_restore_and_verify_from_the_command_line() {
     assert!(
         text.contains("on local: ok") && text.contains("restore test: ok"),
         "{text}"
+    );
+    // The results are recorded in the manifest.
+    let out = strata(&setup, &["list", "app", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks = listed[0]["manifest"]["verifications"].as_array().unwrap();
+    let kinds: Vec<(&str, bool)> = checks
+        .iter()
+        .map(|v| (v["kind"].as_str().unwrap(), v["ok"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(kinds, vec![("read_back", true), ("restore", true)]);
+    // Every operation is in the audit log, in order.
+    assert_eq!(
+        state.exec("SELECT string_agg(action, ',' ORDER BY id) FROM audit_log"),
+        "backup,restore,verify"
     );
 }
 

@@ -522,7 +522,7 @@ impl Proc {
 
     /// Waits for the process to exit without blocking the runtime (the fault
     /// proxy runs on it).
-    async fn wait(mut self, within: Duration) -> std::process::ExitStatus {
+    async fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -561,7 +561,7 @@ async fn replicas_sharing_a_state_database_run_each_slot_once() {
     for r in &replicas {
         r.signal("-TERM");
     }
-    for r in replicas {
+    for mut r in replicas {
         assert!(r.wait(Duration::from_secs(30)).await.success());
     }
     let slots = state.exec("SELECT count(*) FROM schedule_claims");
@@ -588,145 +588,171 @@ async fn replicas_sharing_a_state_database_run_each_slot_once() {
     assert!(hosts.parse::<u32>().unwrap() >= 1);
 }
 
-/// A slow S3 target (each part delayed) so a backup stays in flight.
-async fn slow_s3() -> (Bucket, FaultProxy) {
-    let bucket = Bucket::create(S3Kind::Moto).await;
-    let proxy = FaultProxy::start(bucket.settings.endpoint.as_deref().unwrap()).await;
-    proxy.add(Rule {
-        method: "PUT",
-        query_has: "partNumber=",
-        fault: Fault::Delay(2000),
-        times: None,
-    });
-    (bucket, proxy)
+/// A `strata run` process in the middle of a backup: a 40 MiB database going to
+/// local disk and to a moto bucket behind a proxy that delays every part, started
+/// through the API; returns once the multipart upload exists.
+struct MidUpload {
+    setup: Setup,
+    source: TestDb,
+    state: TestDb,
+    bucket: Bucket,
+    _proxy: FaultProxy,
+    env: Vec<(&'static str, String)>,
+    daemon: Proc,
+    run_id: String,
 }
 
-async fn wait_for_incomplete_upload(bucket: &Bucket) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while bucket.incomplete_uploads().await == 0 {
-        assert!(Instant::now() < deadline, "the upload never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+impl MidUpload {
+    async fn start(extra_env: &[(&'static str, &str)]) -> Self {
+        use secrecy::ExposeSecret;
+        let setup = Setup::new();
+        let source = crate::failures::big_db(40);
+        let state = TestDb::create();
+        let bucket = Bucket::create(S3Kind::Moto).await;
+        let proxy = FaultProxy::start(bucket.settings.endpoint.as_deref().unwrap()).await;
+        proxy.add(Rule {
+            method: "PUT",
+            query_has: "partNumber=",
+            fault: Fault::Delay(2000),
+            times: None,
+        });
+        let targets = bucket
+            .yaml("s3", Some(&proxy.url()))
+            .replace("part_size_mib: 5", "part_size_mib: 5, parts_in_flight: 1");
+        let top = format!("state: {{ database_url: \"{}\" }}\n", state.url());
+        let (id, secret) = bucket.settings.credentials.clone().unwrap();
+        let mut env = vec![
+            ("AWS_ACCESS_KEY_ID", id),
+            ("AWS_SECRET_ACCESS_KEY", secret.expose_secret().to_owned()),
+        ];
+        env.extend(extra_env.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let daemon = Proc::spawn(
+            &setup,
+            "d",
+            &top,
+            &targets,
+            &Self::job(&source),
+            &Self::env_of(&env),
+        );
+        daemon.ready().await;
+        let run_id = post_backup(&daemon.url).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while bucket.incomplete_uploads().await == 0 {
+            assert!(Instant::now() < deadline, "the upload never started");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self {
+            setup,
+            source,
+            state,
+            bucket,
+            _proxy: proxy,
+            env,
+            daemon,
+            run_id,
+        }
+    }
+
+    fn job(source: &TestDb) -> String {
+        job("app", &source.url(), "local, s3", ", compression: none")
+    }
+
+    fn env_of<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+        env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+
+    /// Runs `strata backup app` with the daemon's config and environment.
+    async fn cli_backup(&self, extra: &[(&str, &str)]) -> std::process::Output {
+        tokio::process::Command::new(bin())
+            .arg("-c")
+            .arg(self.setup.path().join("d.yaml"))
+            .args(["backup", "app"])
+            .envs(Self::env_of(&self.env))
+            .envs(extra.iter().copied())
+            .output()
+            .await
+            .unwrap()
     }
 }
 
-fn creds(bucket: &Bucket) -> Vec<(&'static str, String)> {
-    use secrecy::ExposeSecret;
-    let (id, secret) = bucket.settings.credentials.clone().unwrap();
-    vec![
-        ("AWS_ACCESS_KEY_ID", id),
-        ("AWS_SECRET_ACCESS_KEY", secret.expose_secret().to_owned()),
-    ]
-}
-
-#[tokio::test]
-async fn sigterm_mid_backup_aborts_cleanly_and_records_the_run() {
-    let setup = Setup::new();
-    let source = crate::failures::big_db(40);
-    let state = TestDb::create();
-    let (bucket, proxy) = slow_s3().await;
-    let targets = bucket
-        .yaml("s3", Some(&proxy.url()))
-        .replace("part_size_mib: 5", "part_size_mib: 5, parts_in_flight: 1");
-    let top = format!("state: {{ database_url: \"{}\" }}\n", state.url());
-    let env = creds(&bucket);
-    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    env.push(("STRATA_SHUTDOWN_GRACE", "0s"));
-    let d = Proc::spawn(
-        &setup,
-        "d",
-        &top,
-        &targets,
-        &job("app", &source.url(), "local, s3", ", compression: none"),
-        &env,
-    );
-    d.ready().await;
+async fn post_backup(url: &str) -> String {
     let r = reqwest::Client::new()
-        .post(format!("{}/backups/app", d.url))
+        .post(format!("{url}/backups/app"))
         .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let run_id = r.json::<Value>().await.unwrap()["run_id"]
+    r.json::<Value>().await.unwrap()["run_id"]
         .as_str()
         .unwrap()
-        .to_owned();
-    wait_for_incomplete_upload(&bucket).await;
-    d.signal("-TERM");
-    let log = d.log.clone();
-    let status = d.wait(Duration::from_secs(60)).await;
+        .to_owned()
+}
+
+#[tokio::test]
+async fn sigterm_mid_backup_aborts_cleanly_and_records_the_run() {
+    let mut mid = MidUpload::start(&[("STRATA_SHUTDOWN_GRACE", "0s")]).await;
+    mid.daemon.signal("-TERM");
+    let log = mid.daemon.log.clone();
+    let status = mid.daemon.wait(Duration::from_secs(60)).await;
     assert!(status.success(), "{status}");
     let log = std::fs::read_to_string(log).unwrap();
     assert_eq!(
-        bucket.incomplete_uploads().await,
+        mid.bucket.incomplete_uploads().await,
         0,
         "an incomplete multipart upload was left; log:\n{log}"
     );
-    assert_eq!(bucket.keys().await, Vec::<String>::new());
-    assert_eq!(files(&setup.backups()), Vec::<String>::new());
+    assert_eq!(mid.bucket.keys().await, Vec::<String>::new());
+    assert_eq!(files(&mid.setup.backups()), Vec::<String>::new());
     assert_eq!(
-        state.exec(&format!("SELECT status FROM runs WHERE id = '{run_id}'")),
+        mid.state.exec(&format!(
+            "SELECT status FROM runs WHERE id = '{}'",
+            mid.run_id
+        )),
         "aborted"
     );
 }
 
 #[tokio::test]
 async fn after_sigkill_mid_upload_the_next_start_cleans_up_and_backs_up() {
-    let setup = Setup::new();
-    let source = crate::failures::big_db(40);
-    let (bucket, proxy) = slow_s3().await;
-    let slow = bucket
-        .yaml("s3", Some(&proxy.url()))
-        .replace("part_size_mib: 5", "part_size_mib: 5, parts_in_flight: 1");
-    let job_yaml = job("app", &source.url(), "local, s3", ", compression: none");
-    let env = creds(&bucket);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let d = Proc::spawn(&setup, "d1", "", &slow, &job_yaml, &env);
-    d.ready().await;
-    let r = reqwest::Client::new()
-        .post(format!("{}/backups/app", d.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    wait_for_incomplete_upload(&bucket).await;
-    d.signal("-KILL");
-    d.wait(Duration::from_secs(10)).await;
-    assert!(bucket.incomplete_uploads().await > 0);
+    let mut mid = MidUpload::start(&[]).await;
+    mid.daemon.signal("-KILL");
+    mid.daemon.wait(Duration::from_secs(10)).await;
+    assert!(mid.bucket.incomplete_uploads().await > 0);
     assert!(
-        files(&setup.backups())
+        files(&mid.setup.backups())
             .iter()
             .any(|f| f.contains(".strata-partial-")),
         "no staging file left by the kill"
     );
 
-    // Restart (straight to moto this time) with debris older than 0 s treated as stale.
-    let mut env2 = env.clone();
-    env2.push(("STRATA_STALE_AFTER", "0s"));
-    let d = Proc::spawn(&setup, "d2", "", &bucket.yaml("s3", None), &job_yaml, &env2);
+    // Restart (straight to moto this time) with debris older than 0 s treated as
+    // stale, on the same state database: the killed process's job lock died with
+    // its connection, so the backup below is not refused.
+    let mut env = MidUpload::env_of(&mid.env);
+    env.push(("STRATA_STALE_AFTER", "0s"));
+    let top = format!("state: {{ database_url: \"{}\" }}\n", mid.state.url());
+    let mut d = Proc::spawn(
+        &mid.setup,
+        "d2",
+        &top,
+        &mid.bucket.yaml("s3", None),
+        &MidUpload::job(&mid.source),
+        &env,
+    );
     d.ready().await;
     assert_eq!(
-        bucket.incomplete_uploads().await,
+        mid.bucket.incomplete_uploads().await,
         0,
         "stale upload not cleaned at start-up"
     );
     assert!(
-        !files(&setup.backups())
+        !files(&mid.setup.backups())
             .iter()
             .any(|f| f.contains(".strata-partial-")),
         "staging file not cleaned"
     );
-    let r = reqwest::Client::new()
-        .post(format!("{}/backups/app", d.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let run_id = r.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let run_id = post_backup(&d.url).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let run = loop {
         let run: Value = reqwest::Client::new()
@@ -751,71 +777,30 @@ async fn after_sigkill_mid_upload_the_next_start_cleans_up_and_backs_up() {
 
 #[tokio::test]
 async fn the_cli_is_refused_while_the_daemon_runs_the_same_job() {
-    let setup = Setup::new();
-    let source = crate::failures::big_db(40);
-    let state = TestDb::create();
-    let (bucket, proxy) = slow_s3().await;
-    let targets = bucket
-        .yaml("s3", Some(&proxy.url()))
-        .replace("part_size_mib: 5", "part_size_mib: 5, parts_in_flight: 1");
-    let top = format!("state: {{ database_url: \"{}\" }}\n", state.url());
-    let env = creds(&bucket);
-    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    env.push(("STRATA_SHUTDOWN_GRACE", "0s"));
-    let d = Proc::spawn(
-        &setup,
-        "d",
-        &top,
-        &targets,
-        &job("app", &source.url(), "local, s3", ", compression: none"),
-        &env,
-    );
-    d.ready().await;
-    let r = reqwest::Client::new()
-        .post(format!("{}/backups/app", d.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    wait_for_incomplete_upload(&bucket).await;
-    let cli = tokio::process::Command::new(bin())
-        .arg("-c")
-        .arg(setup.path().join("d.yaml"))
-        .args(["backup", "app"])
-        .envs(env.iter().copied())
-        .output()
-        .await
-        .unwrap();
+    let mut mid = MidUpload::start(&[("STRATA_SHUTDOWN_GRACE", "0s")]).await;
+    let cli = mid.cli_backup(&[]).await;
     assert_eq!(cli.status.code(), Some(1));
     let err = String::from_utf8_lossy(&cli.stderr);
     assert!(
         err.contains("a backup of job 'app' is already running"),
         "{err}"
     );
-    d.signal("-TERM");
-    assert!(d.wait(Duration::from_secs(60)).await.success());
+    mid.daemon.signal("-TERM");
+    assert!(mid.daemon.wait(Duration::from_secs(60)).await.success());
     // Once the daemon is gone, the CLI runs, and its run is recorded and audited.
-    let cli = tokio::process::Command::new(bin())
-        .arg("-c")
-        .arg(setup.path().join("d.yaml"))
-        .args(["backup", "app"])
-        .envs(env.iter().copied())
-        .env("USER", "alice")
-        .output()
-        .await
-        .unwrap();
+    let cli = mid.cli_backup(&[("USER", "alice")]).await;
     assert!(
         cli.status.success(),
         "{}",
         String::from_utf8_lossy(&cli.stderr)
     );
     assert_eq!(
-        state.exec("SELECT status FROM runs WHERE trigger = 'cli'"),
+        mid.state
+            .exec("SELECT status FROM runs WHERE trigger = 'cli'"),
         "success"
     );
     assert_eq!(
-        state
+        mid.state
             .exec("SELECT count(*) FROM audit_log WHERE actor = 'cli:alice' AND action = 'backup'"),
         "1"
     );
