@@ -129,10 +129,33 @@ impl App {
         }
     }
 
+    /// POSTs a backup of `app` (202 expected) and returns the run once finished.
+    async fn backup_now(&self) -> Value {
+        let r = self.post("/backups/app").send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let run_id = run_id_of(r).await;
+        self.finished(&run_id).await
+    }
+
     async fn shutdown(self) {
         self.stop.cancel();
         self.handle.await.unwrap();
     }
+}
+
+async fn run_id_of(r: reqwest::Response) -> String {
+    r.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// How many manifests (backups) are under `dir`.
+fn manifests(dir: &Path) -> usize {
+    files(dir)
+        .iter()
+        .filter(|f| f.ends_with(".manifest.json"))
+        .count()
 }
 
 trait MapUnit {
@@ -166,13 +189,7 @@ async fn bearer_token_is_required_and_checked() {
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(r.headers()["www-authenticate"], "Bearer");
     }
-    let r = app.post("/backups/app").send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let run_id = r.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(app.finished(&run_id).await["status"], "success");
+    assert_eq!(app.backup_now().await["status"], "success");
     // The audit log names the caller by token fingerprint, never the token.
     let state = app.state.as_ref().unwrap();
     let actors = state
@@ -257,10 +274,7 @@ async fn bad_requests_get_clear_4xx_and_leave_the_daemon_working() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let run_id = r.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let run_id = run_id_of(r).await;
     assert_eq!(app.finished(&run_id).await["status"], "success");
     app.shutdown().await;
 }
@@ -298,20 +312,11 @@ async fn concurrent_triggers_start_exactly_one_run() {
         .map(Result::unwrap)
         .find(|r| r.status() == StatusCode::ACCEPTED)
         .unwrap();
-    let run_id = accepted.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let run_id = run_id_of(accepted).await;
     assert_eq!(app.finished(&run_id).await["status"], "success");
     let state = app.state.as_ref().unwrap();
     assert_eq!(state.exec("SELECT count(*) FROM runs"), "1");
-    assert_eq!(
-        files(&app.setup.backups())
-            .iter()
-            .filter(|f| f.ends_with(".manifest.json"))
-            .count(),
-        1
-    );
+    assert_eq!(manifests(&app.setup.backups()), 1);
     app.shutdown().await;
 }
 
@@ -334,10 +339,7 @@ async fn health_is_503_past_rpo_and_200_after_a_backup_and_metrics_move() {
     assert!(!metrics.contains("strata_backup_runs_total{job=\"app\",result=\"success\"}"));
 
     let r = app.post("/backups/app").send().await.unwrap();
-    let run_id = r.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let run_id = run_id_of(r).await;
     let run = app.finished(&run_id).await;
     assert_eq!(run["status"], "success");
     assert!(
@@ -373,10 +375,7 @@ async fn health_is_503_past_rpo_and_200_after_a_backup_and_metrics_move() {
     // A second backup moves the counters and yields a size-change ratio.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = app.post("/backups/app").send().await.unwrap();
-    let run_id = r.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let run_id = run_id_of(r).await;
     app.finished(&run_id).await;
     let metrics = app
         .http
@@ -409,20 +408,8 @@ async fn without_the_state_database_backups_still_run_and_health_says_so() {
     let (status, body) = app.health().await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["state_db"], "unreachable");
-    let r = app.post("/backups/app").send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let run_id = r.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(app.finished(&run_id).await["status"], "success");
-    assert_eq!(
-        files(&app.setup.backups())
-            .iter()
-            .filter(|f| f.ends_with(".manifest.json"))
-            .count(),
-        1
-    );
+    assert_eq!(app.backup_now().await["status"], "success");
+    assert_eq!(manifests(&app.setup.backups()), 1);
     app.shutdown().await;
 }
 
@@ -431,10 +418,7 @@ async fn runs_kept_while_the_state_database_was_down_are_written_when_it_returns
     let state_db = TestDb::reserve(); // does not exist yet
     let app = App::spawn("", Some(state_db.url()), true).await;
     let r = app.post("/backups/app").send().await.unwrap();
-    let run_id = r.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let run_id = run_id_of(r).await;
     assert_eq!(app.finished(&run_id).await["status"], "success");
     psql("postgres", &format!("CREATE DATABASE {}", state_db.name));
     // The daemon reconnects within its 10 s health ping and flushes its outbox.
@@ -577,10 +561,7 @@ async fn replicas_sharing_a_state_database_run_each_slot_once() {
         runs == slots || runs.parse::<u32>().unwrap() + 1 == slots.parse::<u32>().unwrap(),
         "{runs} runs for {slots} slots"
     );
-    let manifests = files(&setup.backups())
-        .iter()
-        .filter(|f| f.ends_with(".manifest.json"))
-        .count();
+    let manifests = manifests(&setup.backups());
     assert_eq!(
         manifests.to_string(),
         state.exec("SELECT count(*) FROM runs WHERE status = 'success'")
@@ -683,10 +664,7 @@ async fn post_backup(url: &str) -> String {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    r.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    run_id_of(r).await
 }
 
 #[tokio::test]
