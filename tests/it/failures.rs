@@ -310,6 +310,22 @@ async fn one_target_down_keeps_the_others_and_reports_degraded() {
     assert_eq!(dest.exec("SELECT count(*) FROM t"), "1000");
 }
 
+/// Restores the newest backup of `app` into `dest` (which must be empty or absent).
+async fn restore_latest(
+    strata: &strata::app::Strata,
+    dest: &TestDb,
+) -> Result<restore::RestoreReport, RestoreError> {
+    restore::restore(
+        strata,
+        "app",
+        "latest",
+        None,
+        &dest.url().parse().unwrap(),
+        false,
+    )
+    .await
+}
+
 /// Backs up a small database to local disk and returns what restore needs.
 async fn local_backup(
     setup: &Setup,
@@ -351,16 +367,7 @@ async fn tampered_or_truncated_objects_never_reach_the_database() {
     for (what, bytes) in cases {
         std::fs::write(&object, &bytes).unwrap();
         let dest = TestDb::reserve();
-        let err = restore::restore(
-            &strata,
-            "app",
-            "latest",
-            None,
-            &dest.url().parse().unwrap(),
-            false,
-        )
-        .await
-        .unwrap_err();
+        let err = restore_latest(&strata, &dest).await.unwrap_err();
         assert!(matches!(err, RestoreError::Verify(_)), "{what}: {err}");
         assert!(!dest.exists(), "{what}: a partial database was left behind");
         let v = restore::verify(&strata, "app", "latest", None)
@@ -382,16 +389,7 @@ async fn row_count_mismatch_rolls_the_restore_back() {
     .unwrap();
     // An existing empty database stays empty: the single transaction rolled back.
     let dest = TestDb::create();
-    let err = restore::restore(
-        &strata,
-        "app",
-        "latest",
-        None,
-        &dest.url().parse().unwrap(),
-        false,
-    )
-    .await
-    .unwrap_err();
+    let err = restore_latest(&strata, &dest).await.unwrap_err();
     assert!(matches!(err, RestoreError::RowCounts(_)), "{err}");
     assert!(err.to_string().contains("public.t has 20000 rows"), "{err}");
     assert_eq!(
