@@ -216,6 +216,15 @@ impl Daemon {
         }
     }
 
+    /// Stores the run (when a state database is configured) and audits `action`.
+    async fn record(&self, run: &RunRecord, actor: &str, action: &str, detail: serde_json::Value) {
+        if let Some(state) = &self.state {
+            state.save_run(run).await;
+        }
+        self.audit(actor, action, Some(&run.job), Some(&run.id), detail)
+            .await;
+    }
+
     /// Starts a backup of `job` unless one is running anywhere; returns the run id
     /// at once, the backup goes on in the background.
     ///
@@ -288,14 +297,10 @@ impl Daemon {
         actor: String,
     ) {
         let job = run.job.clone();
-        if let Some(state) = &self.state {
-            state.save_run(&run).await;
-        }
-        self.audit(
+        self.record(
+            &run,
             &actor,
             "backup.start",
-            Some(&job),
-            Some(&run.id),
             serde_json::json!({ "trigger": run.trigger }),
         )
         .await;
@@ -352,17 +357,8 @@ impl Daemon {
             "backup run finished"
         );
         self.remember(&run);
-        if let Some(state) = &self.state {
-            state.save_run(&run).await;
-        }
-        self.audit(
-            &actor,
-            "backup.finish",
-            Some(&job),
-            Some(&run.id),
-            serde_json::json!({ "status": run.status.as_str(), "backup_id": run.backup_id, "error": run.error }),
-        )
-        .await;
+        let detail = serde_json::json!({ "status": run.status.as_str(), "backup_id": run.backup_id, "error": run.error });
+        self.record(&run, &actor, "backup.finish", detail).await;
         // Dropping the entry releases the cross-process lock.
         self.running.lock().expect("running").remove(&job);
     }

@@ -69,12 +69,7 @@ pub struct Manifest {
 impl Manifest {
     /// The data object's key next to a manifest key.
     pub fn object_key(&self, manifest_key: &str) -> String {
-        let dir = manifest_key.rsplit_once('/').map_or("", |(d, _)| d);
-        if dir.is_empty() {
-            self.object.clone()
-        } else {
-            format!("{dir}/{}", self.object)
-        }
+        beside(manifest_key, &self.object)
     }
 
     /// Sum of all table row counts.
@@ -152,9 +147,14 @@ impl Layout {
 
 /// The manifest key next to a data object key.
 pub fn manifest_key_beside(object_key: &str, backup_id: &str) -> String {
-    match object_key.rsplit_once('/') {
-        Some((dir, _)) => format!("{dir}/{backup_id}{MANIFEST_SUFFIX}"),
-        None => format!("{backup_id}{MANIFEST_SUFFIX}"),
+    beside(object_key, &format!("{backup_id}{MANIFEST_SUFFIX}"))
+}
+
+/// The key of `name` in the same directory as `key`.
+fn beside(key: &str, name: &str) -> String {
+    match key.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{name}"),
+        None => name.to_owned(),
     }
 }
 

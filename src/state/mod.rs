@@ -385,27 +385,6 @@ impl StateDb {
             host: r.get(12),
         }))
     }
-
-    /// Runs of `job`, newest first (tests and reports).
-    ///
-    /// # Errors
-    /// The database is unreachable.
-    pub async fn runs_of(
-        &self,
-        job: &str,
-    ) -> Result<Vec<(String, Option<DateTime<Utc>>, String)>, StateError> {
-        self.ensure().await?;
-        let guard = self.client.lock().await;
-        let client = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
-        let rows = client
-            .query("SELECT id, scheduled_for, status FROM runs WHERE job = $1 ORDER BY started_at DESC", &[&job])
-            .await
-            .map_err(|e| self.pg(&e))?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect())
-    }
 }
 
 async fn write_run(

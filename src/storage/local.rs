@@ -226,6 +226,7 @@ impl Target for LocalTarget {
                 key: key.to_owned(),
                 size: m.len(),
                 storage_class: None,
+                version_id: None,
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::NotFound {
                 target: self.name.clone(),
@@ -325,6 +326,7 @@ fn walk(
                     key: rel,
                     size: meta.len(),
                     storage_class: None,
+                    version_id: None,
                 },
                 meta.modified()?,
             ));

@@ -66,6 +66,8 @@ pub struct ObjectMeta {
     pub key: String,
     pub size: u64,
     pub storage_class: Option<String>,
+    /// Set by versioned buckets on `head`; `None` elsewhere.
+    pub version_id: Option<String>,
 }
 
 /// A stream of stored bytes.

@@ -356,26 +356,12 @@ impl S3Upload {
         }
         Ok(PutResult {
             size: meta.size,
-            version_id: self.head_version().await,
+            version_id: meta.version_id,
             storage_class: meta
                 .storage_class
                 .or_else(|| s.storage_class.clone())
                 .or_else(|| Some("STANDARD".into())),
         })
-    }
-
-    async fn head_version(&self) -> Option<String> {
-        let s = &self.target.settings;
-        self.target
-            .client
-            .head_object()
-            .bucket(&s.bucket)
-            .key(&self.key)
-            .send()
-            .await
-            .ok()
-            .and_then(|h| h.version_id)
-            .filter(|v| v != "null")
     }
 
     async fn abort_inner(&mut self) -> Result<(), StorageError> {
@@ -540,6 +526,7 @@ impl Target for S3Target {
             key: key.to_owned(),
             size: u64::try_from(out.content_length.unwrap_or(0)).unwrap_or(0),
             storage_class: out.storage_class.map(|c| c.as_str().to_owned()),
+            version_id: out.version_id.filter(|v| v != "null"),
         })
     }
 
@@ -559,6 +546,7 @@ impl Target for S3Target {
                     key: obj.key.unwrap_or_default(),
                     size: u64::try_from(obj.size.unwrap_or(0)).unwrap_or(0),
                     storage_class: obj.storage_class.map(|c| c.as_str().to_owned()),
+                    version_id: None,
                 });
             }
         }
