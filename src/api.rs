@@ -8,12 +8,13 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use ring::digest::{SHA256, digest};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use crate::daemon::{Daemon, TokenHash, TriggerError};
+use crate::prune::{self, PruneError, Recorder};
 
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 16 * 1024;
@@ -25,6 +26,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/metrics", get(metrics))
         .route("/backups/{job}", get(list_backups).post(start_backup))
         .route("/runs/{id}", get(get_run))
+        .route("/prune/{job}/approve", post(approve_prune))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(daemon)
@@ -36,16 +38,17 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 
 /// Why a request was not authorised.
 enum AuthError {
-    Disabled,
+    /// No token configured; names the config key that enables the endpoint.
+    Disabled(&'static str),
     Unauthorized,
 }
 
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
         match self {
-            Self::Disabled => error(
+            Self::Disabled(key) => error(
                 StatusCode::FORBIDDEN,
-                "this endpoint is disabled: configure http.token_file",
+                format!("this endpoint is disabled: configure {key}"),
             ),
             Self::Unauthorized => {
                 let mut resp = error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
@@ -63,8 +66,20 @@ impl IntoResponse for AuthError {
 /// the caller's identity for the audit log (a token fingerprint, never the token).
 fn authorize(headers: &HeaderMap, expected: Option<&TokenHash>) -> Result<String, AuthError> {
     let Some(expected) = expected else {
-        return Err(AuthError::Disabled);
+        return Err(AuthError::Disabled("http.token_file"));
     };
+    check_bearer(headers, expected)
+}
+
+/// Like [`authorize`], against the admin token (approving deletions).
+fn authorize_admin(headers: &HeaderMap, expected: Option<&TokenHash>) -> Result<String, AuthError> {
+    let Some(expected) = expected else {
+        return Err(AuthError::Disabled("http.admin_token_file"));
+    };
+    check_bearer(headers, expected).map(|a| a.replacen("api:", "admin:", 1))
+}
+
+fn check_bearer(headers: &HeaderMap, expected: &TokenHash) -> Result<String, AuthError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -211,5 +226,45 @@ async fn get_run(
     match d.run(&id).await {
         Some(run) => axum::Json(run).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no run '{id}'")),
+    }
+}
+
+async fn approve_prune(
+    State(d): State<Arc<Daemon>>,
+    Path(job): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let actor = match authorize_admin(&headers, d.admin_token.as_ref()) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    if d.strata.config().job(&job).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("unknown job '{job}'"));
+    }
+    let Some(state) = &d.state else {
+        return error(
+            StatusCode::CONFLICT,
+            "approvals need a state database (state.database_url) to hold the plan",
+        );
+    };
+    d.audit(&actor, "api.prune-approve", Some(&job), None, Value::Null)
+        .await;
+    let rec = Recorder {
+        state: Some(state),
+        metrics: Some(&d.metrics),
+        actor: &actor,
+    };
+    match prune::approve(&d.strata, &job, state, &rec).await {
+        Ok((plan_id, out)) => axum::Json(json!({
+            "plan_id": plan_id,
+            "deleted": out.deleted,
+            "locked": out.locked,
+            "failed": out.failed,
+        }))
+        .into_response(),
+        Err(e @ PruneError::NoPendingPlan(_)) => error(StatusCode::NOT_FOUND, e),
+        Err(e @ PruneError::LatestRunNotGood { .. }) => error(StatusCode::CONFLICT, e),
+        Err(e @ PruneError::StateUnknown { .. }) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => error(StatusCode::BAD_GATEWAY, e),
     }
 }

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
 use crate::app::Strata;
-use crate::config::Config;
+use crate::config::{Config, TargetKind};
 use crate::keys::{self, MasterKey};
 use crate::pipeline::encrypt::Decryptor;
 use crate::source::DbUrl;
@@ -67,6 +67,8 @@ pub enum Command {
         /// Replace a non-empty database (restored beside it, then swapped in).
         #[arg(long)]
         replace: bool,
+        #[command(flatten)]
+        thaw: ThawArgs,
         #[arg(long)]
         json: bool,
     },
@@ -78,6 +80,28 @@ pub enum Command {
         backup: String,
         #[arg(long, env = "STRATA_VERIFY_INTO", hide_env_values = true)]
         restore_into: Option<String>,
+        #[command(flatten)]
+        thaw: ThawArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// S3 lifecycle rules: show what buckets have against the config, or apply.
+    Lifecycle {
+        #[arg(value_enum)]
+        action: LifecycleAction,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What stored backups cost per month, and what the retention policy will.
+    Cost {
+        #[arg(long)]
+        json: bool,
+    },
+    /// 3-2-1, encryption, versioning, lifecycle, locks, RPO, restore tests and
+    /// retention: PASS/FAIL with evidence; exit 1 on any FAIL.
+    Compliance {
         #[arg(long)]
         json: bool,
     },
@@ -88,6 +112,22 @@ pub enum Command {
         from: Option<DateTime<chrono::FixedOffset>>,
         #[arg(long, default_value_t = 5)]
         count: usize,
+    },
+    /// Apply the retention policy on every target of a job.
+    Prune {
+        job: String,
+        /// Print the plan, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the plan as JSON: [{"backup_id", "keep", "reasons", …}].
+        #[arg(long)]
+        json: bool,
+        /// Plan as of this time (default: now).
+        #[arg(long)]
+        now: Option<DateTime<chrono::FixedOffset>>,
+        /// Delete now even when the job's deletions need approval.
+        #[arg(long)]
+        approve: bool,
     },
     /// Validate the configuration and report every problem.
     Check,
@@ -101,6 +141,39 @@ pub enum Command {
         #[arg(long)]
         key_file: PathBuf,
     },
+}
+
+/// `lifecycle` actions.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LifecycleAction {
+    Show,
+    Apply,
+}
+
+/// Archive-tier options of `restore` and `verify`.
+#[derive(Debug, clap::Args)]
+pub struct ThawArgs {
+    /// Wait for archived (GLACIER, DEEP_ARCHIVE) objects to thaw, then continue;
+    /// without it the command requests the thaw and exits with status 75.
+    #[arg(long)]
+    wait: bool,
+    /// Retrieval tier for archived objects: Standard, Bulk or Expedited.
+    #[arg(long, default_value = "Standard", value_parser = ["Standard", "Bulk", "Expedited"])]
+    thaw_tier: String,
+    /// Days the thawed copy stays readable.
+    #[arg(long, default_value_t = 3)]
+    thaw_days: i32,
+}
+
+impl ThawArgs {
+    fn options(&self) -> crate::restore::ThawOptions {
+        crate::restore::ThawOptions {
+            tier: self.thaw_tier.clone(),
+            days: self.thaw_days,
+            wait: self.wait,
+            ..crate::restore::ThawOptions::default()
+        }
+    }
 }
 
 /// Failure of a command: message plus exit status.
@@ -278,6 +351,104 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 ))
             }
         }
+        Command::Prune {
+            job,
+            dry_run,
+            json,
+            now,
+            approve,
+        } => prune(&cli.config, &job, dry_run, json, now, approve).await,
+        Command::Lifecycle {
+            action,
+            target,
+            json,
+        } => lifecycle(&cli.config, action, target.as_deref(), json).await,
+        Command::Cost { json } => {
+            let strata = Strata::build(load(&cli.config)?).await;
+            let inventory = crate::inventory::take(&strata).await;
+            let sizes = crate::inventory::newest_sizes(&strata).await;
+            let report = crate::inventory::cost_report(&strata, &inventory, &sizes);
+            if json {
+                print_json(&report);
+            } else {
+                for t in &report.targets {
+                    println!("{}: ${:.2}/month", t.target, t.usd_monthly);
+                    for (class, c) in &t.classes {
+                        println!(
+                            "  {class:<13} {:>12}  ${:.4}/month",
+                            mib(c.bytes),
+                            c.usd_monthly
+                        );
+                    }
+                }
+                for p in &report.projections {
+                    println!(
+                        "projection {} on {}: {} backups of {} held, ${:.2}/month (storage {}, early deletion ${:.4}, requests ${:.4})",
+                        p.job,
+                        p.target,
+                        p.projected.backups_held.round(),
+                        mib(p.backup_bytes),
+                        p.projected.usd_monthly,
+                        p.projected
+                            .storage_usd_monthly
+                            .iter()
+                            .map(|(c, usd)| format!("{c} ${usd:.4}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        p.projected.early_deletion_usd_monthly,
+                        p.projected.requests_usd_monthly
+                    );
+                }
+                println!(
+                    "total: ${:.2}/month now, ${:.2}/month projected (alert above ${:.2})",
+                    report.usd_monthly,
+                    report.projected_usd_monthly,
+                    strata.config().alerts.monthly_cost_usd
+                );
+            }
+            for (t, e) in &inventory.errors {
+                eprintln!("strata: target {t} could not be listed: {e}");
+            }
+            if inventory.errors.is_empty() {
+                Ok(())
+            } else {
+                Err(Failure(
+                    1,
+                    format!(
+                        "{} target(s) could not be listed; the figures leave them out",
+                        inventory.errors.len()
+                    ),
+                ))
+            }
+        }
+        Command::Compliance { json } => {
+            let strata = Strata::build(load(&cli.config)?).await;
+            let report = crate::compliance::report(&strata, Utc::now()).await;
+            if json {
+                print_json(&report);
+            } else {
+                for c in &report.checks {
+                    println!("{} {}", if c.pass { "PASS" } else { "FAIL" }, c.check);
+                    for e in &c.evidence {
+                        println!("     {e}");
+                    }
+                }
+            }
+            if report.pass {
+                Ok(())
+            } else {
+                let failed: Vec<&str> = report
+                    .checks
+                    .iter()
+                    .filter(|c| !c.pass)
+                    .map(|c| c.check.as_str())
+                    .collect();
+                Err(Failure(
+                    1,
+                    format!("compliance checks failed: {}", failed.join(", ")),
+                ))
+            }
+        }
         Command::List { job, target, json } => {
             let strata = Strata::build(load(&cli.config)?).await;
             let job_cfg = strata.job(&job)?;
@@ -328,13 +499,21 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             from,
             into,
             replace,
+            thaw,
             json,
         } => {
             let into: DbUrl = into.parse()?;
             let strata = Strata::build(load(&cli.config)?).await;
-            let result =
-                crate::restore::restore(&strata, &job, &backup, from.as_deref(), &into, replace)
-                    .await;
+            let result = crate::restore::restore_with(
+                &strata,
+                &job,
+                &backup,
+                from.as_deref(),
+                &into,
+                replace,
+                &thaw.options(),
+            )
+            .await;
             let detail = match &result {
                 Ok(r) => {
                     serde_json::json!({ "backup_id": r.backup_id, "into": r.database, "ok": true })
@@ -344,7 +523,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 }
             };
             audit_cli(strata.config(), "restore", &job, detail).await;
-            let report = result?;
+            let report = result.map_err(not_yet)?;
             if json {
                 print_json(&report);
             } else {
@@ -364,11 +543,19 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             job,
             backup,
             restore_into,
+            thaw,
             json,
         } => {
             let server = restore_into.map(|u| u.parse::<DbUrl>()).transpose()?;
             let strata = Strata::build(load(&cli.config)?).await;
-            let result = crate::restore::verify(&strata, &job, &backup, server.as_ref()).await;
+            let result = crate::restore::verify_with(
+                &strata,
+                &job,
+                &backup,
+                server.as_ref(),
+                &thaw.options(),
+            )
+            .await;
             let detail = match &result {
                 Ok(r) => {
                     serde_json::json!({ "backup_id": r.backup_id, "ok": r.ok(), "targets": r.targets, "restore": r.restore })
@@ -388,17 +575,230 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 if let Some(r) = &report.restore {
                     println!("{} restore test: {r}", report.backup_id);
                 }
+                for (t, r) in &report.thawing {
+                    println!("{} on {t}: not checked: {r}", report.backup_id);
+                }
             }
-            if report.ok() {
-                Ok(())
-            } else {
+            if !report.ok() {
                 Err(Failure(
                     1,
                     format!("verification of {} failed", report.backup_id),
                 ))
+            } else if !report.thawing.is_empty() {
+                Err(Failure(
+                    75,
+                    format!(
+                        "{} copy(ies) of {} are thawing; run the same command again later, or add --wait",
+                        report.thawing.len(),
+                        report.backup_id
+                    ),
+                ))
+            } else if report.targets.is_empty() {
+                Err(Failure(
+                    1,
+                    format!("no copy of {} could be checked", report.backup_id),
+                ))
+            } else {
+                Ok(())
             }
         }
     }
+}
+
+async fn prune(
+    config: &std::path::Path,
+    job: &str,
+    dry_run: bool,
+    json: bool,
+    now: Option<DateTime<chrono::FixedOffset>>,
+    approve: bool,
+) -> Result<(), Failure> {
+    use crate::prune::{self, Recorder};
+    let config = load(config)?;
+    let state = match &config.state_url {
+        Some(url) => Some(crate::state::StateDb::open(url.clone()).await),
+        None => None,
+    };
+    let strata = Strata::build(config).await;
+    let mode = strata.job(job)?.prune;
+    let now = now.map_or_else(Utc::now, |t| t.with_timezone(&Utc));
+    let plan = prune::plan(&strata, job, now).await?;
+    if json {
+        print_json(&plan.items);
+    } else {
+        for item in &plan.items {
+            println!(
+                "{}  {}  {}  [{}]  {}",
+                if item.keep { "keep  " } else { "DELETE" },
+                item.backup_id,
+                item.started_at.to_rfc3339(),
+                item.targets.join(","),
+                item.reasons.join("; ")
+            );
+        }
+    }
+    let deletions = plan.deletions();
+    if dry_run || deletions.is_empty() {
+        eprintln!(
+            "strata: {} backup(s), {} to delete{}",
+            plan.items.len(),
+            deletions.len(),
+            if dry_run {
+                " (dry run: nothing deleted)"
+            } else {
+                ""
+            }
+        );
+        return Ok(());
+    }
+    prune::check_latest_run(state.as_ref(), job).await?;
+    let actor = cli_actor();
+    let rec = Recorder {
+        state: state.as_ref(),
+        metrics: None,
+        actor: &actor,
+    };
+    if mode == crate::config::PruneMode::Approval && !approve {
+        return match prune::propose(&rec, &plan).await {
+            Some(id) => {
+                eprintln!(
+                    "strata: {} deletion(s) wait for approval (plan {id}): run `strata prune {job} --approve` or POST /prune/{job}/approve with the admin token",
+                    deletions.len()
+                );
+                Ok(())
+            }
+            None => Err(Failure(
+                1,
+                format!(
+                    "job '{job}' deletes only with approval and the plan could not be recorded (no reachable state database); nothing deleted; pass --approve to delete now"
+                ),
+            )),
+        };
+    }
+    let out = prune::execute(&strata, &plan, None, &rec).await;
+    for d in &out.deleted {
+        eprintln!("deleted {} from {}", d.backup_id, d.target);
+    }
+    for l in &out.locked {
+        eprintln!(
+            "kept {} on {}: Object Lock until {}",
+            l.backup_id,
+            l.target,
+            l.retain_until.to_rfc3339()
+        );
+    }
+    for f in &out.failed {
+        eprintln!(
+            "FAILED to delete {} from {}: {}",
+            f.backup_id, f.target, f.error
+        );
+    }
+    if out.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure(
+            1,
+            format!(
+                "{} deletion(s) failed; the manifests of those copies may already be gone (their objects are then unlisted debris)",
+                out.failed.len()
+            ),
+        ))
+    }
+}
+
+async fn lifecycle(
+    config: &std::path::Path,
+    action: LifecycleAction,
+    only: Option<&str>,
+    json: bool,
+) -> Result<(), Failure> {
+    let strata = Strata::build(load(config)?).await;
+    let config = strata.config();
+    if let Some(t) = only {
+        match config.targets.get(t).map(|c| &c.kind) {
+            Some(TargetKind::S3 { .. }) => {}
+            Some(TargetKind::Local { .. }) => {
+                return Err(Failure(
+                    2,
+                    format!("target '{t}' is local disk: it has no lifecycle rules"),
+                ));
+            }
+            None => return Err(Failure(2, format!("unknown target '{t}'"))),
+        }
+    }
+    let mut statuses = Vec::new();
+    let mut errors = Vec::new();
+    for (name, t) in &config.targets {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        let target = strata.target(name);
+        let Some(s3) = target.as_s3() else { continue };
+        let result = match action {
+            LifecycleAction::Show => crate::lifecycle::status(t, s3).await,
+            LifecycleAction::Apply => crate::lifecycle::apply(t, s3).await,
+        };
+        match result {
+            Ok(s) => statuses.push(s),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if matches!(action, LifecycleAction::Apply) {
+        audit_cli_global(config, "lifecycle.apply", serde_json::json!({ "targets": statuses.iter().map(|s| &s.target).collect::<Vec<_>>(), "errors": errors })).await;
+    }
+    if json {
+        print_json(&statuses);
+    } else {
+        for s in &statuses {
+            println!("{} (bucket {}): {}", s.target, s.bucket, s.summary());
+            for r in &s.wanted {
+                let state = if s.missing.contains(&r.id) {
+                    "MISSING"
+                } else if s.differs.contains(&r.id) {
+                    "DIFFERS"
+                } else {
+                    "ok"
+                };
+                println!("  {state:<7} {}", describe_rule(r));
+            }
+            for id in &s.foreign {
+                println!("  other   {id} (not strata's; left alone)");
+            }
+        }
+    }
+    if let Some(e) = errors.first() {
+        return Err(Failure(1, e.clone()));
+    }
+    if matches!(action, LifecycleAction::Show) && statuses.iter().any(|s| !s.in_sync) {
+        return Err(Failure(
+            1,
+            "lifecycle rules differ from the config; run `strata lifecycle apply`".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn describe_rule(r: &crate::lifecycle::Rule) -> String {
+    let mut parts = vec![format!("{} on '{}'", r.id, r.prefix)];
+    if let Some((k, v)) = &r.tag {
+        parts.push(format!("tagged {k}={v}"));
+    }
+    for t in &r.transitions {
+        parts.push(format!("{} after {} d", t.storage_class, t.days));
+    }
+    if let Some(d) = r.expiration_days {
+        parts.push(format!("delete after {d} d"));
+    }
+    if let Some(d) = r.abort_incomplete_days {
+        parts.push(format!("abort incomplete uploads after {d} d"));
+    }
+    parts.join(", ")
+}
+
+/// Exit status 75 ("not yet") for an archived object that is thawing.
+fn not_yet(e: crate::restore::RestoreError) -> Failure {
+    let code = if e.is_thawing() { 75 } else { 1 };
+    Failure(code, e.to_string())
 }
 
 /// Records a CLI operation in the state database's audit log, when one is
@@ -412,6 +812,22 @@ async fn audit_cli(config: &Config, action: &str, job: &str, detail: serde_json:
             actor: cli_actor(),
             action: action.into(),
             job: Some(job.to_owned()),
+            run_id: None,
+            detail,
+        })
+        .await;
+}
+
+/// Like [`audit_cli`] for operations that are not about one job.
+async fn audit_cli_global(config: &Config, action: &str, detail: serde_json::Value) {
+    let Some(url) = &config.state_url else { return };
+    let state = crate::state::StateDb::open(url.clone()).await;
+    state
+        .audit(crate::state::AuditEntry {
+            at: Utc::now(),
+            actor: cli_actor(),
+            action: action.into(),
+            job: None,
             run_id: None,
             detail,
         })

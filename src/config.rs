@@ -881,6 +881,7 @@ fn validate_target(name: &str, t: RawTarget, p: &mut Problems) -> Option<TargetC
                 }
             }
             let lifecycle = validate_lifecycle(name, t.lifecycle.unwrap_or_default(), p);
+            settings.tag_backups = lifecycle.iter().any(|r| r.storage_class.is_some());
             let object_lock = t.object_lock.map(|l| {
                 if !matches!(l.mode.as_str(), "GOVERNANCE" | "COMPLIANCE") {
                     p.add(
@@ -896,6 +897,7 @@ fn validate_target(name: &str, t: RawTarget, p: &mut Problems) -> Option<TargetC
                     days: l.days,
                 }
             });
+            settings.object_lock.clone_from(&object_lock);
             Some(TargetConfig {
                 name: name.to_owned(),
                 prefix,

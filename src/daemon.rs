@@ -17,8 +17,9 @@ use crate::app::Strata;
 use crate::catalog;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::prune;
 use crate::schedule::{self, Clock, SystemClock};
-use crate::state::{AuditEntry, JobLock, RunRecord, StateDb};
+use crate::state::{AuditEntry, JobLock, RunRecord, RunStatus, StateDb};
 
 /// Runs kept in memory for `GET /runs/{id}` when the state database is down.
 const RECENT_RUNS: usize = 500;
@@ -359,6 +360,15 @@ impl Daemon {
         self.remember(&run);
         let detail = serde_json::json!({ "status": run.status.as_str(), "backup_id": run.backup_id, "error": run.error });
         self.record(&run, &actor, "backup.finish", detail).await;
+        // Retention only after a complete backup, still under the job's lock.
+        if run.status == RunStatus::Success {
+            let rec = prune::Recorder {
+                state: self.state.as_deref(),
+                metrics: Some(&self.metrics),
+                actor: "retention",
+            };
+            prune::after_backup(&self.strata, &job, &rec).await;
+        }
         // Dropping the entry releases the cross-process lock.
         self.running.lock().expect("running").remove(&job);
     }

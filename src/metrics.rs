@@ -14,6 +14,10 @@ pub struct Metrics {
     pub runs: IntCounterVec,
     pub running: IntGaugeVec,
     pub upload_failures: IntCounterVec,
+    pub retention_deleted: IntCounterVec,
+    pub storage_bytes: GaugeVec,
+    pub storage_cost: GaugeVec,
+    pub compliance_check: GaugeVec,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -24,21 +28,24 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeV
     g
 }
 
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let runs = IntCounterVec::new(
-            Opts::new(
-                "strata_backup_runs_total",
-                "Backup runs by result (success, degraded, failed, aborted).",
-            ),
+        let runs = counter(
+            &registry,
+            "strata_backup_runs_total",
+            "Backup runs by result (success, degraded, failed, aborted).",
             &["job", "result"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(runs.clone()))
-            .expect("unique metric");
+        );
         let running = IntGaugeVec::new(
             Opts::new("strata_backup_running", "1 while a backup of the job runs."),
             &["job"],
@@ -47,17 +54,12 @@ impl Metrics {
         registry
             .register(Box::new(running.clone()))
             .expect("unique metric");
-        let upload_failures = IntCounterVec::new(
-            Opts::new(
-                "strata_target_upload_failures_total",
-                "Backups that failed to reach a target.",
-            ),
+        let upload_failures = counter(
+            &registry,
+            "strata_target_upload_failures_total",
+            "Backups that failed to reach a target.",
             &["target"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(upload_failures.clone()))
-            .expect("unique metric");
+        );
         Self {
             last_success: gauge(
                 &registry,
@@ -92,6 +94,30 @@ impl Metrics {
             runs,
             running,
             upload_failures,
+            retention_deleted: counter(
+                &registry,
+                "strata_retention_deleted_total",
+                "Backup copies deleted by retention.",
+                &["job", "target"],
+            ),
+            storage_bytes: gauge(
+                &registry,
+                "strata_storage_bytes",
+                "Bytes of strata's objects per target and storage class.",
+                &["target", "storage_class"],
+            ),
+            storage_cost: gauge(
+                &registry,
+                "strata_storage_cost_usd_monthly",
+                "Monthly storage cost of a target's objects at the configured prices (USD).",
+                &["target"],
+            ),
+            compliance_check: gauge(
+                &registry,
+                "strata_compliance_check",
+                "1 when a compliance check passes, 0 when it fails.",
+                &["check"],
+            ),
             registry,
         }
     }

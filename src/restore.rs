@@ -10,8 +10,9 @@
 
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
@@ -21,7 +22,8 @@ use crate::manifest::{Verification, manifest_key_beside};
 use crate::pipeline::restore_stream::{self, Expected, VerifyError};
 use crate::runner::RunError;
 use crate::source::{self, DbUrl, DumpFormat, SourceError};
-use crate::storage::{StorageError, Target};
+use crate::storage::s3::S3Target;
+use crate::storage::{StorageError, Target, Thaw};
 
 const COPY_BUF: usize = 1 << 20;
 /// Session settings for the restoring connection.
@@ -56,6 +58,134 @@ pub enum RestoreError {
     RowCounts(String),
     #[error("decompressed size {actual} differs from the manifest's raw_bytes {expected}")]
     RawSize { expected: u64, actual: u64 },
+    #[error(
+        "{key} on target '{target}' is in {class}: {state}; it should be readable by about {ready_by} (UTC); run the same command again then, or add --wait"
+    )]
+    Thawing {
+        target: String,
+        key: String,
+        class: String,
+        state: String,
+        ready_by: DateTime<Utc>,
+    },
+}
+
+impl RestoreError {
+    /// "Not yet": an archived object is thawing (exit status 75).
+    pub fn is_thawing(&self) -> bool {
+        matches!(self, Self::Thawing { .. })
+    }
+}
+
+/// How archived (GLACIER, DEEP_ARCHIVE) objects are thawed before reading.
+#[derive(Debug, Clone)]
+pub struct ThawOptions {
+    /// Retrieval tier: `Standard`, `Bulk` or `Expedited` (GLACIER only).
+    pub tier: String,
+    /// Days the thawed copy stays readable.
+    pub days: i32,
+    /// Poll until readable instead of returning [`RestoreError::Thawing`].
+    pub wait: bool,
+    /// Time between polls (`STRATA_THAW_POLL`, default 5 minutes).
+    pub poll: Duration,
+}
+
+impl Default for ThawOptions {
+    fn default() -> Self {
+        Self {
+            tier: "Standard".into(),
+            days: 3,
+            wait: false,
+            poll: std::env::var("STRATA_THAW_POLL")
+                .ok()
+                .and_then(|v| humantime::parse_duration(&v).ok())
+                .unwrap_or(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// Hours a thaw takes at most, as AWS documents it per class and tier.
+fn thaw_hours(class: &str, tier: &str) -> i64 {
+    match (class, tier) {
+        ("DEEP_ARCHIVE", "Bulk") => 48,
+        ("DEEP_ARCHIVE", _) => 12,
+        (_, "Expedited") => 1,
+        (_, "Bulk") => 12,
+        _ => 5,
+    }
+}
+
+/// Returns once `key` can be read; requests a thaw of an archived object and
+/// then waits (`wait`) or says when it should be ready.
+///
+/// # Errors
+/// [`RestoreError::Thawing`] while not readable (without `wait`), or S3 errors.
+pub async fn ensure_readable(
+    target: &dyn Target,
+    key: &str,
+    opts: &ThawOptions,
+) -> Result<(), RestoreError> {
+    let Some(s3) = target.as_s3() else {
+        return Ok(());
+    };
+    let mut requested_at: Option<DateTime<Utc>> = None;
+    loop {
+        let meta = target.head(key).await?;
+        let class = meta.storage_class.clone().unwrap_or_default();
+        let state = match meta.thaw {
+            Thaw::NotArchived | Thaw::Ready(_) => return Ok(()),
+            Thaw::Archived => {
+                request_thaw(s3, key, opts).await?;
+                requested_at.get_or_insert_with(Utc::now);
+                format!(
+                    "a {} thaw for {} day(s) was requested now",
+                    opts.tier, opts.days
+                )
+            }
+            Thaw::InProgress => "a thaw is in progress".to_owned(),
+        };
+        let ready_by = requested_at.unwrap_or_else(Utc::now)
+            + chrono::Duration::hours(thaw_hours(&class, &opts.tier));
+        let err = RestoreError::Thawing {
+            target: target.name().to_owned(),
+            key: key.to_owned(),
+            class,
+            state,
+            ready_by,
+        };
+        if !opts.wait {
+            return Err(err);
+        }
+        tracing::info!(error = %err, poll_s = opts.poll.as_secs(), "waiting for an archived object to thaw");
+        tokio::time::sleep(opts.poll).await;
+    }
+}
+
+async fn request_thaw(s3: &S3Target, key: &str, opts: &ThawOptions) -> Result<(), RestoreError> {
+    use aws_sdk_s3::error::ProvideErrorMetadata;
+    use aws_sdk_s3::types::{GlacierJobParameters, RestoreRequest, Tier};
+    let request = RestoreRequest::builder()
+        .days(opts.days)
+        .glacier_job_parameters(
+            GlacierJobParameters::builder()
+                .tier(Tier::from(opts.tier.as_str()))
+                .build()
+                .expect("tier is set"),
+        )
+        .build();
+    match s3
+        .client()
+        .restore_object()
+        .bucket(&s3.settings().bucket)
+        .key(key)
+        .restore_request(request)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some("RestoreAlreadyInProgress") => Ok(()),
+        Err(e) => Err(crate::storage::s3::s3_error(s3.name(), key, e).into()),
+    }
 }
 
 /// Result of a finished restore.
@@ -140,8 +270,35 @@ pub async fn restore(
     into: &DbUrl,
     replace: bool,
 ) -> Result<RestoreReport, RestoreError> {
+    restore_with(
+        strata,
+        job,
+        which,
+        from,
+        into,
+        replace,
+        &ThawOptions::default(),
+    )
+    .await
+}
+
+/// [`restore`], thawing archived objects as `thaw` says.
+///
+/// # Errors
+/// See [`restore`]; [`RestoreError::Thawing`] while the object thaws.
+pub async fn restore_with(
+    strata: &Strata,
+    job: &str,
+    which: &str,
+    from: Option<&str>,
+    into: &DbUrl,
+    replace: bool,
+    thaw: &ThawOptions,
+) -> Result<RestoreReport, RestoreError> {
     let clock = Instant::now();
     let (target, entry) = find(strata, job, which, from).await?;
+    // Before touching any database: an archived object cannot be read yet.
+    ensure_readable(target.as_ref(), &entry.object_key(), thaw).await?;
     let admin_url = into.with_dbname("postgres");
     let admin = admin_url.connect().await?;
     let name = into.dbname().to_owned();
@@ -426,6 +583,8 @@ pub struct VerifyReport {
     pub backup_id: String,
     /// Per target: `ok` or the failure.
     pub targets: Vec<(String, String)>,
+    /// Copies (or the restore test) not checked because they are still thawing.
+    pub thawing: Vec<(String, String)>,
     pub restore: Option<String>,
 }
 
@@ -449,13 +608,40 @@ pub async fn verify(
     which: &str,
     restore_into: Option<&DbUrl>,
 ) -> Result<VerifyReport, RestoreError> {
+    verify_with(strata, job, which, restore_into, &ThawOptions::default()).await
+}
+
+/// [`verify`], thawing archived copies as `thaw` says. Copies still thawing are
+/// not checked and not recorded; [`VerifyReport::thawing`] lists them.
+///
+/// # Errors
+/// See [`verify`].
+pub async fn verify_with(
+    strata: &Strata,
+    job: &str,
+    which: &str,
+    restore_into: Option<&DbUrl>,
+    thaw: &ThawOptions,
+) -> Result<VerifyReport, RestoreError> {
     let (_, entry) = find(strata, job, which, None).await?;
     let mut targets = Vec::new();
+    let mut thawing = Vec::new();
     for record in &entry.manifest.targets {
         if !strata.config().targets.contains_key(&record.target) {
             continue;
         }
         let target = strata.target(&record.target);
+        match ensure_readable(target.as_ref(), &record.key, thaw).await {
+            Err(e) if e.is_thawing() => {
+                thawing.push((record.target.clone(), e.to_string()));
+                continue;
+            }
+            Err(e) => {
+                targets.push((record.target.clone(), e.to_string()));
+                continue;
+            }
+            Ok(()) => {}
+        }
         let result = read_back(strata, target.as_ref(), &entry, &record.key).await;
         targets.push((
             record.target.clone(),
@@ -470,19 +656,35 @@ pub async fn verify(
                 &uuid::Uuid::new_v4().simple().to_string()[..12]
             );
             let dest = server.with_dbname(&scratch);
-            let result = restore(strata, job, &entry.manifest.backup_id, None, &dest, false).await;
+            let result = restore_with(
+                strata,
+                job,
+                &entry.manifest.backup_id,
+                None,
+                &dest,
+                false,
+                thaw,
+            )
+            .await;
             if result.is_ok() {
                 let admin_url = server.with_dbname("postgres");
                 if let Ok(admin) = admin_url.connect().await {
                     drop_database(&admin, &admin_url, &scratch).await;
                 }
             }
-            Some(result.map_or_else(|e| e.to_string(), |_| "ok".into()))
+            match result {
+                Err(e) if e.is_thawing() => {
+                    thawing.push(("restore".into(), e.to_string()));
+                    None
+                }
+                other => Some(other.map_or_else(|e| e.to_string(), |_| "ok".into())),
+            }
         }
     };
     let report = VerifyReport {
         backup_id: entry.manifest.backup_id.clone(),
         targets,
+        thawing,
         restore,
     };
     record_verification(strata, &entry, &report).await;

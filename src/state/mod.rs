@@ -354,6 +354,100 @@ impl StateDb {
         Ok(got.then_some(JobLock { _client: client }))
     }
 
+    /// Status of the job's newest finished run, if any.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn latest_finished(
+        &self,
+        job: &str,
+    ) -> Result<Option<(String, RunStatus)>, StateError> {
+        self.ensure().await?;
+        let guard = self.client.lock().await;
+        let client = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
+        let row = client
+            .query_opt(
+                "SELECT id, status FROM runs WHERE job = $1 AND status <> 'running' ORDER BY started_at DESC LIMIT 1",
+                &[&job],
+            )
+            .await
+            .map_err(|e| self.pg(&e))?;
+        Ok(row.map(|r| (r.get(0), RunStatus::parse(r.get(1)))))
+    }
+
+    /// Records a deletion plan waiting for approval, superseding older pending
+    /// plans of the job; returns its id.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn save_prune_plan(
+        &self,
+        job: &str,
+        by: &str,
+        plan: &serde_json::Value,
+    ) -> Result<i64, StateError> {
+        self.ensure().await?;
+        let mut guard = self.client.lock().await;
+        let client = guard.as_mut().ok_or_else(|| self.err("not connected"))?;
+        let tx = client.transaction().await.map_err(|e| self.pg(&e))?;
+        tx.execute(
+            "UPDATE prune_plans SET status = 'superseded', decided_at = now() WHERE job = $1 AND status = 'pending'",
+            &[&job],
+        )
+        .await
+        .map_err(|e| self.pg(&e))?;
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO prune_plans (job, created_by, status, plan) VALUES ($1, $2, 'pending', $3) RETURNING id",
+                &[&job, &by, plan],
+            )
+            .await
+            .map_err(|e| self.pg(&e))?
+            .get(0);
+        tx.commit().await.map_err(|e| self.pg(&e))?;
+        Ok(id)
+    }
+
+    /// The job's pending deletion plan: its id and plan.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn pending_prune_plan(
+        &self,
+        job: &str,
+    ) -> Result<Option<(i64, serde_json::Value)>, StateError> {
+        self.ensure().await?;
+        let guard = self.client.lock().await;
+        let client = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
+        let row = client
+            .query_opt(
+                "SELECT id, plan FROM prune_plans WHERE job = $1 AND status = 'pending' ORDER BY id DESC LIMIT 1",
+                &[&job],
+            )
+            .await
+            .map_err(|e| self.pg(&e))?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Marks a pending plan approved; `false` when it was no longer pending
+    /// (approved or superseded meanwhile).
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn approve_prune_plan(&self, id: i64, by: &str) -> Result<bool, StateError> {
+        self.ensure().await?;
+        let guard = self.client.lock().await;
+        let client = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
+        let n = client
+            .execute(
+                "UPDATE prune_plans SET status = 'approved', decided_at = now(), decided_by = $2 WHERE id = $1 AND status = 'pending'",
+                &[&id, &by],
+            )
+            .await
+            .map_err(|e| self.pg(&e))?;
+        Ok(n == 1)
+    }
+
     /// One run by id.
     ///
     /// # Errors

@@ -225,8 +225,7 @@ impl Target for LocalTarget {
             Ok(m) => Ok(ObjectMeta {
                 key: key.to_owned(),
                 size: m.len(),
-                storage_class: None,
-                version_id: None,
+                ..ObjectMeta::default()
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::NotFound {
                 target: self.name.clone(),
@@ -325,8 +324,7 @@ fn walk(
                 ObjectMeta {
                     key: rel,
                     size: meta.len(),
-                    storage_class: None,
-                    version_id: None,
+                    ..ObjectMeta::default()
                 },
                 meta.modified()?,
             ));

@@ -61,13 +61,53 @@ pub struct PutResult {
 }
 
 /// An object as listed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObjectMeta {
     pub key: String,
     pub size: u64,
     pub storage_class: Option<String>,
     /// Set by versioned buckets on `head`; `None` elsewhere.
     pub version_id: Option<String>,
+    /// Object Lock retain-until date (`head` on S3 only).
+    pub retain_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Thaw state of an archived object (`head` on S3 only).
+    pub thaw: Thaw,
+}
+
+/// Whether an object in an archive storage class can be read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Thaw {
+    /// Readable as it is (not archived).
+    #[default]
+    NotArchived,
+    /// Archived and no restore requested.
+    Archived,
+    /// A restore request is being processed.
+    InProgress,
+    /// A temporary copy is readable until the given time (when S3 said so).
+    Ready(Option<String>),
+}
+
+impl Thaw {
+    /// Parses S3's `x-amz-restore` header for an object in `class`.
+    pub fn from_header(class: Option<&str>, header: Option<&str>) -> Self {
+        let archived = matches!(class, Some("GLACIER" | "DEEP_ARCHIVE"));
+        match header {
+            Some(h) if h.contains("ongoing-request=\"true\"") => Self::InProgress,
+            Some(h) if h.contains("ongoing-request=\"false\"") => Self::Ready(
+                h.split_once("expiry-date=\"")
+                    .and_then(|(_, rest)| rest.split_once('"'))
+                    .map(|(date, _)| date.to_owned()),
+            ),
+            _ if archived => Self::Archived,
+            _ => Self::NotArchived,
+        }
+    }
+
+    /// Whether the object can be read now.
+    pub fn readable(&self) -> bool {
+        matches!(self, Self::NotArchived | Self::Ready(_))
+    }
 }
 
 /// A stream of stored bytes.
@@ -100,6 +140,21 @@ pub trait Target: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
     /// Deletes one object (absent objects are not an error).
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Deletes one version of an object for good (on versioned buckets a plain
+    /// delete only hides it); `None` is a plain delete.
+    async fn delete_version(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<(), StorageError> {
+        let _ = version_id;
+        self.delete(key).await
+    }
+    /// The S3 client behind this target, for bucket-level operations (lifecycle,
+    /// versioning, Object Lock, thawing archived objects).
+    fn as_s3(&self) -> Option<&s3::S3Target> {
+        None
+    }
     /// Removes staging files and incomplete uploads under `prefix` older than `age`,
     /// returning how many were removed.
     async fn cleanup_stale(&self, prefix: &str, age: Duration) -> Result<usize, StorageError>;

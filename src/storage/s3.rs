@@ -17,15 +17,16 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream as SdkBody;
+use aws_sdk_s3::primitives::{ByteStream as SdkBody, DateTime as SdkDateTime};
 use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockMode,
+    ServerSideEncryption, StorageClass,
 };
 use bytes::{Bytes, BytesMut};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::task::JoinSet;
 
-use super::{ByteStream, Medium, ObjectMeta, PutResult, StorageError, Target, Upload};
+use super::{ByteStream, Medium, ObjectMeta, PutResult, StorageError, Target, Thaw, Upload};
 
 /// S3 allows at most this many parts per upload.
 const MAX_PARTS: i32 = 10_000;
@@ -53,7 +54,16 @@ pub struct S3Settings {
     pub part_size: usize,
     pub parts_in_flight: usize,
     pub max_attempts: u32,
+    /// Object Lock retention put on every upload (the bucket must have Object Lock
+    /// enabled); uploads then carry the CRC32 checksum S3 requires.
+    pub object_lock: Option<crate::config::ObjectLock>,
+    /// Tag backup objects with [`BACKUP_TAG`] so lifecycle transitions move them
+    /// and never the manifests (which must stay readable to list backups).
+    pub tag_backups: bool,
 }
+
+/// The tag lifecycle transition rules select backup objects by.
+pub const BACKUP_TAG: (&str, &str) = ("strata-object", "backup");
 
 impl S3Settings {
     /// Defaults for a bucket: 8 MiB parts, 4 in flight, 5 attempts per request.
@@ -70,7 +80,42 @@ impl S3Settings {
             part_size: 8 * 1024 * 1024,
             parts_in_flight: 4,
             max_attempts: 5,
+            object_lock: None,
+            tag_backups: false,
         }
+    }
+}
+
+impl S3Settings {
+    /// Object Lock mode and retain-until date for an upload starting now.
+    fn lock(&self) -> (Option<ObjectLockMode>, Option<SdkDateTime>) {
+        match &self.object_lock {
+            None => (None, None),
+            Some(l) => {
+                let until = chrono::Utc::now() + chrono::Duration::days(i64::from(l.days));
+                (
+                    Some(ObjectLockMode::from(l.mode.as_str())),
+                    Some(SdkDateTime::from_secs(until.timestamp())),
+                )
+            }
+        }
+    }
+
+    /// Tags of an upload: the configured ones, plus [`BACKUP_TAG`] on backup objects
+    /// (not manifests) when lifecycle transitions select by it.
+    fn tagging_for(&self, key: &str) -> Option<String> {
+        if self.tag_backups && !key.ends_with(crate::manifest::MANIFEST_SUFFIX) {
+            let mut tags = self.tags.clone();
+            tags.push((BACKUP_TAG.0.into(), BACKUP_TAG.1.into()));
+            tagging(&tags)
+        } else {
+            tagging(&self.tags)
+        }
+    }
+
+    /// Locked buckets reject uploads without a checksum.
+    fn checksum(&self) -> Option<ChecksumAlgorithm> {
+        self.object_lock.as_ref().map(|_| ChecksumAlgorithm::Crc32)
     }
 }
 
@@ -149,7 +194,8 @@ impl S3Target {
     }
 }
 
-fn s3_error<E>(target: &str, key: &str, e: SdkError<E>) -> StorageError
+/// Turns an SDK error into a [`StorageError`] naming the target and key.
+pub(crate) fn s3_error<E>(target: &str, key: &str, e: SdkError<E>) -> StorageError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -227,19 +273,23 @@ impl S3Upload {
             return Ok(id.clone());
         }
         let s = &self.target.settings;
+        let (lock_mode, retain_until) = s.lock();
         let out = self
             .target
             .client
             .create_multipart_upload()
             .bucket(&s.bucket)
             .key(&self.key)
+            .set_object_lock_mode(lock_mode)
+            .set_object_lock_retain_until_date(retain_until)
+            .set_checksum_algorithm(s.checksum())
             .set_server_side_encryption(
                 s.server_side_encryption
                     .as_deref()
                     .map(ServerSideEncryption::from),
             )
             .set_storage_class(s.storage_class.as_deref().map(StorageClass::from))
-            .set_tagging(tagging(&s.tags))
+            .set_tagging(s.tagging_for(&self.key))
             .send()
             .await
             .map_err(|e| self.target.err(&self.key, e))?;
@@ -270,6 +320,7 @@ impl S3Upload {
         let bucket = self.target.settings.bucket.clone();
         let key = self.key.clone();
         let name = self.target.name.clone();
+        let checksum = self.target.settings.checksum();
         self.in_flight.spawn(async move {
             let out = client
                 .upload_part()
@@ -277,6 +328,7 @@ impl S3Upload {
                 .key(&key)
                 .upload_id(upload_id)
                 .part_number(number)
+                .set_checksum_algorithm(checksum)
                 .body(SdkBody::from(body))
                 .send()
                 .await
@@ -284,6 +336,7 @@ impl S3Upload {
             Ok(CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(out.e_tag)
+                .set_checksum_crc32(out.checksum_crc32)
                 .build())
         });
         Ok(())
@@ -302,18 +355,22 @@ impl S3Upload {
         if self.upload_id.is_none() {
             // Small object: one PutObject, nothing to abort on failure.
             let body = self.buf.split().freeze();
+            let (lock_mode, retain_until) = s.lock();
             self.target
                 .client
                 .put_object()
                 .bucket(&s.bucket)
                 .key(&self.key)
+                .set_object_lock_mode(lock_mode)
+                .set_object_lock_retain_until_date(retain_until)
+                .set_checksum_algorithm(s.checksum())
                 .set_server_side_encryption(
                     s.server_side_encryption
                         .as_deref()
                         .map(ServerSideEncryption::from),
                 )
                 .set_storage_class(s.storage_class.as_deref().map(StorageClass::from))
-                .set_tagging(tagging(&s.tags))
+                .set_tagging(s.tagging_for(&self.key))
                 .body(SdkBody::from(body))
                 .send()
                 .await
@@ -522,11 +579,16 @@ impl Target for S3Target {
             .send()
             .await
             .map_err(|e| self.err(key, e))?;
+        let storage_class = out.storage_class.map(|c| c.as_str().to_owned());
         Ok(ObjectMeta {
             key: key.to_owned(),
             size: u64::try_from(out.content_length.unwrap_or(0)).unwrap_or(0),
-            storage_class: out.storage_class.map(|c| c.as_str().to_owned()),
+            thaw: Thaw::from_header(storage_class.as_deref(), out.restore.as_deref()),
+            storage_class,
             version_id: out.version_id.filter(|v| v != "null"),
+            retain_until: out
+                .object_lock_retain_until_date
+                .and_then(|d| chrono::DateTime::from_timestamp(d.secs(), d.subsec_nanos())),
         })
     }
 
@@ -546,7 +608,7 @@ impl Target for S3Target {
                     key: obj.key.unwrap_or_default(),
                     size: u64::try_from(obj.size.unwrap_or(0)).unwrap_or(0),
                     storage_class: obj.storage_class.map(|c| c.as_str().to_owned()),
-                    version_id: None,
+                    ..ObjectMeta::default()
                 });
             }
         }
@@ -562,6 +624,26 @@ impl Target for S3Target {
             .await
             .map_err(|e| self.err(key, e))
             .map(drop)
+    }
+
+    async fn delete_version(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<(), StorageError> {
+        self.client
+            .delete_object()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_owned))
+            .send()
+            .await
+            .map_err(|e| self.err(key, e))
+            .map(drop)
+    }
+
+    fn as_s3(&self) -> Option<&S3Target> {
+        Some(self)
     }
 
     async fn cleanup_stale(&self, prefix: &str, age: Duration) -> Result<usize, StorageError> {

@@ -1,0 +1,413 @@
+//! The storage cost model, pure: what stored bytes cost per month at the configured
+//! prices, and what a retention policy will cost in steady state once storage tiers,
+//! minimum storage durations and requests are counted.
+//!
+//! GB-month means 2^30 bytes kept for a month (30 days here). The projection follows
+//! one year's worth of nightly backups through their whole life: retention (via
+//! [`retention::plan`], pruned nightly as the daemon does) decides when each is
+//! deleted, the lifecycle rules decide which class it sits in meanwhile, and every
+//! class left (by transition or deletion) before its minimum duration is charged
+//! for the rest of it, as S3 does. The year's total divided by twelve is the
+//! steady-state monthly cost.
+
+use std::collections::BTreeMap;
+
+use chrono::{Duration, NaiveDate, TimeZone, Utc};
+use serde::Serialize;
+
+use crate::config::{LifecycleRule, Retention};
+use crate::retention::{self, Candidate};
+
+/// Bytes per GB as S3 bills it.
+pub const GIB: f64 = 1_073_741_824.0;
+/// Days per billing month in this model.
+const MONTH_DAYS: f64 = 30.0;
+
+/// Minimum storage duration (days) S3 charges for a class.
+pub fn minimum_days(class: &str) -> u32 {
+    match class {
+        "STANDARD_IA" | "ONEZONE_IA" => 30,
+        "GLACIER" | "GLACIER_IR" => 90,
+        "DEEP_ARCHIVE" => 180,
+        _ => 0,
+    }
+}
+
+/// USD per 1,000 requests: PUT/POST/LIST-class requests, and lifecycle transitions
+/// into a class (AWS us-east-1 list prices).
+const PUT_PER_1000: f64 = 0.005;
+fn transition_per_1000(class: &str) -> f64 {
+    match class {
+        "STANDARD_IA" | "ONEZONE_IA" => 0.01,
+        "GLACIER" | "GLACIER_IR" => 0.03,
+        "DEEP_ARCHIVE" => 0.05,
+        _ => 0.0,
+    }
+}
+
+/// Monthly cost of `bytes` at `usd_per_gb_month`.
+pub fn monthly(bytes: u64, usd_per_gb_month: f64) -> f64 {
+    bytes as f64 / GIB * usd_per_gb_month
+}
+
+/// Bytes and cost of one storage class.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ClassCost {
+    pub bytes: u64,
+    pub usd_monthly: f64,
+}
+
+/// One target's stored bytes by class, priced.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetCost {
+    pub target: String,
+    pub classes: BTreeMap<String, ClassCost>,
+    pub usd_monthly: f64,
+}
+
+/// Prices the objects of a target: `(storage class, bytes)` pairs. Classes without
+/// a price (local disk) cost nothing here.
+pub fn price_target(
+    target: &str,
+    objects: impl IntoIterator<Item = (String, u64)>,
+    prices: &BTreeMap<String, f64>,
+) -> TargetCost {
+    let mut classes: BTreeMap<String, ClassCost> = BTreeMap::new();
+    for (class, bytes) in objects {
+        classes.entry(class).or_default().bytes += bytes;
+    }
+    for (class, c) in &mut classes {
+        c.usd_monthly = monthly(c.bytes, prices.get(class).copied().unwrap_or(0.0));
+    }
+    TargetCost {
+        target: target.to_owned(),
+        usd_monthly: classes.values().map(|c| c.usd_monthly).sum(),
+        classes,
+    }
+}
+
+/// What the projection needs to know about one job on one target.
+#[derive(Debug, Clone)]
+pub struct Projection<'a> {
+    pub retention: Retention,
+    pub lifecycle: &'a [LifecycleRule],
+    /// Size of one stored backup (the newest).
+    pub backup_bytes: u64,
+    /// Class objects are written in.
+    pub initial_class: &'a str,
+    /// Multipart part size, for request counts.
+    pub part_bytes: u64,
+}
+
+/// Steady-state monthly cost breakdown of a retention policy on one target.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Projected {
+    /// Storage, by class.
+    pub storage_usd_monthly: BTreeMap<String, f64>,
+    /// Charges for leaving a class before its minimum duration.
+    pub early_deletion_usd_monthly: f64,
+    /// Uploads and lifecycle transitions.
+    pub requests_usd_monthly: f64,
+    pub usd_monthly: f64,
+    /// Backups held at a time, on average.
+    pub backups_held: f64,
+}
+
+/// Age in days at which each backup of a year of nightly backups is deleted (by
+/// retention or the lifecycle's expiry), under `retention`.
+fn lifetimes(retention: &Retention, expire_days: Option<u32>) -> Vec<u32> {
+    let tz = chrono_tz::UTC;
+    let cohort = 365u32;
+    let longest = 366 * (retention.yearly.max(1) + 1) + 31 * (retention.monthly + 1);
+    let horizon = cohort + expire_days.map_or(longest, |e| e.min(longest) + 1);
+    let start = NaiveDate::from_ymd_opt(2001, 1, 1).expect("date");
+    let at = |day: u32| {
+        tz.from_utc_datetime(
+            &(start + chrono::Days::new(u64::from(day)))
+                .and_hms_opt(3, 0, 0)
+                .expect("time"),
+        )
+        .with_timezone(&Utc)
+    };
+    let mut alive: Vec<(u32, Candidate)> = Vec::new();
+    let mut deleted_at: Vec<Option<u32>> = vec![None; cohort as usize];
+    for day in 0..horizon {
+        // Backups go on after the measured year: later ones push it out.
+        alive.push((
+            day,
+            Candidate {
+                backup_id: format!("{day:06}"),
+                started_at: at(day),
+                good: true,
+            },
+        ));
+        let candidates: Vec<Candidate> = alive.iter().map(|(_, c)| c.clone()).collect();
+        let now = at(day) + Duration::hours(1);
+        let keep: Vec<bool> = retention::plan(retention, tz, &candidates, now)
+            .into_iter()
+            .map(|d| d.keep)
+            .collect();
+        // plan() returns oldest first, the order `alive` is in.
+        let mut i = 0;
+        alive.retain(|(born, _)| {
+            let expired = expire_days.is_some_and(|e| day - born >= e);
+            let kept = keep[i] && !expired;
+            i += 1;
+            if !kept && *born < cohort {
+                deleted_at[*born as usize] = Some(day - born);
+            }
+            kept
+        });
+    }
+    deleted_at
+        .into_iter()
+        .map(|d| d.unwrap_or(horizon))
+        .collect()
+}
+
+/// Steady-state monthly cost of a policy on one target.
+pub fn project(p: &Projection<'_>, prices: &BTreeMap<String, f64>) -> Projected {
+    let expire = p
+        .lifecycle
+        .iter()
+        .find(|r| r.storage_class.is_none())
+        .map(|r| r.after_days);
+    let transitions: Vec<(u32, &str)> = p
+        .lifecycle
+        .iter()
+        .filter_map(|r| r.storage_class.as_deref().map(|c| (r.after_days, c)))
+        .collect();
+    let gb = p.backup_bytes as f64 / GIB;
+    let price = |class: &str| prices.get(class).copied().unwrap_or(0.0);
+    let mut out = Projected::default();
+    let mut year_storage: BTreeMap<String, f64> = BTreeMap::new();
+    let mut year_early = 0.0;
+    let mut year_requests = 0.0;
+    let mut held_days = 0.0;
+    let parts = (p.backup_bytes.div_ceil(p.part_bytes.max(1))).max(1) as f64;
+    for life in lifetimes(&p.retention, expire) {
+        held_days += f64::from(life);
+        // Uploads: create + parts + complete, the manifest, and a HEAD.
+        year_requests += (parts + 4.0) * PUT_PER_1000 / 1000.0;
+        // Walk the classes the backup passes through before it is deleted.
+        let mut class = p.initial_class;
+        let mut since = 0u32;
+        for &(after, next) in &transitions {
+            if after >= life {
+                break;
+            }
+            let days = after - since;
+            *year_storage.entry(class.to_owned()).or_default() +=
+                gb * price(class) * f64::from(days) / MONTH_DAYS;
+            year_early += gb * price(class) * f64::from(minimum_days(class).saturating_sub(days))
+                / MONTH_DAYS;
+            year_requests += transition_per_1000(next) / 1000.0;
+            class = next;
+            since = after;
+        }
+        let days = life - since;
+        *year_storage.entry(class.to_owned()).or_default() +=
+            gb * price(class) * f64::from(days) / MONTH_DAYS;
+        year_early +=
+            gb * price(class) * f64::from(minimum_days(class).saturating_sub(days)) / MONTH_DAYS;
+    }
+    out.storage_usd_monthly = year_storage
+        .into_iter()
+        .map(|(c, usd)| (c, usd / 12.0))
+        .collect();
+    out.early_deletion_usd_monthly = year_early / 12.0;
+    out.requests_usd_monthly = year_requests / 12.0;
+    out.usd_monthly = out.storage_usd_monthly.values().sum::<f64>()
+        + out.early_deletion_usd_monthly
+        + out.requests_usd_monthly;
+    out.backups_held = held_days / 365.0;
+    out
+}
+
+/// One job's projection on one target.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobProjection {
+    pub job: String,
+    pub target: String,
+    pub backup_bytes: u64,
+    #[serde(flatten)]
+    pub projected: Projected,
+}
+
+/// `strata cost`: what is stored now and what the policy will cost.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CostReport {
+    pub targets: Vec<TargetCost>,
+    pub usd_monthly: f64,
+    pub projected_usd_monthly: f64,
+    pub projections: Vec<JobProjection>,
+}
+
+impl CostReport {
+    /// Builds the report from priced targets and per-job projections.
+    pub fn new(targets: Vec<TargetCost>, projections: Vec<JobProjection>) -> Self {
+        Self {
+            usd_monthly: targets.iter().map(|t| t.usd_monthly).sum(),
+            projected_usd_monthly: projections.iter().map(|p| p.projected.usd_monthly).sum(),
+            targets,
+            projections,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prices() -> BTreeMap<String, f64> {
+        [
+            ("STANDARD", 0.023),
+            ("STANDARD_IA", 0.0125),
+            ("GLACIER", 0.004),
+            ("DEEP_ARCHIVE", 0.00099),
+        ]
+        .into_iter()
+        .map(|(c, p)| (c.to_owned(), p))
+        .collect()
+    }
+
+    fn rule(after_days: u32, class: Option<&str>) -> LifecycleRule {
+        LifecycleRule {
+            after_days,
+            storage_class: class.map(str::to_owned),
+        }
+    }
+
+    fn strategy_tiers() -> Vec<LifecycleRule> {
+        vec![
+            rule(30, Some("STANDARD_IA")),
+            rule(90, Some("GLACIER")),
+            rule(365, Some("DEEP_ARCHIVE")),
+            rule(2555, None),
+        ]
+    }
+
+    const PROD: Retention = Retention {
+        daily: 14,
+        weekly: 8,
+        monthly: 12,
+        yearly: 7,
+    };
+
+    #[test]
+    fn a_gib_month_costs_the_class_price() {
+        assert!((monthly(1 << 30, 0.023) - 0.023).abs() < 1e-12);
+        assert!((monthly(100 << 30, 0.00099) - 0.099).abs() < 1e-12);
+        let t = price_target(
+            "primary",
+            [
+                ("STANDARD".to_owned(), 1 << 30),
+                ("STANDARD".to_owned(), 1 << 30),
+                ("GLACIER".to_owned(), 10 << 30),
+                ("LOCAL".to_owned(), 5 << 30),
+            ],
+            &prices(),
+        );
+        assert_eq!(t.classes["STANDARD"].bytes, 2 << 30);
+        assert!((t.classes["STANDARD"].usd_monthly - 0.046).abs() < 1e-12);
+        assert!((t.classes["GLACIER"].usd_monthly - 0.04).abs() < 1e-12);
+        assert_eq!(t.classes["LOCAL"].usd_monthly, 0.0);
+        assert!((t.usd_monthly - 0.086).abs() < 1e-12);
+    }
+
+    #[test]
+    fn lifetimes_follow_the_retention_tiers() {
+        let daily_only = lifetimes(
+            &Retention {
+                daily: 7,
+                ..Retention::default()
+            },
+            None,
+        );
+        // Deleted when the eighth newer day arrives.
+        assert!(daily_only.iter().all(|&l| l == 7), "{daily_only:?}");
+        let prod = lifetimes(&PROD, Some(2555));
+        // Nightly backups of the first year: most live 14 days, Sundays ~8 weeks,
+        // the 1sts ~a year, 1 January until the lifecycle expires it (7 years).
+        assert_eq!(
+            prod.iter().filter(|&&l| l == 14).count(),
+            365 - 52 - 12 + 1 + 1
+        );
+        assert_eq!(prod[0], 2555);
+        assert!(prod.iter().all(|&l| l >= 14));
+    }
+
+    #[test]
+    fn storage_only_policy_is_size_times_backups_times_price() {
+        // Daily 7, no lifecycle: always 7 backups (8 on the day before pruning
+        // is not counted: pruning follows each backup) in STANDARD.
+        let p = Projection {
+            retention: Retention {
+                daily: 7,
+                ..Retention::default()
+            },
+            lifecycle: &[],
+            backup_bytes: 10 << 30,
+            initial_class: "STANDARD",
+            part_bytes: 8 << 20,
+        };
+        let got = project(&p, &prices());
+        assert!((got.backups_held - 7.0).abs() < 1e-9);
+        let storage = got.storage_usd_monthly["STANDARD"];
+        // 7 backups × 10 GiB × $0.023, × 365/360 for 30-day months.
+        assert!(
+            (storage - 7.0 * 10.0 * 0.023 * 365.0 / 360.0).abs() < 1e-9,
+            "{storage}"
+        );
+        assert_eq!(got.early_deletion_usd_monthly, 0.0);
+        // 1,280 parts + create, complete, manifest and HEAD per nightly backup.
+        let requests = (1280.0 + 4.0) * 0.005 / 1000.0 * 365.0 / 12.0;
+        assert!((got.requests_usd_monthly - requests).abs() < 1e-9);
+    }
+
+    #[test]
+    fn early_deletion_is_charged_for_classes_left_too_soon() {
+        // Weekly backups live ~8 weeks: 30 days in STANDARD, then ~26 in
+        // STANDARD_IA, which bills 30: the rest is an early-deletion charge.
+        let tiers = strategy_tiers();
+        let p = Projection {
+            retention: Retention {
+                weekly: 8,
+                ..Retention::default()
+            },
+            lifecycle: &tiers,
+            backup_bytes: 1 << 30,
+            initial_class: "STANDARD",
+            part_bytes: 8 << 20,
+        };
+        let got = project(&p, &prices());
+        assert!(got.early_deletion_usd_monthly > 0.0);
+        assert!(got.storage_usd_monthly.contains_key("STANDARD_IA"));
+        assert!(!got.storage_usd_monthly.contains_key("GLACIER"));
+    }
+
+    #[test]
+    fn the_strategy_at_100_gib_is_a_few_dollars() {
+        // The strategy's worked example: a 100 GB database, ~15 GiB compressed.
+        let tiers = strategy_tiers();
+        let p = Projection {
+            retention: PROD,
+            lifecycle: &tiers,
+            backup_bytes: 15 << 30,
+            initial_class: "STANDARD",
+            part_bytes: 8 << 20,
+        };
+        let got = project(&p, &prices());
+        // 14 + ~6 + ~11 + up to 7 yearly backups held.
+        assert!(
+            got.backups_held > 30.0 && got.backups_held < 41.0,
+            "{}",
+            got.backups_held
+        );
+        assert!(got.usd_monthly > 1.0 && got.usd_monthly < 10.0, "{got:?}");
+        let parts: f64 = got.storage_usd_monthly.values().sum::<f64>()
+            + got.early_deletion_usd_monthly
+            + got.requests_usd_monthly;
+        assert!((parts - got.usd_monthly).abs() < 1e-9);
+    }
+}
