@@ -33,11 +33,16 @@ ensure_postgres() {
   wait_for 30 pg_isready -h 127.0.0.1 -p 5432 -q || { log "PostgreSQL did not start"; return 1; }
 }
 
+# Pinned: moto 5.2.x answers GetBucketVersioning with a root element the AWS SDKs
+# reject (GetBucketVersioningResponse instead of VersioningConfiguration).
+MOTO_VERSION=5.1.22
+
 ensure_moto() {
-  if [ ! -x "$CACHE/venv/bin/moto_server" ] || ! "$CACHE/venv/bin/python" -c 'import cryptography' 2>/dev/null; then
-    log "installing moto into $CACHE/venv"
+  if [ ! -x "$CACHE/venv/bin/moto_server" ] || ! "$CACHE/venv/bin/python" -c 'import cryptography, aiosmtpd' 2>/dev/null \
+     || [ "$("$CACHE/venv/bin/python" -c 'import importlib.metadata as m; print(m.version("moto"))' 2>/dev/null)" != "$MOTO_VERSION" ]; then
+    log "installing moto $MOTO_VERSION into $CACHE/venv"
     python3 -m venv "$CACHE/venv"
-    "$CACHE/venv/bin/pip" install -q --disable-pip-version-check 'moto[server]' cryptography aiosmtpd
+    "$CACHE/venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" cryptography aiosmtpd
   fi
   local port; port=$(free_port)
   "$CACHE/venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$RUN_DIR/moto.log" 2>&1 &

@@ -131,10 +131,39 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // Warnings need attention but do not make the daemon unhealthy.
+    let checks = d.checks();
+    let threshold = config.alerts.monthly_cost_usd;
+    let mut warnings = Vec::new();
+    if let Some(usd) = checks.usd_monthly.filter(|u| *u > threshold) {
+        warnings.push(format!(
+            "storage costs ${usd:.2}/month, above the ${threshold:.2} alert threshold"
+        ));
+    }
+    for (target, summary) in &checks.lifecycle {
+        if summary.starts_with("drift") || summary.starts_with("cannot") {
+            warnings.push(format!("lifecycle of {target}: {summary}"));
+        }
+    }
+    if !checks.compliance_failing.is_empty() {
+        warnings.push(format!(
+            "compliance checks failing: {} (see `strata compliance`)",
+            checks.compliance_failing.join(", ")
+        ));
+    }
     let body = json!({
         "status": if healthy { "ok" } else { "failing" },
         "state_db": state_db,
         "jobs": jobs,
+        "storage": {
+            "usd_monthly": checks.usd_monthly,
+            "projected_usd_monthly": checks.projected_usd_monthly,
+            "alert_threshold_usd": threshold,
+            "over_threshold": checks.usd_monthly.is_some_and(|u| u > threshold),
+            "checked_at": checks.checked_at,
+        },
+        "lifecycle": checks.lifecycle,
+        "warnings": warnings,
     });
     (status, axum::Json(body)).into_response()
 }

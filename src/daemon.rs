@@ -57,6 +57,19 @@ pub struct JobHealth {
     pub last_stored_bytes: Option<u64>,
 }
 
+/// Results of the periodic checks (lifecycle drift, storage cost, compliance),
+/// shown in `/health` without costing a request anything.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Checks {
+    pub checked_at: Option<DateTime<Utc>>,
+    /// Per S3 target: rules in place, or the drift.
+    pub lifecycle: BTreeMap<String, String>,
+    pub usd_monthly: Option<f64>,
+    pub projected_usd_monthly: Option<f64>,
+    /// Compliance checks that fail.
+    pub compliance_failing: Vec<String>,
+}
+
 struct Running {
     cancel: CancellationToken,
     _lock: Option<JobLock>,
@@ -75,6 +88,7 @@ pub struct Daemon {
     pub api_token: Option<TokenHash>,
     pub admin_token: Option<TokenHash>,
     health: Mutex<BTreeMap<String, JobHealth>>,
+    checks: Mutex<Checks>,
     recent: Mutex<(Vec<String>, HashMap<String, RunRecord>)>,
     running: Mutex<HashMap<String, Running>>,
     tasks: TaskTracker,
@@ -158,6 +172,7 @@ impl Daemon {
             api_token,
             admin_token,
             health: Mutex::new(health),
+            checks: Mutex::default(),
             recent: Mutex::default(),
             running: Mutex::default(),
             tasks: TaskTracker::new(),
@@ -168,6 +183,83 @@ impl Daemon {
     /// Per-job health, for `/health`.
     pub fn health(&self) -> BTreeMap<String, JobHealth> {
         self.health.lock().expect("health").clone()
+    }
+
+    /// The latest periodic checks, for `/health`.
+    pub fn checks(&self) -> Checks {
+        self.checks.lock().expect("checks").clone()
+    }
+
+    /// Lifecycle drift (fixed when the target says `manage_lifecycle: true`),
+    /// storage bytes and cost, and the compliance checks: metrics and `/health`.
+    pub async fn refresh_checks(&self) {
+        let config = self.strata.config();
+        let mut lifecycle = BTreeMap::new();
+        for (name, t) in &config.targets {
+            let target = self.strata.target(name);
+            let (
+                Some(s3),
+                crate::config::TargetKind::S3 {
+                    manage_lifecycle, ..
+                },
+            ) = (target.as_s3(), &t.kind)
+            else {
+                continue;
+            };
+            let mut status = crate::lifecycle::status(t, s3).await;
+            if *manage_lifecycle && status.as_ref().is_ok_and(|s| !s.in_sync) {
+                status = crate::lifecycle::apply(t, s3).await;
+                self.audit(
+                    "daemon",
+                    "lifecycle.apply",
+                    None,
+                    None,
+                    serde_json::json!({ "target": name, "ok": status.is_ok() }),
+                )
+                .await;
+            }
+            let summary = match status {
+                Ok(s) => s.summary(),
+                Err(e) => format!("cannot read the lifecycle: {e}"),
+            };
+            lifecycle.insert(name.clone(), summary);
+        }
+        let inventory = crate::inventory::take(&self.strata).await;
+        let sizes = crate::inventory::newest_sizes(&self.strata).await;
+        let cost = crate::inventory::cost_report(&self.strata, &inventory, &sizes);
+        self.metrics.storage_bytes.reset();
+        for t in &cost.targets {
+            for (class, c) in &t.classes {
+                self.metrics
+                    .storage_bytes
+                    .with_label_values(&[&t.target, class])
+                    .set(c.bytes as f64);
+            }
+            self.metrics
+                .storage_cost
+                .with_label_values(&[&t.target])
+                .set(t.usd_monthly);
+        }
+        let compliance = crate::compliance::report(&self.strata, self.clock.now()).await;
+        for c in &compliance.checks {
+            self.metrics
+                .compliance_check
+                .with_label_values(&[&c.check])
+                .set(if c.pass { 1.0 } else { 0.0 });
+        }
+        let mut checks = self.checks.lock().expect("checks");
+        *checks = Checks {
+            checked_at: Some(self.clock.now()),
+            lifecycle,
+            usd_monthly: inventory.errors.is_empty().then_some(cost.usd_monthly),
+            projected_usd_monthly: Some(cost.projected_usd_monthly),
+            compliance_failing: compliance
+                .checks
+                .iter()
+                .filter(|c| !c.pass)
+                .map(|c| c.check.clone())
+                .collect(),
+        };
     }
 
     /// A run from memory or the state database.
@@ -554,6 +646,23 @@ impl Daemon {
                     tokio::select! {
                         () = stopping.cancelled() => return,
                         () = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    }
+                }
+            });
+        }
+        {
+            let me = self.clone();
+            let stopping = self.stopping.clone();
+            let every = env_duration("STRATA_CHECK_INTERVAL", Duration::from_secs(3600));
+            self.tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stopping.cancelled() => return,
+                        () = me.refresh_checks() => {}
+                    }
+                    tokio::select! {
+                        () = stopping.cancelled() => return,
+                        () = tokio::time::sleep(every) => {}
                     }
                 }
             });

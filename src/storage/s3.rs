@@ -113,6 +113,16 @@ impl S3Settings {
         }
     }
 
+    /// Storage class of an upload: manifests always stay in STANDARD, where they
+    /// can be read to list backups; backups go to the configured class.
+    fn class_for(&self, key: &str) -> Option<StorageClass> {
+        if key.ends_with(crate::manifest::MANIFEST_SUFFIX) {
+            None
+        } else {
+            self.storage_class.as_deref().map(StorageClass::from)
+        }
+    }
+
     /// Locked buckets reject uploads without a checksum.
     fn checksum(&self) -> Option<ChecksumAlgorithm> {
         self.object_lock.as_ref().map(|_| ChecksumAlgorithm::Crc32)
@@ -288,7 +298,7 @@ impl S3Upload {
                     .as_deref()
                     .map(ServerSideEncryption::from),
             )
-            .set_storage_class(s.storage_class.as_deref().map(StorageClass::from))
+            .set_storage_class(s.class_for(&self.key))
             .set_tagging(s.tagging_for(&self.key))
             .send()
             .await
@@ -369,7 +379,7 @@ impl S3Upload {
                         .as_deref()
                         .map(ServerSideEncryption::from),
                 )
-                .set_storage_class(s.storage_class.as_deref().map(StorageClass::from))
+                .set_storage_class(s.class_for(&self.key))
                 .set_tagging(s.tagging_for(&self.key))
                 .body(SdkBody::from(body))
                 .send()

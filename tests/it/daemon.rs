@@ -18,10 +18,15 @@ use crate::helpers::{Bucket, S3Kind, Setup, TestDb, bin, files, job, psql};
 use crate::proxy::{Fault, FaultProxy, Rule};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
+const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 
 fn write_token(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("api-token");
-    std::fs::write(&path, TOKEN).unwrap();
+    write_secret(dir, "api-token", TOKEN)
+}
+
+fn write_secret(dir: &Path, name: &str, value: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, value).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
 }
@@ -36,6 +41,7 @@ fn free_port() -> u16 {
 
 /// An in-process daemon on a free port with a fresh state database.
 struct App {
+    daemon: Arc<Daemon>,
     url: String,
     http: reqwest::Client,
     state: Option<TestDb>,
@@ -57,7 +63,11 @@ impl App {
         };
         let state_url = state.unwrap_or_else(|| state_db.as_ref().unwrap().url());
         let token_line = if token {
-            format!(", token_file: {}", write_token(setup.path()).display())
+            format!(
+                ", token_file: {}, admin_token_file: {}",
+                write_token(setup.path()).display(),
+                write_secret(setup.path(), "admin-token", ADMIN_TOKEN).display()
+            )
         } else {
             String::new()
         };
@@ -73,10 +83,12 @@ impl App {
         let stop = CancellationToken::new();
         let handle = tokio::spawn(
             daemon
+                .clone()
                 .run_until_stopped(listener, stop.clone().cancelled_owned())
                 .map_unit(),
         );
         Self {
+            daemon,
             url,
             http: reqwest::Client::new(),
             state: state_db,
@@ -529,11 +541,12 @@ async fn replicas_sharing_a_state_database_run_each_slot_once() {
     source.exec("CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g");
     let state = TestDb::create();
     let top = format!("state: {{ database_url: \"{}\" }}\n", state.url());
+    // Approval keeps retention from deleting the same-day backups counted below.
     let job_yaml = job(
         "app",
         &source.url(),
         "local",
-        ", schedule: \"*/2 * * * * *\", rpo: 1h",
+        ", schedule: \"*/2 * * * * *\", rpo: 1h, prune: approval",
     );
     let replicas: Vec<Proc> = (0..3)
         .map(|i| Proc::spawn(&setup, &format!("r{i}"), &top, "", &job_yaml, &[]))
@@ -782,4 +795,145 @@ async fn the_cli_is_refused_while_the_daemon_runs_the_same_job() {
             .exec("SELECT count(*) FROM audit_log WHERE actor = 'cli:alice' AND action = 'backup'"),
         "1"
     );
+}
+
+impl App {
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until `dir` holds `n` manifests (retention runs after the run is
+    /// recorded).
+    async fn wait_for_manifests(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while manifests(&self.setup.backups()) != n {
+            assert!(
+                Instant::now() < deadline,
+                "{} manifests, expected {n}",
+                manifests(&self.setup.backups())
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn retention_runs_after_each_backup_and_storage_is_measured() {
+    let app = App::spawn(", retention: { daily: 1 }", None, true).await;
+    for _ in 0..3 {
+        assert_eq!(app.backup_now().await["status"], "success");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    // daily: 1 keeps the day's first backup and the newest: the middle one goes.
+    app.wait_for_manifests(2).await;
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("strata_retention_deleted_total{job=\"app\",target=\"local\"} 1"),
+        "{metrics}"
+    );
+    let state = app.state.as_ref().unwrap();
+    assert_eq!(
+        state
+            .exec("SELECT count(*) FROM audit_log WHERE action = 'delete' AND actor = 'retention'"),
+        "1"
+    );
+
+    app.daemon.refresh_checks().await;
+    let metrics = app.metrics().await;
+    let stored: u64 = files(&app.setup.backups())
+        .iter()
+        .map(|f| {
+            std::fs::metadata(app.setup.backups().join(f))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert!(
+        metrics.contains(&format!(
+            "strata_storage_bytes{{storage_class=\"LOCAL\",target=\"local\"}} {stored}"
+        )),
+        "{stored}: {metrics}"
+    );
+    assert!(metrics.contains("strata_storage_cost_usd_monthly{target=\"local\"} 0"));
+    // One local target is not 3-2-1; backups are recent and encrypted.
+    assert!(
+        metrics.contains("strata_compliance_check{check=\"3-2-1\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("strata_compliance_check{check=\"rpo\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("strata_compliance_check{check=\"client_side_encryption\"} 1"));
+    let (status, body) = app.health().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["storage"]["usd_monthly"], 0.0);
+    assert_eq!(body["storage"]["over_threshold"], false);
+    assert!(
+        body["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("compliance checks failing: 3-2-1"),
+        "{body}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn approval_jobs_delete_only_after_the_admin_approves() {
+    let app = App::spawn(", retention: { daily: 1 }, prune: approval", None, true).await;
+    for _ in 0..3 {
+        assert_eq!(app.backup_now().await["status"], "success");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let state = app.state.as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state.exec("SELECT count(*) FROM prune_plans WHERE status = 'pending'") != "1" {
+        assert!(Instant::now() < deadline, "no pending plan");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        manifests(&app.setup.backups()),
+        3,
+        "deleted without approval"
+    );
+
+    let approve = |token: &str| {
+        app.http
+            .post(format!("{}/prune/app/approve", app.url))
+            .bearer_auth(token)
+            .send()
+    };
+    // The ordinary API token cannot approve deletions.
+    assert_eq!(
+        approve(TOKEN).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(manifests(&app.setup.backups()), 3);
+    let r = approve(ADMIN_TOKEN).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["deleted"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(manifests(&app.setup.backups()), 2);
+    // Approved once: nothing is pending any more.
+    assert_eq!(
+        approve(ADMIN_TOKEN).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        state.exec("SELECT status || ' ' || decided_by FROM prune_plans ORDER BY id DESC LIMIT 1"),
+        format!("approved admin:{}", &sha256_hex(ADMIN_TOKEN)[..8])
+    );
+    app.shutdown().await;
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, s.as_bytes()))
 }

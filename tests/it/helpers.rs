@@ -190,6 +190,27 @@ impl Bucket {
         Self { settings }
     }
 
+    /// A moto bucket created with Object Lock enabled (and so versioned).
+    pub async fn create_locked() -> Self {
+        let name = unique("strata-l-");
+        let mut s = S3Settings::new(&name, "us-east-1");
+        s.endpoint = Some(env("STRATA_TEST_MOTO"));
+        s.credentials = Some(("testing".into(), "testing".into()));
+        s.path_style = true;
+        s.max_attempts = 3;
+        s.part_size = 5 * 1024 * 1024;
+        S3Target::new("setup", s.clone())
+            .await
+            .client()
+            .create_bucket()
+            .bucket(&name)
+            .object_lock_enabled_for_bucket(true)
+            .send()
+            .await
+            .expect("create locked bucket");
+        Self { settings: s }
+    }
+
     pub async fn target(&self, name: &str) -> S3Target {
         S3Target::new(name, self.settings.clone()).await
     }
