@@ -98,7 +98,11 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
     let config = d.strata.config();
     let mut healthy = true;
     let mut jobs = serde_json::Map::new();
+    let restore_tests = d.restore_tests();
     for (name, h) in d.health() {
+        let restore_test = restore_tests.get(&name).map(|t| {
+            json!({ "at": t.started_at, "ok": t.ok, "seconds": t.seconds, "backup_id": t.backup_id, "error": t.error })
+        });
         let rpo = config.jobs.get(&name).map_or(0, |j| j.rpo.as_secs());
         let age = h.last_success.map(|t| (now - t).num_seconds().max(0));
         let within = age.is_some_and(|a| a as u64 <= rpo);
@@ -115,6 +119,7 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
                 "last_error": h.last_error,
                 "next_run": h.next_run,
                 "running": h.running,
+                "restore_test": restore_test,
             }),
         );
     }

@@ -129,6 +129,11 @@ pub enum Command {
         #[arg(long)]
         approve: bool,
     },
+    /// Alert channels: `strata alert test` sends a test message to each.
+    Alert {
+        #[arg(value_enum)]
+        action: AlertAction,
+    },
     /// Validate the configuration and report every problem.
     Check,
     /// Write a new random master key (mode 0600).
@@ -141,6 +146,12 @@ pub enum Command {
         #[arg(long)]
         key_file: PathBuf,
     },
+}
+
+/// `alert` actions.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum AlertAction {
+    Test,
 }
 
 /// `lifecycle` actions.
@@ -302,7 +313,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             if let Some(s) = &state {
                 s.save_run(&run).await;
             }
-            let result = crate::runner::backup(&strata, &job, run.started_at, &cancel).await;
+            let result = crate::runner::run_job(&strata, &job, run.started_at, &cancel).await;
             run.finish(&result, Utc::now());
             if let Some(s) = &state {
                 s.save_run(&run).await;
@@ -363,6 +374,39 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             target,
             json,
         } => lifecycle(&cli.config, action, target.as_deref(), json).await,
+        Command::Alert {
+            action: AlertAction::Test,
+        } => {
+            let config = load(&cli.config)?;
+            let alerter = crate::alerts::Alerter::from_config(&config.alerts)?;
+            if !alerter.has_channels() {
+                return Err(Failure(
+                    1,
+                    "no alert channel is configured (alerts.email, alerts.webhook)".into(),
+                ));
+            }
+            let alert = crate::alerts::Alert::new(
+                crate::alerts::Kind::Test,
+                None,
+                format!("test message from `strata alert test` ({})", cli_actor()),
+                "nothing: this checks that alerts reach you",
+            );
+            let mut failed = 0;
+            for (channel, result) in alerter.send_all(&alert, None).await {
+                match result {
+                    Ok(()) => println!("{channel}: sent"),
+                    Err(e) => {
+                        failed += 1;
+                        println!("{channel}: FAILED: {}", e.message);
+                    }
+                }
+            }
+            if failed == 0 {
+                Ok(())
+            } else {
+                Err(Failure(1, format!("{failed} alert channel(s) failed")))
+            }
+        }
         Command::Cost { json } => {
             let strata = Strata::build(load(&cli.config)?).await;
             let inventory = crate::inventory::take(&strata).await;

@@ -13,11 +13,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::alerts::{Alert, Alerter, Kind};
 use crate::app::Strata;
 use crate::catalog;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::prune;
+use crate::restore::RestoreTest;
 use crate::schedule::{self, Clock, SystemClock};
 use crate::state::{AuditEntry, JobLock, RunRecord, RunStatus, StateDb};
 
@@ -42,6 +44,8 @@ pub enum DaemonError {
     Token { path: String, message: String },
     #[error("cannot listen: {0}")]
     Listen(std::io::Error),
+    #[error(transparent)]
+    Alerts(#[from] crate::alerts::AlertError),
 }
 
 /// What `/health` shows per job, kept in memory so health checks cost nothing.
@@ -87,7 +91,9 @@ pub struct Daemon {
     pub host: String,
     pub api_token: Option<TokenHash>,
     pub admin_token: Option<TokenHash>,
+    pub alerter: Alerter,
     health: Mutex<BTreeMap<String, JobHealth>>,
+    restore_tests: Mutex<BTreeMap<String, RestoreTest>>,
     checks: Mutex<Checks>,
     recent: Mutex<(Vec<String>, HashMap<String, RunRecord>)>,
     running: Mutex<HashMap<String, Running>>,
@@ -163,7 +169,10 @@ impl Daemon {
             .keys()
             .map(|j| (j.clone(), JobHealth::default()))
             .collect();
+        let alerter = Alerter::from_config(&config.alerts)?;
         Ok(Arc::new(Self {
+            alerter,
+            restore_tests: Mutex::default(),
             strata: Arc::new(Strata::build(config).await),
             state,
             metrics: Metrics::new(),
@@ -246,6 +255,53 @@ impl Daemon {
                 .compliance_check
                 .with_label_values(&[&c.check])
                 .set(if c.pass { 1.0 } else { 0.0 });
+        }
+        let m = Some(&self.metrics);
+        let threshold = config.alerts.monthly_cost_usd;
+        if inventory.errors.is_empty() && cost.usd_monthly > threshold {
+            self.alerter
+                .raise(
+                    Alert::new(
+                        Kind::CostThreshold,
+                        None,
+                        format!("stored backups cost ${:.2}/month, above the ${threshold:.2} threshold (projected steady state ${:.2})", cost.usd_monthly, cost.projected_usd_monthly),
+                        "run `strata cost` to see which target and class; check retention, lifecycle rules (`strata lifecycle show`) and backup sizes",
+                    ),
+                    m,
+                )
+                .await;
+        } else if inventory.errors.is_empty() {
+            self.alerter
+                .resolve(
+                    Kind::CostThreshold,
+                    None,
+                    "",
+                    format!("storage cost ${:.2}/month", cost.usd_monthly),
+                    m,
+                )
+                .await;
+        }
+        for c in &compliance.checks {
+            if c.pass {
+                self.alerter
+                    .resolve(
+                        Kind::ComplianceViolation,
+                        None,
+                        &c.check,
+                        format!("{} passes", c.check),
+                        m,
+                    )
+                    .await;
+            } else {
+                let mut alert = Alert::new(
+                    Kind::ComplianceViolation,
+                    None,
+                    format!("{} fails: {}", c.check, c.evidence.join("; ")),
+                    "run `strata compliance` for the evidence and fix the configuration, bucket or schedule it names",
+                );
+                alert.detail.clone_from(&c.check);
+                self.alerter.raise(alert, m).await;
+            }
         }
         let mut checks = self.checks.lock().expect("checks");
         *checks = Checks {
@@ -397,8 +453,23 @@ impl Daemon {
             serde_json::json!({ "trigger": run.trigger }),
         )
         .await;
+        // A development refresh restores the source job's newest backup: when that
+        // job is being backed up right now, wait for it to finish first.
+        if let Some(from) = self
+            .strata
+            .config()
+            .job(&job)
+            .and_then(|j| j.refresh.as_ref())
+            .map(|r| r.from.clone())
+        {
+            while self.running.lock().expect("running").contains_key(&from)
+                && !cancel.is_cancelled()
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
         let started = std::time::Instant::now();
-        let result = crate::runner::backup(&self.strata, &job, run.started_at, &cancel).await;
+        let result = crate::runner::run_job(&self.strata, &job, run.started_at, &cancel).await;
         let duration = started.elapsed().as_secs_f64();
         run.finish(&result, self.clock.now());
         let m = &self.metrics;
@@ -416,6 +487,7 @@ impl Daemon {
         }
         m.runs.with_label_values(&[&job, run.status.as_str()]).inc();
         m.running.with_label_values(&[&job]).set(0);
+        let previous_size;
         {
             let mut health = self.health.lock().expect("health");
             let h = health.entry(job.clone()).or_default();
@@ -423,6 +495,7 @@ impl Daemon {
             h.last_result = Some(run.status.as_str().to_owned());
             h.last_run_id = Some(run.id.clone());
             h.last_error = run.error.clone();
+            previous_size = h.last_stored_bytes;
             if let Ok(report) = &result {
                 if let Some(prev) = h.last_stored_bytes.filter(|p| *p > 0) {
                     m.size_change_ratio
@@ -452,6 +525,7 @@ impl Daemon {
         self.remember(&run);
         let detail = serde_json::json!({ "status": run.status.as_str(), "backup_id": run.backup_id, "error": run.error });
         self.record(&run, &actor, "backup.finish", detail).await;
+        self.alert_on_run(&run, &result, previous_size).await;
         // Retention only after a complete backup, still under the job's lock.
         if run.status == RunStatus::Success {
             let rec = prune::Recorder {
@@ -463,6 +537,225 @@ impl Daemon {
         }
         // Dropping the entry releases the cross-process lock.
         self.running.lock().expect("running").remove(&job);
+    }
+
+    /// Alerts (or resolves) backup failure, degraded targets and size anomalies
+    /// after a run. Alert delivery never changes the run's outcome.
+    async fn alert_on_run(
+        &self,
+        run: &RunRecord,
+        result: &Result<crate::runner::BackupReport, crate::runner::RunError>,
+        previous_size: Option<u64>,
+    ) {
+        let job = run.job.as_str();
+        let m = Some(&self.metrics);
+        let a = &self.alerter;
+        match result {
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => {
+                a.raise(
+                    Alert::new(
+                        Kind::BackupFailed,
+                        Some(job),
+                        format!("run {} failed: {e}", run.id),
+                        format!("fix the cause above, then start a backup (`strata backup {job}` or POST /backups/{job}); until then the last good backup is older than it should be"),
+                    ),
+                    m,
+                )
+                .await;
+            }
+            Ok(report) => {
+                a.resolve(
+                    Kind::BackupFailed,
+                    Some(job),
+                    "",
+                    format!("backup {} succeeded", report.manifest.backup_id),
+                    m,
+                )
+                .await;
+                a.resolve(
+                    Kind::RpoExceeded,
+                    Some(job),
+                    "",
+                    format!("backup {} is fresh", report.manifest.backup_id),
+                    m,
+                )
+                .await;
+                if report.is_complete() {
+                    a.resolve(
+                        Kind::TargetDegraded,
+                        Some(job),
+                        "",
+                        "every target holds the newest backup",
+                        m,
+                    )
+                    .await;
+                } else {
+                    let failed: Vec<String> = report
+                        .failed
+                        .iter()
+                        .map(|(t, why)| format!("{t}: {why}"))
+                        .collect();
+                    a.raise(
+                        Alert::new(
+                            Kind::TargetDegraded,
+                            Some(job),
+                            format!("backup {} is missing on: {}", report.manifest.backup_id, failed.join("; ")),
+                            "check the failed target (credentials, space, network); the other targets hold a valid copy",
+                        ),
+                        m,
+                    )
+                    .await;
+                }
+                let stored = report.manifest.stored_bytes;
+                let limit = self.strata.config().alerts.size_change_ratio;
+                let anomaly = if report.manifest.raw_bytes == 0 {
+                    Some("pg_dump produced 0 bytes".to_owned())
+                } else {
+                    previous_size.filter(|p| *p > 0).and_then(|prev| {
+                        let change = stored as f64 / prev as f64 - 1.0;
+                        (change.abs() > limit).then(|| {
+                            format!(
+                                "stored size {stored} bytes is {:+.0}% against the previous backup's {prev} bytes (limit ±{:.0}%)",
+                                change * 100.0,
+                                limit * 100.0
+                            )
+                        })
+                    })
+                };
+                match anomaly {
+                    Some(cause) => {
+                        a.raise(
+                            Alert::new(
+                                Kind::SizeAnomaly,
+                                Some(job),
+                                format!("backup {}: {cause}", report.manifest.backup_id),
+                                "compare the manifest's table row counts with the previous backup's; a big drop can mean lost data or a dump of the wrong database",
+                            ),
+                            m,
+                        )
+                        .await;
+                    }
+                    None => {
+                        a.resolve(
+                            Kind::SizeAnomaly,
+                            Some(job),
+                            "",
+                            "backup size back within the limit",
+                            m,
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Alerts for jobs whose newest good backup is older than their RPO.
+    async fn check_rpo(&self) {
+        let now = self.clock.now();
+        let config = self.strata.config();
+        for (name, h) in self.health() {
+            let Some(job) = config.jobs.get(&name) else {
+                continue;
+            };
+            let rpo = chrono::Duration::from_std(job.rpo).unwrap_or(chrono::Duration::MAX);
+            let stale = h.last_success.is_none_or(|t| now - t > rpo);
+            if stale && !h.running {
+                let cause = match h.last_success {
+                    Some(t) => format!(
+                        "the newest good backup started {} ({} ago), RPO {}",
+                        t.to_rfc3339(),
+                        humantime::format_duration((now - t).to_std().unwrap_or_default()),
+                        humantime::format_duration(job.rpo)
+                    ),
+                    None => "no good backup of this job exists".into(),
+                };
+                self.alerter
+                    .raise(
+                        Alert::new(Kind::RpoExceeded, Some(&name), cause, format!("check why scheduled backups are not succeeding (`strata next {name}`, the daemon's log), then start one")),
+                        Some(&self.metrics),
+                    )
+                    .await;
+            }
+        }
+    }
+
+    /// Runs the job's restore test now: the newest readable backup restored into
+    /// a scratch database on `verify.restore_into`, checked and dropped; recorded,
+    /// measured, alerted.
+    pub async fn run_restore_test(&self, job: &str) -> Option<RestoreTest> {
+        let cfg = self.strata.config().job(job)?;
+        let server = cfg.verify.restore_into.as_ref()?;
+        let test = crate::restore::restore_test(&self.strata, job, server, &cfg.verify.sql).await;
+        tracing::info!(
+            job,
+            ok = test.ok,
+            backup_id = test.backup_id.as_deref().unwrap_or("-"),
+            seconds = test.seconds,
+            error = test.error.as_deref().unwrap_or(""),
+            "restore test finished"
+        );
+        if let Some(state) = &self.state {
+            if let Err(e) = state.save_restore_test(&test, &self.host).await {
+                tracing::warn!(job, error = %e, "restore test not recorded in the state database");
+            }
+        }
+        self.audit(
+            "scheduler",
+            "restore_test",
+            Some(job),
+            None,
+            serde_json::to_value(&test).unwrap_or_default(),
+        )
+        .await;
+        self.metrics
+            .restore_test_duration
+            .with_label_values(&[job])
+            .set(test.seconds);
+        let m = Some(&self.metrics);
+        if test.ok {
+            self.metrics
+                .restore_test_last_success
+                .with_label_values(&[job])
+                .set(test.started_at.timestamp() as f64);
+            self.alerter
+                .resolve(
+                    Kind::RestoreTestFailed,
+                    Some(job),
+                    "",
+                    format!(
+                        "restore test of {} passed in {:.1} s",
+                        test.backup_id.as_deref().unwrap_or("-"),
+                        test.seconds
+                    ),
+                    m,
+                )
+                .await;
+        } else {
+            self.alerter
+                .raise(
+                    Alert::new(
+                        Kind::RestoreTestFailed,
+                        Some(job),
+                        format!("restore test of {} failed: {}", test.backup_id.as_deref().unwrap_or("no backup"), test.error.as_deref().unwrap_or("unknown")),
+                        format!("the newest backup may not restore: run `strata verify {job}` on every target, take a new backup, and find out why before relying on it"),
+                    ),
+                    m,
+                )
+                .await;
+        }
+        self.restore_tests
+            .lock()
+            .expect("restore tests")
+            .insert(job.to_owned(), test.clone());
+        Some(test)
+    }
+
+    /// The last restore test of each job (this process's, or the state
+    /// database's newest success at start-up).
+    pub fn restore_tests(&self) -> BTreeMap<String, RestoreTest> {
+        self.restore_tests.lock().expect("restore tests").clone()
     }
 
     /// Reads the newest backup of every job from its targets (health, metrics,
@@ -488,6 +781,18 @@ impl Daemon {
                     Err(e) => {
                         tracing::warn!(job = %name, target_name = %t, error = %e, "cannot list backups")
                     }
+                }
+            }
+            if let Some(state) = &self.state {
+                if let Ok(Some((at, seconds))) = state.last_restore_test_success(name).await {
+                    self.metrics
+                        .restore_test_last_success
+                        .with_label_values(&[name])
+                        .set(at.timestamp() as f64);
+                    self.metrics
+                        .restore_test_duration
+                        .with_label_values(&[name])
+                        .set(seconds);
                 }
             }
             if let Some(e) = newest {
@@ -557,6 +862,49 @@ impl Daemon {
         }
     }
 
+    /// A loop per job with `verify.restore_test` and `verify.restore_into`; each
+    /// slot is claimed like a backup slot, so replicas run it once.
+    fn spawn_restore_tests(self: &Arc<Self>) {
+        let config = self.strata.config();
+        for (name, job) in &config.jobs {
+            let (Some(schedule), Some(_)) = (
+                job.verify.restore_test.clone(),
+                job.verify.restore_into.as_ref(),
+            ) else {
+                continue;
+            };
+            let me = self.clone();
+            let name = name.clone();
+            let tz = config.timezone;
+            self.tasks.spawn(async move {
+                let stop = me.stopping.clone();
+                schedule::run_loop(
+                    &schedule,
+                    tz,
+                    me.clock.as_ref(),
+                    |slot| {
+                        let me = me.clone();
+                        let name = name.clone();
+                        async move {
+                            if let Some(state) = &me.state {
+                                let key = format!("restore-test:{name}");
+                                if let Ok(false) = state
+                                    .claim(&key, slot, &uuid::Uuid::new_v4().to_string(), &me.host)
+                                    .await
+                                {
+                                    return;
+                                }
+                            }
+                            me.run_restore_test(&name).await;
+                        }
+                    },
+                    stop.cancelled_owned(),
+                )
+                .await;
+            });
+        }
+    }
+
     fn set_next(&self, job: &str, next: Option<DateTime<Utc>>) {
         if let Some(h) = self.health.lock().expect("health").get_mut(job) {
             h.next_run = next;
@@ -591,7 +939,11 @@ impl Daemon {
     async fn catch_up(self: &Arc<Self>) {
         let config = self.strata.config();
         let now = self.clock.now();
-        for (name, job) in &config.jobs {
+        // Jobs refreshed from another job go after it, so they restore its
+        // catch-up backup (and wait for it, see `execute`).
+        let mut jobs: Vec<_> = config.jobs.iter().collect();
+        jobs.sort_by_key(|(_, j)| j.refresh.is_some());
+        for (name, job) in jobs {
             let Some(schedule) = &job.schedule else {
                 continue;
             };
@@ -667,6 +1019,20 @@ impl Daemon {
                 }
             });
         }
+        {
+            let me = self.clone();
+            let stopping = self.stopping.clone();
+            self.tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stopping.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    }
+                    me.check_rpo().await;
+                }
+            });
+        }
+        self.spawn_restore_tests();
         let app = crate::api::router(self.clone());
         let stopping = self.stopping.clone();
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {

@@ -6,6 +6,7 @@
 //! [`restore`] reverses the flow and verifies every byte before PostgreSQL commits.
 //! [`config`] turns `config.yaml` into validated types; [`cli`] is the command line.
 
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod catalog;
@@ -21,6 +22,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod pipeline;
 pub mod prune;
+pub mod refresh;
 pub mod restore;
 pub mod retention;
 pub mod runner;

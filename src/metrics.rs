@@ -18,6 +18,10 @@ pub struct Metrics {
     pub storage_bytes: GaugeVec,
     pub storage_cost: GaugeVec,
     pub compliance_check: GaugeVec,
+    pub restore_test_last_success: GaugeVec,
+    pub restore_test_duration: GaugeVec,
+    pub alerts_sent: IntCounterVec,
+    pub alert_failures: IntCounterVec,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -117,6 +121,30 @@ impl Metrics {
                 "strata_compliance_check",
                 "1 when a compliance check passes, 0 when it fails.",
                 &["check"],
+            ),
+            restore_test_last_success: gauge(
+                &registry,
+                "strata_restore_test_last_success_timestamp_seconds",
+                "When the newest successful restore test of the job ran (Unix seconds).",
+                &["job"],
+            ),
+            restore_test_duration: gauge(
+                &registry,
+                "strata_restore_test_duration_seconds",
+                "Time the last restore test took to restore and check (the measured RTO).",
+                &["job"],
+            ),
+            alerts_sent: counter(
+                &registry,
+                "strata_alerts_sent_total",
+                "Alerts delivered, by channel and kind.",
+                &["channel", "kind"],
+            ),
+            alert_failures: counter(
+                &registry,
+                "strata_alert_failures_total",
+                "Alerts a channel failed to deliver.",
+                &["channel"],
             ),
             registry,
         }

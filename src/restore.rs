@@ -342,24 +342,7 @@ pub async fn restore_with(
         return Err(e);
     }
     if swap {
-        let old = format!(
-            "{}_strata_old_{}",
-            &name[..name.len().min(40)],
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        let sql = format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {lit} AND pid <> pg_backend_pid();\
-             ALTER DATABASE {name} RENAME TO {old}; ALTER DATABASE {scratch} RENAME TO {name};",
-            lit = quote_literal(&name),
-            name = quote_ident(&name),
-            old = quote_ident(&old),
-            scratch = quote_ident(&scratch),
-        );
-        if let Err(e) = admin.batch_execute(&sql).await {
-            drop_database(&admin, &admin_url, &scratch).await;
-            return Err(admin_url.query_error(&e).into());
-        }
-        drop_database(&admin, &admin_url, &old).await;
+        swap_in(&admin, &admin_url, &name, &scratch).await?;
     }
     Ok(RestoreReport {
         backup_id: entry.manifest.backup_id.clone(),
@@ -371,7 +354,65 @@ pub async fn restore_with(
     })
 }
 
-async fn drop_database(admin: &tokio_postgres::Client, url: &DbUrl, name: &str) {
+/// Puts database `scratch` in place of `name`: connections to `name` are
+/// terminated, `name` is renamed aside, `scratch` takes its name, the old one is
+/// dropped. `name` need not exist. On failure `scratch` is dropped and `name` is
+/// as it was.
+///
+/// # Errors
+/// A rename failed.
+pub async fn swap_in(
+    admin: &tokio_postgres::Client,
+    admin_url: &DbUrl,
+    name: &str,
+    scratch: &str,
+) -> Result<(), RestoreError> {
+    let old = format!(
+        "{}_strata_old_{}",
+        &name[..name.len().min(40)],
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .map_err(|e| admin_url.query_error(&e))?
+        .is_some();
+    let aside = if exists {
+        format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {lit} AND pid <> pg_backend_pid();\
+             ALTER DATABASE {name} RENAME TO {old};",
+            lit = quote_literal(name),
+            name = quote_ident(name),
+            old = quote_ident(&old),
+        )
+    } else {
+        String::new()
+    };
+    let sql = format!(
+        "{aside} ALTER DATABASE {scratch} RENAME TO {name};",
+        name = quote_ident(name),
+        scratch = quote_ident(scratch),
+    );
+    if let Err(e) = admin.batch_execute(&sql).await {
+        // Put the original back if it was moved aside before the failure.
+        let _ = admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                quote_ident(&old),
+                quote_ident(name)
+            ))
+            .await;
+        drop_database(admin, admin_url, scratch).await;
+        return Err(admin_url.query_error(&e).into());
+    }
+    if exists {
+        drop_database(admin, admin_url, &old).await;
+    }
+    Ok(())
+}
+
+/// Drops a database, logging (not failing) when it cannot.
+pub async fn drop_database(admin: &tokio_postgres::Client, url: &DbUrl, name: &str) {
     if let Err(e) = admin
         .batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -760,4 +801,172 @@ async fn read_back(
         });
     }
     Ok(())
+}
+
+/// Outcome of a restore test.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreTest {
+    pub job: String,
+    pub backup_id: Option<String>,
+    pub target: Option<String>,
+    pub started_at: DateTime<Utc>,
+    /// Time to restore and check it: the real RTO of this backup.
+    pub seconds: f64,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub tables: usize,
+    pub rows: u64,
+}
+
+/// The newest backup of `job` that can be read right now (not in an archive tier
+/// or already thawed), and the target to read it from.
+///
+/// # Errors
+/// No target can be listed, or nothing readable is found.
+pub async fn newest_readable(
+    strata: &Strata,
+    job: &str,
+) -> Result<(Arc<dyn Target>, Entry), RestoreError> {
+    let cfg = strata.job(job)?;
+    let mut all: Vec<(Arc<dyn Target>, Entry)> = Vec::new();
+    for name in &cfg.targets {
+        let target = strata.target(name);
+        match catalog::list(target.as_ref(), strata.prefix(name), job).await {
+            Ok(entries) => all.extend(entries.into_iter().map(|e| (target.clone(), e))),
+            Err(e) => tracing::warn!(target_name = %name, error = %e, "cannot list target"),
+        }
+    }
+    // Newest first; at equal times local disk (listed first) wins.
+    all.sort_by_key(|e| std::cmp::Reverse(e.1.started_at()));
+    for (target, entry) in all {
+        if target.as_s3().is_some() {
+            match target.head(&entry.object_key()).await {
+                Ok(meta) if meta.thaw.readable() => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(target_name = target.name(), error = %e, "skipping an unreadable copy");
+                    continue;
+                }
+            }
+        }
+        return Ok((target, entry));
+    }
+    Err(RestoreError::NotFound {
+        job: job.to_owned(),
+        which: "readable backup".into(),
+        searched: cfg.targets.join(", "),
+    })
+}
+
+/// Restores the newest readable backup of `job` into a fresh, uniquely named
+/// database on `server`, checks every table's row count against the manifest,
+/// runs the `sql` assertions (each must succeed, and when it returns a row its
+/// first column must not be false), records the result in the backup's
+/// manifests, and drops the database.
+pub async fn restore_test(
+    strata: &Strata,
+    job: &str,
+    server: &DbUrl,
+    sql: &[String],
+) -> RestoreTest {
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let mut test = RestoreTest {
+        job: job.to_owned(),
+        backup_id: None,
+        target: None,
+        started_at,
+        seconds: 0.0,
+        ok: false,
+        error: None,
+        tables: 0,
+        rows: 0,
+    };
+    let (target, entry) = match newest_readable(strata, job).await {
+        Ok(found) => found,
+        Err(e) => {
+            test.error = Some(e.to_string());
+            return test;
+        }
+    };
+    test.backup_id = Some(entry.manifest.backup_id.clone());
+    test.target = Some(target.name().to_owned());
+    test.tables = entry.manifest.tables.len();
+    test.rows = entry.manifest.total_rows();
+    let scratch = format!(
+        "strata_restore_test_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let dest = server.with_dbname(&scratch);
+    let result = async {
+        restore_with(
+            strata,
+            job,
+            &entry.manifest.backup_id,
+            Some(target.name()),
+            &dest,
+            false,
+            &ThawOptions::default(),
+        )
+        .await?;
+        run_assertions(&dest, sql).await
+    }
+    .await;
+    test.seconds = clock.elapsed().as_secs_f64();
+    let admin_url = server.with_dbname("postgres");
+    if let Ok(admin) = admin_url.connect().await {
+        drop_database(&admin, &admin_url, &scratch).await;
+    }
+    test.ok = result.is_ok();
+    test.error = result.err().map(|e| e.to_string());
+    let report = VerifyReport {
+        backup_id: entry.manifest.backup_id.clone(),
+        targets: Vec::new(),
+        thawing: Vec::new(),
+        restore: Some(test.error.clone().unwrap_or_else(|| "ok".into())),
+    };
+    record_verification(strata, &entry, &report).await;
+    test
+}
+
+async fn run_assertions(dest: &DbUrl, sql: &[String]) -> Result<(), RestoreError> {
+    if sql.is_empty() {
+        return Ok(());
+    }
+    let client = dest.connect().await?;
+    for (i, stmt) in sql.iter().enumerate() {
+        let fail = |message: String| RestoreError::Tool {
+            tool: format!("verify.sql[{i}]"),
+            message,
+        };
+        let rows = client
+            .simple_query(stmt)
+            .await
+            .map_err(|e| fail(dest.query_error(&e).to_string()))?;
+        let first = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_owned)),
+            _ => None,
+        });
+        if let Some(Some(v)) = first {
+            if v == "f" || v == "false" {
+                return Err(fail(format!("assertion returned false: {stmt}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Re-reads a just-written backup from every target that holds it (hash,
+/// decryption, size) and records the checks in its manifests; returns the
+/// targets whose copy failed, with the reason.
+pub async fn read_back_new(strata: &Strata, job: &str, backup_id: &str) -> Vec<(String, String)> {
+    match verify(strata, job, backup_id, None).await {
+        Ok(report) => report
+            .targets
+            .into_iter()
+            .filter(|(_, r)| r != "ok")
+            .map(|(t, r)| (t, format!("read-back failed: {r}")))
+            .collect(),
+        Err(e) => vec![("*".into(), format!("read-back failed: {e}"))],
+    }
 }

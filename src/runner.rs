@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Strata;
+use crate::config::ReadBack;
 use crate::manifest::{EncryptionInfo, FORMAT_VERSION, Layout, Manifest, TargetRecord};
 use crate::pipeline::encrypt::{CryptoError, Encryptor};
 use crate::pipeline::{self, PipelineError, TargetUpload};
@@ -30,6 +31,8 @@ pub enum RunError {
     Exists { backup_id: String, target: String },
     #[error("no target holds the backup: {}", .0.join("; "))]
     NoTarget(Vec<String>),
+    #[error("refresh before the backup failed (the database is unchanged): {0}")]
+    Refresh(String),
 }
 
 impl RunError {
@@ -53,6 +56,42 @@ impl BackupReport {
     pub fn is_complete(&self) -> bool {
         self.failed.is_empty()
     }
+}
+
+/// A job's whole run, whoever starts it: the development refresh first (when
+/// the job has one), then the backup, then the read-back of what was stored
+/// (`verify.read_back`: always, or weekly on Sundays in the job's zone). A copy
+/// that fails its read-back makes the run degraded.
+///
+/// # Errors
+/// See [`backup`]; a failed refresh fails the run before anything is dumped.
+pub async fn run_job(
+    strata: &Strata,
+    job_name: &str,
+    now: DateTime<Utc>,
+    cancel: &CancellationToken,
+) -> Result<BackupReport, RunError> {
+    let job = strata.job(job_name)?;
+    if job.refresh.is_some() {
+        crate::refresh::refresh(strata, job_name)
+            .await
+            .map_err(|e| RunError::Refresh(e.to_string()))?;
+    }
+    let mut report = backup(strata, job_name, now, cancel).await?;
+    let sunday = now.with_timezone(&strata.config().timezone).weekday() == chrono::Weekday::Sun;
+    let read_back = match job.verify.read_back {
+        ReadBack::Always => true,
+        ReadBack::Weekly => sunday,
+        ReadBack::Never => false,
+    };
+    if read_back {
+        for (target, why) in
+            crate::restore::read_back_new(strata, job_name, &report.manifest.backup_id).await
+        {
+            report.failed.insert(target, why);
+        }
+    }
+    Ok(report)
 }
 
 /// Runs one backup of `job`, named after `now` in the configured time zone.

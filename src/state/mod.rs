@@ -448,6 +448,52 @@ impl StateDb {
         Ok(n == 1)
     }
 
+    /// Records a restore test.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn save_restore_test(
+        &self,
+        t: &crate::restore::RestoreTest,
+        host: &str,
+    ) -> Result<(), StateError> {
+        self.ensure().await?;
+        let guard = self.client.lock().await;
+        let client = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
+        let tables = i32::try_from(t.tables).unwrap_or(i32::MAX);
+        let rows = i64::try_from(t.rows).unwrap_or(i64::MAX);
+        client
+            .execute(
+                "INSERT INTO restore_tests (job, backup_id, target, started_at, seconds, ok, error, tables, rows, host) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                &[&t.job, &t.backup_id, &t.target, &t.started_at, &t.seconds, &t.ok, &t.error, &tables, &rows, &host],
+            )
+            .await
+            .map_err(|e| self.pg(&e))?;
+        Ok(())
+    }
+
+    /// The job's newest successful restore test: when it started and how long it took.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn last_restore_test_success(
+        &self,
+        job: &str,
+    ) -> Result<Option<(DateTime<Utc>, f64)>, StateError> {
+        self.ensure().await?;
+        let guard = self.client.lock().await;
+        let client = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
+        let row = client
+            .query_opt(
+                "SELECT started_at, seconds FROM restore_tests WHERE job = $1 AND ok ORDER BY started_at DESC LIMIT 1",
+                &[&job],
+            )
+            .await
+            .map_err(|e| self.pg(&e))?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
     /// One run by id.
     ///
     /// # Errors

@@ -53,6 +53,16 @@ struct App {
 
 impl App {
     async fn spawn(job_extra: &str, state: Option<String>, token: bool) -> Self {
+        Self::spawn_with("", job_extra, state, token).await
+    }
+
+    /// Like `spawn`, with extra top-level YAML (alerts, …).
+    async fn spawn_with(
+        top_extra: &str,
+        job_extra: &str,
+        state: Option<String>,
+        token: bool,
+    ) -> Self {
         let setup = Setup::new();
         let source = TestDb::create();
         source.exec("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
@@ -72,7 +82,7 @@ impl App {
             String::new()
         };
         let top = format!(
-            "http: {{ listen: \"127.0.0.1:0\"{token_line} }}\nstate: {{ database_url: \"{state_url}\" }}\n"
+            "http: {{ listen: \"127.0.0.1:0\"{token_line} }}\nstate: {{ database_url: \"{state_url}\" }}\n{top_extra}"
         );
         let path =
             setup.write_config_with(&top, "", &job("app", &source.url(), "local", job_extra));
@@ -936,4 +946,160 @@ async fn approval_jobs_delete_only_after_the_admin_approves() {
 
 fn sha256_hex(s: &str) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, s.as_bytes()))
+}
+
+#[tokio::test]
+async fn failures_and_size_anomalies_reach_email_and_webhook_and_recovery_is_announced() {
+    let smtp = crate::helpers::SmtpServer::start();
+    let hook = crate::helpers::WebhookReceiver::start().await;
+    let alerts = format!(
+        "alerts:\n  email: {{ smtp_url: \"{}\", from: backups@example.com, to: [ops@example.com] }}\n  webhook: {{ url: \"{}\" }}\n  size_change_ratio: 0.5\n",
+        smtp.url, hook.url
+    );
+    let app = App::spawn_with(&alerts, ", rpo: 1h", None, true).await;
+    assert_eq!(app.backup_now().await["status"], "success");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // Ten times the data: the stored size jumps far beyond ±50%.
+    app.source
+        .exec("INSERT INTO t SELECT g FROM generate_series(1, 200000) g");
+    assert_eq!(app.backup_now().await["status"], "success");
+    let anomaly = hook.wait_for("size_anomaly", 1).await;
+    assert_eq!(anomaly[0]["job"], "app");
+    let cause = anomaly[0]["cause"].as_str().unwrap();
+    assert!(cause.contains("against the previous backup"), "{cause}");
+    assert!(anomaly[0]["text"].as_str().unwrap().contains("action:"));
+    smtp.wait_for("[strata ALERT] backup size anomaly: app")
+        .await;
+
+    // The database disappears: the next backup fails, both channels hear it.
+    psql(
+        "postgres",
+        &format!("DROP DATABASE {} WITH (FORCE)", app.source.name),
+    );
+    let run = app.backup_now().await;
+    assert_eq!(run["status"], "failed");
+    let failed = hook.wait_for("backup_failed", 1).await;
+    assert!(
+        failed[0]["cause"]
+            .as_str()
+            .unwrap()
+            .contains(run["id"].as_str().unwrap())
+    );
+    assert!(
+        failed[0]["cause"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{failed:?}"
+    );
+    smtp.wait_for("[strata ALERT] backup failed: app").await;
+    // A second failure within the repeat interval is not sent again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(app.backup_now().await["status"], "failed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hook.of_kind("backup_failed").len(), 1);
+
+    // Recovery sends one resolved message.
+    psql("postgres", &format!("CREATE DATABASE {}", app.source.name));
+    app.source
+        .exec("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    assert_eq!(app.backup_now().await["status"], "success");
+    let all = hook.wait_for("backup_failed", 2).await;
+    assert_eq!(all[1]["resolved"], true);
+    smtp.wait_for("[strata RESOLVED] backup failed: app").await;
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("strata_alerts_sent_total{channel=\"webhook\",kind=\"backup_failed\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("strata_alerts_sent_total{channel=\"email\",kind=\"size_anomaly\"} 1")
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_alert_channel_never_fails_a_backup() {
+    let alerts = "alerts:\n  webhook: { url: \"http://127.0.0.1:9/hook\" }\n";
+    let app = App::spawn_with(alerts, "", None, true).await;
+    assert_eq!(app.backup_now().await["status"], "success");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // (Compliance alerts at start-up may already have failed to go out.)
+    let failures = |m: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("strata_alert_failures_total{channel=\"webhook\"} "))
+            .map_or(0, |v| v.parse().unwrap())
+    };
+    let before = failures(&app.metrics().await);
+    app.source
+        .exec("INSERT INTO t SELECT g FROM generate_series(1, 200000) g");
+    // An anomaly alert fires and cannot be delivered; the backup still succeeds.
+    assert_eq!(app.backup_now().await["status"], "success");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while failures(&app.metrics().await) <= before {
+        assert!(Instant::now() < deadline, "{}", app.metrics().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.shutdown().await;
+}
+
+fn scratch_databases() -> String {
+    psql(
+        "postgres",
+        "SELECT count(*) FROM pg_database WHERE datname LIKE 'strata\\_restore\\_test\\_%'",
+    )
+}
+
+#[tokio::test]
+async fn restore_tests_measure_the_rto_and_catch_a_tampered_backup() {
+    let hook = crate::helpers::WebhookReceiver::start().await;
+    let alerts = format!("alerts:\n  webhook: {{ url: \"{}\" }}\n", hook.url);
+    let verify = format!(
+        ", verify: {{ restore_test: \"0 5 1 * *\", restore_into: \"{}/postgres\", sql: [ \"SELECT count(*) = 1000 FROM t\" ] }}",
+        crate::helpers::PG
+    );
+    let app = App::spawn_with(&alerts, &verify, None, true).await;
+    let backup = app.backup_now().await;
+    let before = scratch_databases();
+
+    let test = app.daemon.run_restore_test("app").await.unwrap();
+    assert!(test.ok, "{test:?}");
+    assert_eq!(test.backup_id.as_deref(), backup["backup_id"].as_str());
+    assert!(test.seconds > 0.0);
+    assert_eq!(test.rows, 1000);
+    assert_eq!(scratch_databases(), before, "scratch database left behind");
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("strata_restore_test_last_success_timestamp_seconds{job=\"app\"}"));
+    assert!(metrics.contains("strata_restore_test_duration_seconds{job=\"app\"}"));
+    let (_, health) = app.health().await;
+    assert_eq!(
+        health["jobs"]["app"]["restore_test"]["ok"], true,
+        "{health}"
+    );
+
+    // One flipped byte in the stored object: the restore test fails, says why,
+    // alerts, and records it.
+    let object = files(&app.setup.backups())
+        .into_iter()
+        .find(|f| f.ends_with(".enc"))
+        .unwrap();
+    let path = app.setup.backups().join(object);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let test = app.daemon.run_restore_test("app").await.unwrap();
+    assert!(!test.ok);
+    let error = test.error.clone().unwrap();
+    assert!(error.contains("verification failed"), "{error}");
+    assert_eq!(scratch_databases(), before, "scratch database left behind");
+    let alert = hook.wait_for("restore_test_failed", 1).await;
+    assert!(alert[0]["cause"].as_str().unwrap().contains(&error));
+    let state = app.state.as_ref().unwrap();
+    assert_eq!(
+        state.exec("SELECT string_agg(ok::text, ',' ORDER BY id) FROM restore_tests"),
+        "true,false"
+    );
+    app.shutdown().await;
 }

@@ -8,5 +8,6 @@ mod cli;
 mod conformance;
 mod daemon;
 mod failures;
+mod operations;
 mod retention;
 mod roundtrip;

@@ -631,3 +631,32 @@ async fn compliance_passes_a_strategy_setup_and_names_each_failure() {
             .contains("1 target(s) [local], 1 medium/media, offsite: none")
     );
 }
+
+#[tokio::test]
+async fn approval_jobs_delete_from_the_cli_only_with_approve() {
+    let scene = Scene::new(
+        Bucket::create(S3Kind::Moto).await,
+        "",
+        &format!("{SMALL_GFS}, prune: approval"),
+        "",
+    )
+    .await;
+    let all = scene.nightly(&autumn()).await;
+    // Without a state database the plan cannot be recorded: nothing is deleted
+    // and the command says how to go ahead.
+    let out = scene.cli(&["prune", "app", "--now", "2025-11-12T12:00:00Z"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("pass --approve to delete now"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(scene.local_ids(), all);
+    let out = scene.cli(
+        &["prune", "app", "--approve", "--now", "2025-11-12T12:00:00Z"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(scene.local_ids(), autumn_kept());
+    assert_eq!(scene.s3_ids().await, autumn_kept());
+}

@@ -1,0 +1,186 @@
+//! Operations from the command line: `strata alert test` against a real SMTP
+//! server and an HTTP receiver, and the development refresh from production.
+
+use std::process::{Command, Output};
+
+use crate::helpers::{Setup, SmtpServer, TestDb, WebhookReceiver, bin, psql};
+
+fn strata(setup: &Setup, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("-c")
+        .arg(setup.path().join("config.yaml"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test]
+async fn alert_test_reaches_every_channel_and_names_a_failing_one() {
+    let smtp = SmtpServer::start();
+    let hook = WebhookReceiver::start().await;
+    let setup = Setup::new();
+    let db = TestDb::create();
+    let alerts = format!(
+        "alerts:\n  email: {{ smtp_url: \"{}\", from: backups@example.com, to: [ops@example.com, dba@example.com] }}\n  webhook: {{ url: \"{}\" }}\n",
+        smtp.url, hook.url
+    );
+    setup.write_config_with(
+        &alerts,
+        "",
+        &crate::helpers::job("app", &db.url(), "local", ""),
+    );
+    // strata's CLI is synchronous from the test's point of view: run it on a
+    // blocking thread so the in-process receiver keeps answering.
+    let run = |args: &'static [&'static str]| {
+        let path = setup.path().to_owned();
+        tokio::task::spawn_blocking(move || {
+            Command::new(bin())
+                .arg("-c")
+                .arg(path.join("config.yaml"))
+                .args(args)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(&["alert", "test"]).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("email: sent") && text(&out).contains("webhook: sent"));
+    let mail = smtp.wait_for("[strata ALERT] test alert").await;
+    assert!(
+        mail.contains("ops@example.com") && mail.contains("dba@example.com"),
+        "{mail}"
+    );
+    let got = hook.wait_for("test", 1).await;
+    assert!(
+        got[0]["text"].as_str().unwrap().contains("test alert"),
+        "{got:?}"
+    );
+    assert_eq!(got[0]["resolved"], false);
+
+    // A receiver that is down: the command says which channel failed.
+    let config = std::fs::read_to_string(setup.path().join("config.yaml")).unwrap();
+    std::fs::write(
+        setup.path().join("config.yaml"),
+        config.replace(&hook.url, "http://127.0.0.1:9/hook"),
+    )
+    .unwrap();
+    let out = run(&["alert", "test"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("webhook: FAILED"), "{}", text(&out));
+    assert!(text(&out).contains("email: sent"), "{}", text(&out));
+}
+
+/// A production-shaped source: 600 events with participants.
+fn production() -> TestDb {
+    let db = TestDb::create();
+    db.exec(
+        "CREATE TABLE events (id int PRIMARY KEY, name text NOT NULL, starts_at timestamptz NOT NULL);
+         CREATE TABLE participants (id serial PRIMARY KEY, event_id int REFERENCES events(id), email text);
+         INSERT INTO events SELECT g, 'Event ' || g, now() - (600 - g) * interval '1 day' FROM generate_series(1, 600) g;
+         INSERT INTO participants (event_id, email) SELECT g % 600 + 1, 'person' || g || '@example.com' FROM generate_series(1, 3000) g;",
+    );
+    db
+}
+
+const TRIM: &str = r#"[ "DELETE FROM participants WHERE event_id NOT IN (SELECT id FROM events ORDER BY starts_at DESC LIMIT 500)", "DELETE FROM events WHERE id NOT IN (SELECT id FROM events ORDER BY starts_at DESC LIMIT 500)" ]"#;
+
+fn refresh_config(setup: &Setup, prod: &TestDb, dev: &TestDb, trim: &str) {
+    let jobs = format!(
+        "  prod: {{ database_url: \"{}\", targets: [local], file_prefix: prod }}\n  dev: {{ database_url: \"{}\", targets: [local], file_prefix: dev, refresh: {{ from: prod, trim_sql: {trim}, mask_sql: [ \"UPDATE participants SET email = 'user' || id || '@example.invalid'\" ] }} }}\n",
+        prod.url(),
+        dev.url()
+    );
+    setup.write_config("", &jobs);
+}
+
+fn leftovers(dev: &TestDb) -> String {
+    psql(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE '{}\\_strata\\_%'",
+            dev.name
+        ),
+    )
+}
+
+#[test]
+fn development_is_refreshed_trimmed_and_masked_before_its_backup() {
+    let setup = Setup::new();
+    let prod = production();
+    let dev = TestDb::create();
+    dev.exec("CREATE TABLE stale_dev_only (x int)");
+    refresh_config(&setup, &prod, &dev, TRIM);
+    let out = strata(&setup, &["backup", "prod"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = strata(&setup, &["backup", "dev", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The development database is production's newest backup, minimised.
+    assert_eq!(dev.exec("SELECT count(*) FROM events"), "500");
+    assert_eq!(dev.exec("SELECT min(id) FROM events"), "101");
+    assert_eq!(
+        dev.exec("SELECT count(*) FROM participants WHERE email LIKE '%@example.com'"),
+        "0"
+    );
+    assert_eq!(
+        dev.exec("SELECT count(*) FROM pg_tables WHERE tablename = 'stale_dev_only'"),
+        "0"
+    );
+    assert_eq!(leftovers(&dev), "0");
+    // …and its own backup holds exactly that.
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["manifest"]["tables"]["public.events"], 500,
+        "{report}"
+    );
+    assert_eq!(
+        prod.exec("SELECT count(*) FROM events"),
+        "600",
+        "production was touched"
+    );
+}
+
+#[test]
+fn a_failing_trim_leaves_the_development_database_as_it_was() {
+    let setup = Setup::new();
+    let prod = production();
+    let dev = TestDb::create();
+    dev.exec("CREATE TABLE stale_dev_only (x int); INSERT INTO stale_dev_only VALUES (7)");
+    refresh_config(
+        &setup,
+        &prod,
+        &dev,
+        r#"[ "DELETE FROM participants WHERE event_id < 50", "DELETE FROM no_such_table" ]"#,
+    );
+    assert!(strata(&setup, &["backup", "prod"]).status.success());
+    let out = strata(&setup, &["backup", "dev"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("refresh before the backup failed"), "{t}");
+    assert!(
+        t.contains("refresh.trim_sql[1]") && t.contains("no_such_table"),
+        "{t}"
+    );
+    assert_eq!(dev.exec("SELECT x FROM stale_dev_only"), "7");
+    assert_eq!(
+        dev.exec("SELECT count(*) FROM pg_tables WHERE tablename = 'events'"),
+        "0"
+    );
+    assert_eq!(leftovers(&dev), "0");
+    // No backup of the job was taken.
+    assert!(
+        !crate::helpers::files(&setup.backups())
+            .iter()
+            .any(|f| f.contains("/dev/")),
+        "{:?}",
+        crate::helpers::files(&setup.backups())
+    );
+}
