@@ -45,6 +45,11 @@ fn transition_per_1000(class: &str) -> f64 {
     }
 }
 
+/// Sum of dollar amounts; 0.0 (not Rust's -0.0) when there are none.
+fn total(amounts: impl Iterator<Item = f64>) -> f64 {
+    amounts.fold(0.0, |a, b| a + b)
+}
+
 /// Monthly cost of `bytes` at `usd_per_gb_month`.
 pub fn monthly(bytes: u64, usd_per_gb_month: f64) -> f64 {
     bytes as f64 / GIB * usd_per_gb_month
@@ -81,7 +86,7 @@ pub fn price_target(
     }
     TargetCost {
         target: target.to_owned(),
-        usd_monthly: classes.values().map(|c| c.usd_monthly).sum(),
+        usd_monthly: total(classes.values().map(|c| c.usd_monthly)),
         classes,
     }
 }
@@ -217,7 +222,7 @@ pub fn project(p: &Projection<'_>, prices: &BTreeMap<String, f64>) -> Projected 
         .collect();
     out.early_deletion_usd_monthly = year_early / 12.0;
     out.requests_usd_monthly = year_requests / 12.0;
-    out.usd_monthly = out.storage_usd_monthly.values().sum::<f64>()
+    out.usd_monthly = total(out.storage_usd_monthly.values().copied())
         + out.early_deletion_usd_monthly
         + out.requests_usd_monthly;
     out.backups_held = held_days / 365.0;
@@ -247,8 +252,8 @@ impl CostReport {
     /// Builds the report from priced targets and per-job projections.
     pub fn new(targets: Vec<TargetCost>, projections: Vec<JobProjection>) -> Self {
         Self {
-            usd_monthly: targets.iter().map(|t| t.usd_monthly).sum(),
-            projected_usd_monthly: projections.iter().map(|p| p.projected.usd_monthly).sum(),
+            usd_monthly: total(targets.iter().map(|t| t.usd_monthly)),
+            projected_usd_monthly: total(projections.iter().map(|p| p.projected.usd_monthly)),
             targets,
             projections,
         }

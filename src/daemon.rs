@@ -95,6 +95,8 @@ pub struct Daemon {
     health: Mutex<BTreeMap<String, JobHealth>>,
     restore_tests: Mutex<BTreeMap<String, RestoreTest>>,
     checks: Mutex<Checks>,
+    /// Wakes the periodic checks early (after a run changed what is stored).
+    recheck: tokio::sync::Notify,
     recent: Mutex<(Vec<String>, HashMap<String, RunRecord>)>,
     running: Mutex<HashMap<String, Running>>,
     tasks: TaskTracker,
@@ -182,6 +184,7 @@ impl Daemon {
             admin_token,
             health: Mutex::new(health),
             checks: Mutex::default(),
+            recheck: tokio::sync::Notify::new(),
             recent: Mutex::default(),
             running: Mutex::default(),
             tasks: TaskTracker::new(),
@@ -535,6 +538,8 @@ impl Daemon {
             };
             prune::after_backup(&self.strata, &job, &rec).await;
         }
+        // Storage, cost and compliance changed: refresh them soon.
+        self.recheck.notify_one();
         // Dropping the entry releases the cross-process lock.
         self.running.lock().expect("running").remove(&job);
     }
@@ -1015,6 +1020,7 @@ impl Daemon {
                     tokio::select! {
                         () = stopping.cancelled() => return,
                         () = tokio::time::sleep(every) => {}
+                        () = me.recheck.notified() => {}
                     }
                 }
             });
