@@ -184,3 +184,23 @@ fn a_failing_trim_leaves_the_development_database_as_it_was() {
         crate::helpers::files(&setup.backups())
     );
 }
+
+#[test]
+fn read_back_always_checks_every_copy_right_after_the_upload() {
+    let setup = Setup::new();
+    let db = TestDb::create();
+    db.exec("CREATE TABLE t AS SELECT g FROM generate_series(1, 50) g");
+    setup.write_config(
+        "",
+        &crate::helpers::job("app", &db.url(), "local", ", verify: { read_back: always }"),
+    );
+    let out = strata(&setup, &["backup", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = strata(&setup, &["list", "app", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks = listed[0]["manifest"]["verifications"].as_array().unwrap();
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    assert_eq!(checks[0]["kind"], "read_back");
+    assert_eq!(checks[0]["target"], "local");
+    assert_eq!(checks[0]["ok"], true);
+}
