@@ -474,6 +474,21 @@ impl Daemon {
         let started = std::time::Instant::now();
         let result = crate::runner::run_job(&self.strata, &job, run.started_at, &cancel).await;
         let duration = started.elapsed().as_secs_f64();
+        if let Some(r) = self
+            .strata
+            .config()
+            .job(&job)
+            .and_then(|j| j.refresh.as_ref())
+        {
+            let error = match &result {
+                Err(crate::runner::RunError::Refresh(e)) => Some(e.clone()),
+                _ => None,
+            };
+            let detail =
+                serde_json::json!({ "from": r.from, "ok": error.is_none(), "error": error });
+            self.audit(&actor, "refresh", Some(&job), Some(&run.id), detail)
+                .await;
+        }
         run.finish(&result, self.clock.now());
         let m = &self.metrics;
         m.last_duration.with_label_values(&[&job]).set(duration);

@@ -75,10 +75,14 @@ pub async fn backup_stream(
     let (tee_tx, tee_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let tee = tokio::spawn(tee(tee_rx, uploads, cancel.clone()));
     let (seal_tx, seal_rx) = mpsc::channel::<Option<Bytes>>(CHANNEL_DEPTH);
-    let sealer = tokio::task::spawn_blocking(move || seal(seal_rx, encryptor, &tee_tx));
+    let sealer = tokio::task::spawn_blocking(move || {
+        background_priority();
+        seal(seal_rx, encryptor, &tee_tx)
+    });
     let (count_tx, counter) = if count_rows {
         let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH * 2);
         let handle = tokio::task::spawn_blocking(move || {
+            background_priority();
             let mut counter = RowCounter::default();
             while let Some(block) = rx.blocking_recv() {
                 counter.feed(&block);
@@ -137,6 +141,30 @@ enum Downstream {
     Failed(PipelineError),
 }
 
+/// Puts the calling thread (once) in the background: SCHED_BATCH at the lowest
+/// nice value, so compression, sealing and row counting take whatever CPU is
+/// left while `/health`, the async workers and PostgreSQL answer first on a
+/// saturated machine. Lowering one's own priority needs no privilege; a failure
+/// only costs responsiveness, so it is logged once and ignored.
+fn background_priority() {
+    use std::cell::Cell;
+    use thread_priority::unix::{
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+        thread_native_id,
+    };
+    thread_local!(static DONE: Cell<bool> = const { Cell::new(false) });
+    if DONE.with(|d| d.replace(true)) {
+        return;
+    }
+    if let Err(e) = set_thread_priority_and_policy(
+        thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch),
+    ) {
+        tracing::debug!(error = ?e, "could not lower the priority of a pipeline thread");
+    }
+}
+
 /// Reads pg_dump, feeds the row counter, compresses blocks in parallel and sends
 /// them on in order. Returns the raw byte count.
 async fn read_and_compress(
@@ -187,6 +215,7 @@ async fn read_and_compress(
             forward(&mut queue, out).await?;
         }
         queue.push_back(tokio::task::spawn_blocking(move || {
+            background_priority();
             let mut packed = Vec::with_capacity(block.len() / 2);
             compression
                 .compress_block(&block, &mut packed)

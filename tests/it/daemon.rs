@@ -973,6 +973,7 @@ async fn failures_and_size_anomalies_reach_email_and_webhook_and_recovery_is_ann
         .await;
 
     // The database disappears: the next backup fails, both channels hear it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     psql(
         "postgres",
         &format!("DROP DATABASE {} WITH (FORCE)", app.source.name),
