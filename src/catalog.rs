@@ -56,6 +56,31 @@ pub async fn list(
     Ok(out)
 }
 
+/// The newest backup of `job` on any of its targets (targets that cannot be
+/// listed are logged and skipped).
+pub async fn newest(strata: &crate::app::Strata, job: &str) -> Option<Entry> {
+    let cfg = strata.config().job(job)?;
+    let mut newest: Option<Entry> = None;
+    for t in &cfg.targets {
+        match list(strata.target(t).as_ref(), strata.prefix(t), job).await {
+            Ok(entries) => {
+                if let Some(e) = entries.into_iter().last() {
+                    if newest
+                        .as_ref()
+                        .is_none_or(|n| e.started_at() > n.started_at())
+                    {
+                        newest = Some(e);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(job, target_name = %t, error = %e, "cannot list backups");
+            }
+        }
+    }
+    newest
+}
+
 /// Picks `latest` or a backup id.
 pub fn select<'a>(entries: &'a [Entry], which: &str) -> Option<&'a Entry> {
     if which == "latest" {

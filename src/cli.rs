@@ -566,7 +566,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                     serde_json::json!({ "backup": backup, "into": into.to_string(), "ok": false, "error": e.to_string() })
                 }
             };
-            audit_cli(strata.config(), "restore", &job, detail).await;
+            audit_cli(strata.config(), "restore", Some(&job), detail).await;
             let report = result.map_err(not_yet)?;
             if json {
                 print_json(&report);
@@ -608,7 +608,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                     serde_json::json!({ "backup": backup, "ok": false, "error": e.to_string() })
                 }
             };
-            audit_cli(strata.config(), "verify", &job, detail).await;
+            audit_cli(strata.config(), "verify", Some(&job), detail).await;
             let report = result?;
             if json {
                 print_json(&report);
@@ -788,7 +788,7 @@ async fn lifecycle(
         }
     }
     if matches!(action, LifecycleAction::Apply) {
-        audit_cli_global(config, "lifecycle.apply", serde_json::json!({ "targets": statuses.iter().map(|s| &s.target).collect::<Vec<_>>(), "errors": errors })).await;
+        audit_cli(config, "lifecycle.apply", None, serde_json::json!({ "targets": statuses.iter().map(|s| &s.target).collect::<Vec<_>>(), "errors": errors })).await;
     }
     if json {
         print_json(&statuses);
@@ -847,7 +847,7 @@ fn not_yet(e: crate::restore::RestoreError) -> Failure {
 
 /// Records a CLI operation in the state database's audit log, when one is
 /// configured (a failure to record is logged, never fatal).
-async fn audit_cli(config: &Config, action: &str, job: &str, detail: serde_json::Value) {
+async fn audit_cli(config: &Config, action: &str, job: Option<&str>, detail: serde_json::Value) {
     let Some(url) = &config.state_url else { return };
     let state = crate::state::StateDb::open(url.clone()).await;
     state
@@ -855,23 +855,7 @@ async fn audit_cli(config: &Config, action: &str, job: &str, detail: serde_json:
             at: Utc::now(),
             actor: cli_actor(),
             action: action.into(),
-            job: Some(job.to_owned()),
-            run_id: None,
-            detail,
-        })
-        .await;
-}
-
-/// Like [`audit_cli`] for operations that are not about one job.
-async fn audit_cli_global(config: &Config, action: &str, detail: serde_json::Value) {
-    let Some(url) = &config.state_url else { return };
-    let state = crate::state::StateDb::open(url.clone()).await;
-    state
-        .audit(crate::state::AuditEntry {
-            at: Utc::now(),
-            actor: cli_actor(),
-            action: action.into(),
-            job: None,
+            job: job.map(str::to_owned),
             run_id: None,
             detail,
         })

@@ -782,27 +782,8 @@ impl Daemon {
     /// catch-up decisions).
     async fn load_history(&self) {
         let config = self.strata.config();
-        for (name, job) in &config.jobs {
-            let mut newest: Option<catalog::Entry> = None;
-            for t in &job.targets {
-                match catalog::list(self.strata.target(t).as_ref(), self.strata.prefix(t), name)
-                    .await
-                {
-                    Ok(entries) => {
-                        if let Some(e) = entries.into_iter().last() {
-                            if newest
-                                .as_ref()
-                                .is_none_or(|n| e.started_at() > n.started_at())
-                            {
-                                newest = Some(e);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(job = %name, target_name = %t, error = %e, "cannot list backups")
-                    }
-                }
-            }
+        for name in config.jobs.keys() {
+            let newest = catalog::newest(&self.strata, name).await;
             if let Some(state) = &self.state {
                 if let Ok(Some((at, seconds))) = state.last_restore_test_success(name).await {
                     self.metrics

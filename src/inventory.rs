@@ -20,20 +20,15 @@ pub struct Inventory {
     pub errors: BTreeMap<String, String>,
 }
 
-fn scan_prefix(prefix: &str) -> String {
-    if prefix.is_empty() {
-        String::new()
-    } else {
-        format!("{prefix}/")
-    }
-}
-
 /// Lists every target under its prefix.
 pub async fn take(strata: &Strata) -> Inventory {
     let mut inv = Inventory::default();
     for (name, cfg) in &strata.config().targets {
         let target = strata.target(name);
-        match target.list(&scan_prefix(&cfg.prefix)).await {
+        match target
+            .list(&crate::manifest::target_prefix(&cfg.prefix))
+            .await
+        {
             Ok(objects) => {
                 let local = target.medium() == Medium::Local;
                 inv.objects.insert(
@@ -62,23 +57,8 @@ pub async fn take(strata: &Strata) -> Inventory {
 /// Stored size of each job's newest backup (from its manifests).
 pub async fn newest_sizes(strata: &Strata) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
-    for (job, cfg) in &strata.config().jobs {
-        let mut newest: Option<catalog::Entry> = None;
-        for t in &cfg.targets {
-            if let Ok(entries) =
-                catalog::list(strata.target(t).as_ref(), strata.prefix(t), job).await
-            {
-                if let Some(e) = entries.into_iter().last() {
-                    if newest
-                        .as_ref()
-                        .is_none_or(|n| e.started_at() > n.started_at())
-                    {
-                        newest = Some(e);
-                    }
-                }
-            }
-        }
-        if let Some(e) = newest {
+    for job in strata.config().jobs.keys() {
+        if let Some(e) = catalog::newest(strata, job).await {
             out.insert(job.clone(), e.manifest.stored_bytes);
         }
     }

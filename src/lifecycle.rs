@@ -82,20 +82,12 @@ impl Status {
     }
 }
 
-fn rule_prefix(prefix: &str) -> String {
-    if prefix.is_empty() {
-        String::new()
-    } else {
-        format!("{prefix}/")
-    }
-}
-
 /// The rules the config wants on `target`'s bucket (empty for local targets).
 pub fn wanted(target: &TargetConfig) -> Vec<Rule> {
     let TargetKind::S3 { lifecycle, .. } = &target.kind else {
         return Vec::new();
     };
-    let prefix = rule_prefix(&target.prefix);
+    let prefix = crate::manifest::target_prefix(&target.prefix);
     let id = |what: &str| format!("strata:{}:{what}", target.prefix);
     let mut rules = Vec::new();
     let transitions: Vec<Transition> = lifecycle

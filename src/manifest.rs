@@ -158,13 +158,19 @@ fn beside(key: &str, name: &str) -> String {
     }
 }
 
+/// The key prefix under which all of strata's objects live on a target with
+/// the configured `prefix` (empty: the whole bucket or directory).
+pub fn target_prefix(prefix: &str) -> String {
+    if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    }
+}
+
 /// The prefix under which all of a job's objects live on a target.
 pub fn job_prefix(prefix: &str, job: &str) -> String {
-    if prefix.is_empty() {
-        format!("{job}/")
-    } else {
-        format!("{prefix}/{job}/")
-    }
+    format!("{}{job}/", target_prefix(prefix))
 }
 
 #[cfg(test)]

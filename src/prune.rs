@@ -41,7 +41,7 @@ pub enum PruneError {
 
 /// One copy of a backup on one target.
 #[derive(Debug, Clone)]
-pub struct Copy {
+pub struct StoredCopy {
     pub target: String,
     pub manifest_key: String,
     pub object_key: String,
@@ -52,7 +52,7 @@ pub struct Copy {
 #[derive(Debug, Clone)]
 pub struct Backup {
     pub manifest: Manifest,
-    pub copies: Vec<Copy>,
+    pub copies: Vec<StoredCopy>,
 }
 
 /// A line of a plan: the retention decision plus where the backup lives.
@@ -145,7 +145,7 @@ pub async fn gather(strata: &Strata, job: &str) -> Result<BTreeMap<String, Backu
                 .iter()
                 .find(|t| &t.target == name && t.key == object_key)
                 .and_then(|t| t.version_id.clone());
-            let copy = Copy {
+            let copy = StoredCopy {
                 target: name.clone(),
                 manifest_key: entry.manifest_key,
                 object_key,
@@ -301,7 +301,12 @@ pub async fn execute(
     out
 }
 
-fn json_detail(id: &str, copy: &Copy, result: &str, error: Option<&str>) -> serde_json::Value {
+fn json_detail(
+    id: &str,
+    copy: &StoredCopy,
+    result: &str,
+    error: Option<&str>,
+) -> serde_json::Value {
     serde_json::json!({
         "backup_id": id,
         "target": copy.target,
@@ -329,7 +334,7 @@ async fn record(rec: &Recorder<'_>, job: &str, action: &str, detail: serde_json:
 /// Deletes one copy; `Ok(Some(until))` when Object Lock protects it.
 async fn delete_copy(
     target: &dyn crate::storage::Target,
-    copy: &Copy,
+    copy: &StoredCopy,
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, StorageError> {
     if target.as_s3().is_some() {
