@@ -111,6 +111,15 @@ start_password_postgres() {
   export STRATA_TEST_PG_PASSWORD_URL="postgres://strata_pw:right-password@127.0.0.1:$port/postgres"
 }
 
+# promtool (Debian's prometheus package) checks and unit-tests deploy/prometheus.
+ensure_promtool() {
+  command -v promtool >/dev/null && return 0
+  log "installing promtool (Debian package prometheus)"
+  local sudo=(); [ "$(id -u)" = 0 ] || sudo=(sudo)
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends prometheus >/dev/null \
+    || { "${sudo[@]}" apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
+}
+
 stop_test_services() {
   if [ -n "${PG_PASSWORD_STOP+x}" ]; then "${PG_PASSWORD_STOP[@]}" >/dev/null 2>&1 || true; fi
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done

@@ -172,12 +172,14 @@ impl Daemon {
             .map(|j| (j.clone(), JobHealth::default()))
             .collect();
         let alerter = Alerter::from_config(&config.alerts)?;
+        let metrics = Metrics::new();
+        metrics.init(&config);
         Ok(Arc::new(Self {
             alerter,
             restore_tests: Mutex::default(),
             strata: Arc::new(Strata::build(config).await),
             state,
-            metrics: Metrics::new(),
+            metrics,
             clock,
             host,
             api_token,

@@ -150,6 +150,32 @@ impl Metrics {
         }
     }
 
+    /// Creates the counters of every configured job, target and channel at 0, so
+    /// they are exported before anything happens and `increase()` sees the first
+    /// failure.
+    pub fn init(&self, config: &crate::config::Config) {
+        for (job, cfg) in &config.jobs {
+            for result in ["success", "degraded", "failed", "aborted"] {
+                self.runs.with_label_values(&[job.as_str(), result]);
+            }
+            self.running.with_label_values(&[job.as_str()]).set(0);
+            for target in &cfg.targets {
+                self.retention_deleted
+                    .with_label_values(&[job.as_str(), target.as_str()]);
+            }
+        }
+        for target in config.targets.keys() {
+            self.upload_failures.with_label_values(&[target.as_str()]);
+        }
+        let channels = [
+            ("email", config.alerts.email.is_some()),
+            ("webhook", config.alerts.webhook_url.is_some()),
+        ];
+        for (channel, _) in channels.iter().filter(|(_, on)| *on) {
+            self.alert_failures.with_label_values(&[*channel]);
+        }
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

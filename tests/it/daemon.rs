@@ -358,7 +358,9 @@ async fn health_is_503_past_rpo_and_200_after_a_backup_and_metrics_move() {
         .text()
         .await
         .unwrap();
-    assert!(!metrics.contains("strata_backup_runs_total{job=\"app\",result=\"success\"}"));
+    // Counters exist at 0 from the start, so `increase()` sees the first change.
+    assert!(metrics.contains("strata_backup_runs_total{job=\"app\",result=\"success\"} 0"));
+    assert!(metrics.contains("strata_target_upload_failures_total{target=\"local\"} 0"));
 
     let r = app.post("/backups/app").send().await.unwrap();
     let run_id = run_id_of(r).await;
@@ -1102,5 +1104,67 @@ async fn restore_tests_measure_the_rto_and_catch_a_tampered_backup() {
         state.exec("SELECT string_agg(ok::text, ',' ORDER BY id) FROM restore_tests"),
         "true,false"
     );
+    app.shutdown().await;
+}
+
+/// `strata_…` metric names an expression uses.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("strata_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        out.push(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_grafana_dashboard_uses_only_metrics_the_daemon_exports() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/grafana/strata-dashboard.json"),
+    )
+    .unwrap();
+    let dashboard: Value = serde_json::from_str(&text).expect("valid JSON");
+    let mut used: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().clone())
+        .flat_map(|t| metric_names(t["expr"].as_str().unwrap()))
+        .collect();
+    used.sort();
+    used.dedup();
+    assert!(used.len() >= 12, "{used:?}");
+
+    // A daemon that has backed up, measured storage, run a restore test and
+    // sent an alert (the failing 3-2-1 check of a single local target).
+    let hook = crate::helpers::WebhookReceiver::start().await;
+    let alerts = format!("alerts:\n  webhook: {{ url: \"{}\" }}\n", hook.url);
+    let verify = format!(
+        ", verify: {{ restore_test: \"0 5 1 * *\", restore_into: \"{}/postgres\" }}",
+        crate::helpers::PG
+    );
+    let app = App::spawn_with(&alerts, &verify, None, true).await;
+    // Two backups: the size change ratio needs a previous one.
+    app.backup_now().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    app.backup_now().await;
+    app.daemon.refresh_checks().await;
+    assert!(app.daemon.run_restore_test("app").await.unwrap().ok);
+    hook.wait_for("compliance_violation", 1).await;
+    let exported = app.metrics().await;
+    for name in &used {
+        assert!(
+            exported.lines().any(|l| l
+                .strip_prefix(name.as_str())
+                .is_some_and(|r| r.starts_with(['{', ' ']))),
+            "the dashboard uses {name}, which the daemon does not export:\n{exported}"
+        );
+    }
     app.shutdown().await;
 }
