@@ -1044,7 +1044,25 @@ impl Daemon {
             stopping.cancel();
         });
         tracing::info!(host = %self.host, "strata daemon started");
+        // systemd (Type=notify): ready once serving; the watchdog is fed from the
+        // runtime itself, so a wedged runtime stops feeding it. No-ops elsewhere.
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            tracing::warn!(error = %e, "could not notify systemd");
+        }
+        if let Some(timeout) = sd_notify::watchdog_enabled() {
+            let stopping = self.stopping.clone();
+            self.tasks.spawn(async move {
+                loop {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                    tokio::select! {
+                        () = stopping.cancelled() => return,
+                        () = tokio::time::sleep(timeout / 3) => {}
+                    }
+                }
+            });
+        }
         let served = server.await.map_err(DaemonError::Listen);
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         self.stopping.cancel();
         self.tasks.close();
         let grace = env_duration("STRATA_SHUTDOWN_GRACE", Duration::from_secs(300));

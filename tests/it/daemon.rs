@@ -1168,3 +1168,54 @@ async fn the_grafana_dashboard_uses_only_metrics_the_daemon_exports() {
     }
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn systemd_hears_ready_then_the_watchdog_then_stopping() {
+    let setup = Setup::new();
+    let source = TestDb::create();
+    let socket_path = setup.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut daemon = Proc::spawn(
+        &setup,
+        "notify",
+        "",
+        "",
+        &job("app", &source.url(), "local", ", rpo: 1h"),
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "600000"),
+        ],
+    );
+    let receive = move |n: usize| {
+        let socket = socket.try_clone().unwrap();
+        tokio::task::spawn_blocking(move || {
+            let mut buf = [0u8; 512];
+            (0..n)
+                .map(|_| {
+                    let len = socket.recv(&mut buf).expect("a notification in time");
+                    String::from_utf8_lossy(&buf[..len]).into_owned()
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let first = receive(3).await.unwrap();
+    assert_eq!(first[0].trim(), "READY=1", "{first:?}");
+    // 600 ms watchdog: fed every 200 ms.
+    assert!(
+        first[1..].iter().all(|m| m.trim() == "WATCHDOG=1"),
+        "{first:?}"
+    );
+    // Serving by the time it said so.
+    assert!(reqwest::get(format!("{}/health", daemon.url)).await.is_ok());
+    daemon.signal("-TERM");
+    // Watchdog pings may still arrive before it: STOPPING=1 within the next few.
+    let mut rest = Vec::new();
+    while rest.len() < 4 && !rest.iter().any(|m: &String| m.trim() == "STOPPING=1") {
+        rest.extend(receive(1).await.unwrap());
+    }
+    assert!(rest.iter().any(|m| m.trim() == "STOPPING=1"), "{rest:?}");
+    assert!(daemon.wait(Duration::from_secs(30)).await.success());
+}
