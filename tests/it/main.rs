@@ -7,6 +7,7 @@ mod proxy;
 mod cli;
 mod conformance;
 mod daemon;
+mod deploy;
 mod failures;
 mod operations;
 mod retention;

@@ -35,6 +35,7 @@ pub struct FaultProxy {
     pub addr: SocketAddr,
     rules: Arc<Mutex<Vec<Rule>>>,
     hits: Arc<Mutex<usize>>,
+    seen: Arc<Mutex<Vec<String>>>,
 }
 
 impl FaultProxy {
@@ -48,16 +49,22 @@ impl FaultProxy {
         let addr = listener.local_addr().unwrap();
         let rules: Arc<Mutex<Vec<Rule>>> = Arc::default();
         let hits: Arc<Mutex<usize>> = Arc::default();
-        let (r, h) = (rules.clone(), hits.clone());
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (r, h, s) = (rules.clone(), hits.clone(), seen.clone());
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                let (r, h) = (r.clone(), h.clone());
+                let (r, h, s) = (r.clone(), h.clone(), s.clone());
                 tokio::spawn(async move {
-                    let _ = handle(conn, upstream, r, h).await;
+                    let _ = handle(conn, upstream, r, h, s).await;
                 });
             }
         });
-        Self { addr, rules, hits }
+        Self {
+            addr,
+            rules,
+            hits,
+            seen,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -66,6 +73,11 @@ impl FaultProxy {
 
     pub fn add(&self, rule: Rule) {
         self.rules.lock().unwrap().push(rule);
+    }
+
+    /// The head (request line and headers) of every request seen.
+    pub fn requests(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
     }
 
     /// How many requests were faulted.
@@ -126,10 +138,12 @@ async fn handle(
     upstream: SocketAddr,
     rules: Arc<Mutex<Vec<Rule>>>,
     hits: Arc<Mutex<usize>>,
+    seen: Arc<Mutex<Vec<String>>>,
 ) -> std::io::Result<()> {
     let Some((head, raw)) = read_request(&mut conn).await? else {
         return Ok(());
     };
+    seen.lock().unwrap().push(head.clone());
     let request_line = head.lines().next().unwrap_or_default().to_owned();
     let mut parts = request_line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
