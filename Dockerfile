@@ -6,11 +6,14 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src
+# Migrations are embedded into the binary at compile time.
+COPY migrations migrations
 COPY src src
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 # Runtime: PostgreSQL client tools of every supported server version (pg_dump must
-# be at least the server's major version; strata picks the matching one).
+# be at least the server's major version; strata picks the matching one and names
+# both versions when none is new enough).
 FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl postgresql-common \
@@ -18,10 +21,20 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends \
        postgresql-client-14 postgresql-client-15 postgresql-client-16 postgresql-client-17 \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home-dir /var/lib/strata --create-home strata
+    && useradd --system --uid 10001 --home-dir /var/lib/strata --create-home strata \
+    && install -d -o strata -g strata -m 0700 /var/backups/strata
 COPY --from=build /src/target/release/strata /usr/local/bin/strata
+COPY deploy/docker/healthcheck.sh /usr/local/bin/strata-healthcheck
+# Works with a read-only root filesystem: strata writes only to the backup volume
+# (and the local target's staging files there). Config, keys and tokens are
+# mounted read-only as files (e.g. /run/secrets), referenced from the config.
+VOLUME ["/var/backups/strata"]
 USER strata
 WORKDIR /var/lib/strata
-ENV STRATA_CONFIG=/etc/strata/config.yaml
+ENV STRATA_CONFIG=/etc/strata/config.yaml \
+    STRATA_LOG_FORMAT=json
+EXPOSE 9187
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["/usr/local/bin/strata-healthcheck"]
 ENTRYPOINT ["/usr/local/bin/strata"]
 CMD ["run"]

@@ -111,13 +111,13 @@ start_password_postgres() {
   export STRATA_TEST_PG_PASSWORD_URL="postgres://strata_pw:right-password@127.0.0.1:$port/postgres"
 }
 
-# promtool (Debian's prometheus package) checks and unit-tests deploy/prometheus.
-ensure_promtool() {
-  command -v promtool >/dev/null && return 0
-  log "installing promtool (Debian package prometheus)"
+# A Debian package providing a checker (promtool, shellcheck), installed once.
+ensure_deb_tool() { # ensure_deb_tool COMMAND PACKAGE
+  command -v "$1" >/dev/null && return 0
+  log "installing $1 (Debian package $2)"
   local sudo=(); [ "$(id -u)" = 0 ] || sudo=(sudo)
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends prometheus >/dev/null \
-    || { "${sudo[@]}" apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "$2" >/dev/null \
+    || { "${sudo[@]}" apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "$2" >/dev/null; }
 }
 
 stop_test_services() {
