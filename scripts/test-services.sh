@@ -111,6 +111,17 @@ start_password_postgres() {
   export STRATA_TEST_PG_PASSWORD_URL="postgres://strata_pw:right-password@127.0.0.1:$port/postgres"
 }
 
+# ansible-playbook and ansible-lint (PyPI) in a venv of their own, installed once.
+ANSIBLE_CORE_VERSION=2.19.14
+ANSIBLE_LINT_VERSION=26.10.1
+ensure_ansible() {
+  if [ ! -x "$CACHE/ansible/bin/ansible-lint" ]; then
+    log "installing ansible-core and ansible-lint into $CACHE/ansible"
+    python3 -m venv "$CACHE/ansible"
+    "$CACHE/ansible/bin/pip" install -q --disable-pip-version-check "ansible-core==$ANSIBLE_CORE_VERSION" "ansible-lint==$ANSIBLE_LINT_VERSION"
+  fi
+}
+
 # A Debian package providing a checker (promtool, shellcheck), installed once.
 ensure_deb_tool() { # ensure_deb_tool COMMAND PACKAGE
   command -v "$1" >/dev/null && return 0
