@@ -811,6 +811,40 @@ impl Daemon {
         }
     }
 
+    /// At start-up: is there a `pg_dump` at least as new as each job's server? A
+    /// job without one is reported (log, `/health` `last_error`, alert) naming both
+    /// versions, instead of failing at 03:00. Unreachable servers are skipped:
+    /// they may be up by then.
+    async fn check_tools(&self) {
+        let config = self.strata.config();
+        for (name, job) in &config.jobs {
+            let url = &job.database_url;
+            let probe = async {
+                let client = url.connect().await?;
+                let info = crate::source::database_info(url, &client).await?;
+                crate::source::find_tool("pg_dump", &info).await.map(drop)
+            };
+            let result = tokio::time::timeout(Duration::from_secs(15), probe).await;
+            let Ok(Err(e)) = result else { continue };
+            if matches!(
+                e,
+                crate::source::SourceError::ToolTooOld { .. }
+                    | crate::source::SourceError::ToolMissing { .. }
+            ) {
+                tracing::error!(job = %name, error = %e, "backups of this job cannot run");
+                if let Some(h) = self.health.lock().expect("health").get_mut(name) {
+                    h.last_error = Some(e.to_string());
+                }
+                self.alerter
+                    .raise(
+                        Alert::new(Kind::BackupFailed, Some(name), e.to_string(), "install the PostgreSQL client tools of the server's major version (or newer) or point STRATA_PG_BIN_DIR at them, then restart strata"),
+                        Some(&self.metrics),
+                    )
+                    .await;
+            }
+        }
+    }
+
     /// Removes what killed runs left behind: staging files and incomplete uploads
     /// older than `STRATA_STALE_AFTER` (default 6h, longer than any backup).
     async fn cleanup(&self) {
@@ -991,6 +1025,11 @@ impl Daemon {
     ) -> Result<(), DaemonError> {
         self.cleanup().await;
         self.load_history().await;
+        {
+            // In the background: an unreachable server must not delay start-up.
+            let me = self.clone();
+            self.tasks.spawn(async move { me.check_tools().await });
+        }
         self.spawn_schedules();
         self.catch_up().await;
         if let Some(state) = self.state.clone() {

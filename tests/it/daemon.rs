@@ -1219,3 +1219,44 @@ async fn systemd_hears_ready_then_the_watchdog_then_stopping() {
     assert!(rest.iter().any(|m| m.trim() == "STOPPING=1"), "{rest:?}");
     assert!(daemon.wait(Duration::from_secs(30)).await.success());
 }
+
+#[tokio::test]
+async fn at_start_up_a_pg_dump_older_than_the_server_is_named_with_both_versions() {
+    let setup = Setup::new();
+    let source = TestDb::create();
+    let tools = setup.path().join("old-tools");
+    std::fs::create_dir(&tools).unwrap();
+    let fake = tools.join("pg_dump");
+    std::fs::write(&fake, "#!/bin/sh\necho 'pg_dump (PostgreSQL) 9.6.24'\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut daemon = Proc::spawn(
+        &setup,
+        "old",
+        "",
+        "",
+        &job("app", &source.url(), "local", ", rpo: 1h"),
+        &[("STRATA_PG_BIN_DIR", tools.to_str().unwrap())],
+    );
+    daemon.ready().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let health: Value = reqwest::get(format!("{}/health", daemon.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let error = health["jobs"]["app"]["last_error"]
+            .as_str()
+            .unwrap_or_default();
+        if error.contains("pg_dump 9.6.24 is older than the server") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{health}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(log.contains("backups of this job cannot run"), "{log}");
+    daemon.signal("-TERM");
+    assert!(daemon.wait(Duration::from_secs(30)).await.success());
+}

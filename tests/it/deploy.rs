@@ -195,3 +195,43 @@ async fn iam_policies_allow_exactly_what_strata_calls_and_the_writer_never_delet
         "false"
     );
 }
+
+#[test]
+fn the_shipped_lifecycle_json_is_what_strata_puts_on_the_production_buckets() {
+    let setup = Setup::new();
+    for token in ["api-token", "admin-token"] {
+        std::fs::write(setup.path().join(token), "t").unwrap();
+    }
+    let keys = setup.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    std::fs::copy(setup.path().join("k1.key"), keys.join("k1.key")).unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join("deploy/config.production.yaml");
+    let (secrets, key_dir) = (
+        setup.path().display().to_string(),
+        keys.display().to_string(),
+    );
+    let env = move |name: &str| match name {
+        "STRATA_SECRETS_DIR" => Some(secrets.clone()),
+        "STRATA_KEY_DIR" => Some(key_dir.clone()),
+        n if n.ends_with("DATABASE_URL") => {
+            Some(format!("postgres://strata@db.example/{}", n.to_lowercase()))
+        }
+        _ => None,
+    };
+    let config =
+        strata::config::Config::parse(&std::fs::read_to_string(&path).unwrap(), &path, &env)
+            .unwrap_or_else(|e| panic!("{e}"));
+    let primary = strata::lifecycle::wanted(&config.targets["primary"]);
+    assert_eq!(
+        primary,
+        strata::lifecycle::wanted(&config.targets["offsite"])
+    );
+    let expected = serde_json::to_string_pretty(&primary).unwrap();
+    let shipped = std::fs::read_to_string(root.join("deploy/aws/lifecycle.json")).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&shipped).unwrap(),
+        serde_json::from_str::<Value>(&expected).unwrap(),
+        "deploy/aws/lifecycle.json should be:\n{expected}"
+    );
+}
