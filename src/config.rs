@@ -1109,6 +1109,85 @@ fn validate_job(
 
 #[cfg(test)]
 mod tests {
+    /// The field names a struct's `Deserialize` accepts, read from serde itself.
+    fn fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+        struct Capture(&'static [&'static str]);
+        #[derive(Debug)]
+        struct Stop;
+        impl std::fmt::Display for Stop {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("captured")
+            }
+        }
+        impl std::error::Error for Stop {}
+        impl serde::de::Error for Stop {
+            fn custom<M: std::fmt::Display>(_: M) -> Self {
+                Stop
+            }
+        }
+        impl<'de> serde::Deserializer<'de> for &mut Capture {
+            type Error = Stop;
+            fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+                Err(Stop)
+            }
+            fn deserialize_struct<V: serde::de::Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Stop> {
+                self.0 = fields;
+                Err(Stop)
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+                byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+                enum identifier ignored_any
+            }
+        }
+        let mut c = Capture(&[]);
+        let _ = T::deserialize(&mut c);
+        c.0
+    }
+
+    #[test]
+    fn the_reference_documents_every_key_the_config_accepts() {
+        let reference = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/config-reference.yaml"),
+        )
+        .unwrap();
+        let all = [
+            ("", fields::<RawConfig>()),
+            ("http", fields::<RawHttp>()),
+            ("state", fields::<RawState>()),
+            ("encryption", fields::<RawEncryption>()),
+            ("alerts", fields::<RawAlerts>()),
+            ("alerts.email", fields::<RawEmail>()),
+            ("alerts.webhook", fields::<RawWebhook>()),
+            ("targets.*", fields::<RawTarget>()),
+            ("targets.*.lifecycle[]", fields::<RawLifecycleRule>()),
+            ("targets.*.object_lock", fields::<RawObjectLock>()),
+            ("jobs.*", fields::<RawJob>()),
+            ("jobs.*.retention", fields::<RawRetention>()),
+            ("jobs.*.verify", fields::<RawVerify>()),
+            ("jobs.*.refresh", fields::<RawRefresh>()),
+        ];
+        let mut missing = Vec::new();
+        for (at, names) in all {
+            assert!(!names.is_empty(), "no fields read for {at}");
+            for name in names {
+                let documented = reference.contains(&format!("{name}:"));
+                if !documented {
+                    missing.push(format!("{at}.{name}"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "docs/config-reference.yaml lacks {missing:?}"
+        );
+    }
+
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {

@@ -376,3 +376,22 @@ async fn s3_credentials_come_from_the_standard_aws_chain() {
     assert!(text.contains("target(s) s3 failed"), "{text}");
     assert!(!text.contains("CANARY"), "{text}");
 }
+
+#[test]
+fn the_configuration_reference_is_a_valid_configuration() {
+    let setup = Setup::new();
+    for token in ["api-token", "admin-token"] {
+        std::fs::write(setup.path().join(token), "t").unwrap();
+    }
+    let out = Command::new(bin())
+        .args([
+            "-c",
+            &format!("{}/docs/config-reference.yaml", env!("CARGO_MANIFEST_DIR")),
+            "check",
+        ])
+        .env("STRATA_SECRETS_DIR", setup.path())
+        .env("STRATA_KEY_DIR", setup.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
