@@ -100,6 +100,9 @@ pub struct Daemon {
     recent: Mutex<(Vec<String>, HashMap<String, RunRecord>)>,
     running: Mutex<HashMap<String, Running>>,
     tasks: TaskTracker,
+    /// The main runtime: backups run here even when the API (on its own thread)
+    /// starts them.
+    runtime: tokio::runtime::Handle,
     stopping: CancellationToken,
 }
 
@@ -190,6 +193,7 @@ impl Daemon {
             recent: Mutex::default(),
             running: Mutex::default(),
             tasks: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
             stopping: CancellationToken::new(),
         }))
     }
@@ -439,8 +443,10 @@ impl Daemon {
         self.metrics.running.with_label_values(&[job]).set(1);
         let me = self.clone();
         let actor = actor.to_owned();
-        self.tasks
-            .spawn(async move { me.execute(run, cancel, actor).await });
+        self.tasks.spawn_on(
+            async move { me.execute(run, cancel, actor).await },
+            &self.runtime,
+        );
         Ok(id)
     }
 
@@ -1076,12 +1082,37 @@ impl Daemon {
             });
         }
         self.spawn_restore_tests();
+        // The API runs on a thread and runtime of its own, so `/health` never
+        // waits behind the pipeline's tasks on the main runtime's workers.
         let app = crate::api::router(self.clone());
         let stopping = self.stopping.clone();
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            stop.await;
-            stopping.cancel();
-        });
+        let listener = listener.into_std().map_err(DaemonError::Listen)?;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("strata-api".into())
+            .spawn(move || {
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| {
+                        rt.block_on(async move {
+                            let listener = TcpListener::from_std(listener)?;
+                            axum::serve(listener, app)
+                                .with_graceful_shutdown(async move {
+                                    stop.await;
+                                    stopping.cancel();
+                                })
+                                .await
+                        })
+                    });
+                let _ = done_tx.send(served);
+            })
+            .map_err(DaemonError::Listen)?;
+        let server = async move {
+            done_rx
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("the API thread ended")))
+        };
         tracing::info!(host = %self.host, "strata daemon started");
         // systemd (Type=notify): ready once serving; the watchdog is fed from the
         // runtime itself, so a wedged runtime stops feeding it. No-ops elsewhere.
