@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio::sync::Mutex;
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use crate::runner::{BackupReport, RunError};
 use crate::source::{DbUrl, pg_message};
@@ -273,6 +273,13 @@ impl StateDb {
         Ok(client)
     }
 
+    /// The connection, after [`ensure`](Self::ensure), held until the guard drops.
+    async fn connected(&self) -> Result<MappedMutexGuard<'_, tokio_postgres::Client>, StateError> {
+        self.ensure().await?;
+        MutexGuard::try_map(self.client.lock().await, Option::as_mut)
+            .map_err(|_| self.err("not connected"))
+    }
+
     /// Checks the connection now (for `/health`).
     pub async fn ping(&self) -> bool {
         if self.ensure().await.is_err() {
@@ -320,9 +327,7 @@ impl StateDb {
         run_id: &str,
         host: &str,
     ) -> Result<bool, StateError> {
-        self.ensure().await?;
-        let guard = self.client.lock().await;
-        let client = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
+        let client = self.connected().await?;
         let n = client
             .execute(
                 "INSERT INTO schedule_claims (job, slot, run_id, claimed_by) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
@@ -362,9 +367,7 @@ impl StateDb {
         &self,
         job: &str,
     ) -> Result<Option<(String, RunStatus)>, StateError> {
-        self.ensure().await?;
-        let guard = self.client.lock().await;
-        let client = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
+        let client = self.connected().await?;
         let row = client
             .query_opt(
                 "SELECT id, status FROM runs WHERE job = $1 AND status <> 'running' ORDER BY started_at DESC LIMIT 1",
@@ -386,9 +389,7 @@ impl StateDb {
         by: &str,
         plan: &serde_json::Value,
     ) -> Result<i64, StateError> {
-        self.ensure().await?;
-        let mut guard = self.client.lock().await;
-        let client = guard.as_mut().ok_or_else(|| self.err("not connected"))?;
+        let mut client = self.connected().await?;
         let tx = client.transaction().await.map_err(|e| self.pg(&e))?;
         tx.execute(
             "UPDATE prune_plans SET status = 'superseded', decided_at = now() WHERE job = $1 AND status = 'pending'",
@@ -416,9 +417,7 @@ impl StateDb {
         &self,
         job: &str,
     ) -> Result<Option<(i64, serde_json::Value)>, StateError> {
-        self.ensure().await?;
-        let guard = self.client.lock().await;
-        let client = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
+        let client = self.connected().await?;
         let row = client
             .query_opt(
                 "SELECT id, plan FROM prune_plans WHERE job = $1 AND status = 'pending' ORDER BY id DESC LIMIT 1",
@@ -435,9 +434,7 @@ impl StateDb {
     /// # Errors
     /// The database is unreachable.
     pub async fn approve_prune_plan(&self, id: i64, by: &str) -> Result<bool, StateError> {
-        self.ensure().await?;
-        let guard = self.client.lock().await;
-        let client = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
+        let client = self.connected().await?;
         let n = client
             .execute(
                 "UPDATE prune_plans SET status = 'approved', decided_at = now(), decided_by = $2 WHERE id = $1 AND status = 'pending'",
@@ -457,9 +454,7 @@ impl StateDb {
         t: &crate::restore::RestoreTest,
         host: &str,
     ) -> Result<(), StateError> {
-        self.ensure().await?;
-        let guard = self.client.lock().await;
-        let client = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
+        let client = self.connected().await?;
         let tables = i32::try_from(t.tables).unwrap_or(i32::MAX);
         let rows = i64::try_from(t.rows).unwrap_or(i64::MAX);
         client
@@ -481,9 +476,7 @@ impl StateDb {
         &self,
         job: &str,
     ) -> Result<Option<(DateTime<Utc>, f64)>, StateError> {
-        self.ensure().await?;
-        let guard = self.client.lock().await;
-        let client = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
+        let client = self.connected().await?;
         let row = client
             .query_opt(
                 "SELECT started_at, seconds FROM restore_tests WHERE job = $1 AND ok ORDER BY started_at DESC LIMIT 1",
@@ -499,9 +492,7 @@ impl StateDb {
     /// # Errors
     /// The database is unreachable.
     pub async fn run(&self, id: &str) -> Result<Option<RunRecord>, StateError> {
-        self.ensure().await?;
-        let guard = self.client.lock().await;
-        let client = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
+        let client = self.connected().await?;
         let row = client
             .query_opt(
                 "SELECT id, job, trigger, scheduled_for, started_at, finished_at, status, backup_id, raw_bytes, stored_bytes, error, targets, host FROM runs WHERE id = $1",
