@@ -848,7 +848,9 @@ fn validate_target(name: &str, t: RawTarget, p: &mut Problems) -> Option<TargetC
                     p.add(at("endpoint"), format!("'{e}' is not an http(s) URL"));
                 }
             }
-            settings.path_style = t.path_style.unwrap_or(false);
+            // S3-compatible stores (moto, MinIO, Garage) are reached by address,
+            // where virtual-hosted names would not resolve.
+            settings.path_style = t.path_style.unwrap_or(settings.endpoint.is_some());
             settings.server_side_encryption = match t.server_side_encryption.as_deref() {
                 None | Some("AES256") => Some("AES256".into()),
                 Some("aws:kms") => Some("aws:kms".into()),
@@ -1294,6 +1296,25 @@ jobs:\n  app:\n    database_url: postgres://localhost/app\n    schedule: \"61 3 
             joined.contains("targets.odd.kind: unknown kind 'ftp'"),
             "{joined}"
         );
+    }
+
+    #[test]
+    fn path_style_defaults_to_true_only_with_an_endpoint() {
+        let c = parse(
+            "targets:\n  aws: { kind: s3, bucket: bkt-1 }\n  blank: { kind: s3, bucket: bkt-2, endpoint: \"\" }\n  \
+local: { kind: s3, bucket: bkt-3, endpoint: \"http://127.0.0.1:5000\" }\n  \
+vhost: { kind: s3, bucket: bkt-4, endpoint: \"https://s3.example.com\", path_style: false }\n\
+jobs:\n  app: { database_url: postgres://x/y, targets: [aws] }\n",
+        )
+        .unwrap();
+        let path_style = |name: &str| match &c.targets[name].kind {
+            TargetKind::S3 { settings, .. } => settings.path_style,
+            _ => panic!("{name} is not s3"),
+        };
+        assert!(!path_style("aws"));
+        assert!(!path_style("blank"));
+        assert!(path_style("local"));
+        assert!(!path_style("vhost"));
     }
 
     #[test]
