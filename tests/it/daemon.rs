@@ -14,7 +14,7 @@ use strata::daemon::Daemon;
 use strata::schedule::SystemClock;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Bucket, S3Kind, Setup, TestDb, bin, files, job, psql};
+use crate::helpers::{Bucket, S3Kind, Setup, TestDb, bin, files, free_port, job, psql};
 use crate::proxy::{Fault, FaultProxy, Rule};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
@@ -29,14 +29,6 @@ fn write_secret(dir: &Path, name: &str, value: &str) -> std::path::PathBuf {
     std::fs::write(&path, value).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// An in-process daemon on a free port with a fresh state database.

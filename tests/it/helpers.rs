@@ -349,6 +349,15 @@ pub fn files(dir: &Path) -> Vec<String> {
     out
 }
 
+/// A loopback port nobody listens on at the moment.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Path of the built strata binary.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_strata")
@@ -426,11 +435,7 @@ impl SmtpServer {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("mail.log");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let python = std::env::var("STRATA_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
         let child = Command::new(python)
             .args([

@@ -12,3 +12,4 @@ mod failures;
 mod operations;
 mod retention;
 mod roundtrip;
+mod walkthrough;
