@@ -229,7 +229,11 @@ impl StateDb {
         if guard.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
             *guard = None;
             let connected = self.connect_and_migrate().await;
-            self.reachable.store(connected.is_ok(), Ordering::Relaxed);
+            if connected.is_err() {
+                self.reachable.store(false, Ordering::Relaxed);
+            }
+            // Reachable again only once the outbox below is written, so `/health`
+            // never says "ok" while runs kept in memory are still missing.
             *guard = Some(connected?);
         }
         let client = guard.as_ref().expect("connected");
