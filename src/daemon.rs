@@ -680,7 +680,7 @@ impl Daemon {
     }
 
     /// Alerts for jobs whose newest good backup is older than their RPO.
-    async fn check_rpo(&self) {
+    pub async fn check_rpo(&self) {
         let now = self.clock.now();
         let config = self.strata.config();
         for (name, h) in self.health() {
@@ -694,7 +694,10 @@ impl Daemon {
                     Some(t) => format!(
                         "the newest good backup started {} ({} ago), RPO {}",
                         t.to_rfc3339(),
-                        humantime::format_duration((now - t).to_std().unwrap_or_default()),
+                        // Whole seconds: "2h 5m ago", not nanoseconds.
+                        humantime::format_duration(std::time::Duration::from_secs(
+                            u64::try_from((now - t).num_seconds()).unwrap_or_default()
+                        )),
                         humantime::format_duration(job.rpo)
                     ),
                     None => "no good backup of this job exists".into(),

@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use strata::config::Config;
 use strata::daemon::Daemon;
-use strata::schedule::SystemClock;
+use strata::schedule::{Clock, SystemClock};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{Bucket, S3Kind, Setup, TestDb, bin, files, free_port, job, psql};
@@ -29,6 +29,52 @@ fn write_secret(dir: &Path, name: &str, value: &str) -> std::path::PathBuf {
     std::fs::write(&path, value).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
+}
+
+/// How to build an [`App`]; the defaults give one job `app` on the local target,
+/// a fresh state database, API tokens and the system clock.
+#[derive(Default)]
+struct Opts<'a> {
+    /// Extra top-level YAML (alerts, …).
+    top: &'a str,
+    /// Extra lines under `targets:`.
+    targets: &'a str,
+    /// The job's targets (default `local`).
+    job_targets: Option<&'a str>,
+    /// Extra keys of the job, starting with ", ".
+    job_extra: &'a str,
+    /// Buckets whose credentials the S3 targets use.
+    buckets: &'a [&'a Bucket],
+    /// Another state database URL instead of a fresh one.
+    state: Option<String>,
+    no_token: bool,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+/// A clock the test can move ahead of the system's.
+#[derive(Default)]
+struct AheadClock {
+    seconds: std::sync::atomic::AtomicI64,
+}
+
+impl AheadClock {
+    fn advance(&self, d: Duration) {
+        self.seconds.fetch_add(
+            i64::try_from(d.as_secs()).unwrap(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+}
+
+impl Clock for AheadClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+            + chrono::Duration::seconds(self.seconds.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    fn nap(&self, d: Duration) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(tokio::time::sleep(d))
+    }
 }
 
 /// An in-process daemon on a free port with a fresh state database.
@@ -55,31 +101,59 @@ impl App {
         state: Option<String>,
         token: bool,
     ) -> Self {
+        Self::spawn_opts(Opts {
+            top: top_extra,
+            job_extra,
+            state,
+            no_token: !token,
+            ..Opts::default()
+        })
+        .await
+    }
+
+    async fn spawn_opts(o: Opts<'_>) -> Self {
         let setup = Setup::new();
         let source = TestDb::create();
         source.exec("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
-        let state_db = if state.is_none() {
+        let state_db = if o.state.is_none() {
             Some(TestDb::create())
         } else {
             None
         };
-        let state_url = state.unwrap_or_else(|| state_db.as_ref().unwrap().url());
-        let token_line = if token {
+        let state_url = o.state.unwrap_or_else(|| state_db.as_ref().unwrap().url());
+        let token_line = if o.no_token {
+            String::new()
+        } else {
             format!(
                 ", token_file: {}, admin_token_file: {}",
                 write_token(setup.path()).display(),
                 write_secret(setup.path(), "admin-token", ADMIN_TOKEN).display()
             )
-        } else {
-            String::new()
         };
         let top = format!(
-            "http: {{ listen: \"127.0.0.1:0\"{token_line} }}\nstate: {{ database_url: \"{state_url}\" }}\n{top_extra}"
+            "http: {{ listen: \"127.0.0.1:0\"{token_line} }}\nstate: {{ database_url: \"{state_url}\" }}\n{}",
+            o.top
         );
-        let path =
-            setup.write_config_with(&top, "", &job("app", &source.url(), "local", job_extra));
-        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        let daemon = Daemon::build(config, Arc::new(SystemClock)).await.unwrap();
+        let job_targets = o.job_targets.unwrap_or("local");
+        let path = setup.write_config_with(
+            &top,
+            o.targets,
+            &job("app", &source.url(), job_targets, o.job_extra),
+        );
+        let mut config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        // Buckets' credentials given directly instead of the AWS chain.
+        for t in config.targets.values_mut() {
+            if let strata::config::TargetKind::S3 { settings, .. } = &mut t.kind
+                && let Some(b) = o
+                    .buckets
+                    .iter()
+                    .find(|b| b.settings.bucket == settings.bucket)
+            {
+                settings.credentials = b.settings.credentials.clone();
+            }
+        }
+        let clock = o.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let daemon = Daemon::build(config, clock).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
@@ -1266,4 +1340,99 @@ async fn at_start_up_a_pg_dump_older_than_the_server_is_named_with_both_versions
     assert!(log.contains("backups of this job cannot run"), "{log}");
     daemon.signal("-TERM");
     assert!(daemon.wait(Duration::from_secs(30)).await.success());
+}
+
+#[tokio::test]
+async fn the_daemon_fixes_lifecycle_drift_and_alerts_on_cost_and_a_missed_rpo() {
+    let hook = crate::helpers::WebhookReceiver::start().await;
+    let bucket = Bucket::create(S3Kind::Moto).await;
+    let clock = Arc::new(AheadClock::default());
+    let targets = format!(
+        "  s3: {{ kind: s3, bucket: {}, endpoint: \"{}\", prefix: database-backups, manage_lifecycle: true, \
+         lifecycle: [{{ after_days: 30, storage_class: STANDARD_IA }}, {{ after_days: 2555, expire: true }}] }}\n",
+        bucket.settings.bucket,
+        bucket.settings.endpoint.as_deref().unwrap()
+    );
+    let alerts = format!(
+        "alerts:\n  webhook: {{ url: \"{}\" }}\n  monthly_cost_usd: 0\n",
+        hook.url
+    );
+    let app = App::spawn_opts(Opts {
+        top: &alerts,
+        targets: &targets,
+        job_targets: Some("local, s3"),
+        job_extra: ", rpo: 1h",
+        buckets: &[&bucket],
+        clock: Some(clock.clone()),
+        ..Opts::default()
+    })
+    .await;
+
+    // The start-up checks find the bucket without rules and put the configured
+    // ones on it (manage_lifecycle), audited.
+    let client = bucket.client().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rules = loop {
+        if let Ok(out) = client
+            .get_bucket_lifecycle_configuration()
+            .bucket(&bucket.settings.bucket)
+            .send()
+            .await
+        {
+            break out.rules().to_vec();
+        }
+        assert!(Instant::now() < deadline, "no lifecycle rules were applied");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let transition = rules
+        .iter()
+        .flat_map(|r| r.transitions())
+        .find(|t| t.days() == Some(30))
+        .unwrap_or_else(|| panic!("no 30-day transition in {rules:?}"));
+    assert_eq!(
+        transition.storage_class().map(|c| c.as_str()),
+        Some("STANDARD_IA")
+    );
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.expiration().and_then(|e| e.days()) == Some(2555)),
+        "{rules:?}"
+    );
+    let state = app.state.as_ref().unwrap();
+    assert_eq!(
+        state.exec("SELECT count(*) > 0 FROM audit_log WHERE action = 'lifecycle.apply'"),
+        "t"
+    );
+
+    // No good backup yet: past the RPO.
+    app.daemon.check_rpo().await;
+    let rpo = hook.wait_for("rpo_exceeded", 1).await;
+    assert_eq!(rpo[0]["job"], "app");
+    let cause = rpo[0]["cause"].as_str().unwrap();
+    assert!(cause.contains("no good backup"), "{cause}");
+
+    // A backup clears it with one resolved message.
+    assert_eq!(app.backup_now().await["status"], "success");
+    let rpo = hook.wait_for("rpo_exceeded", 2).await;
+    assert_eq!(rpo[1]["resolved"], true, "{rpo:?}");
+
+    // Whatever the bucket now holds costs more than a threshold of $0.
+    app.daemon.refresh_checks().await;
+    let cost = hook.wait_for("cost_threshold", 1).await;
+    let cause = cost[0]["cause"].as_str().unwrap();
+    assert!(
+        cause.contains("/month, above the $0.00 threshold"),
+        "{cause}"
+    );
+    assert_eq!(cost[0]["resolved"], false);
+
+    // Two hours on, nothing newer: the 1 h RPO is missed again.
+    clock.advance(Duration::from_secs(2 * 3600));
+    app.daemon.check_rpo().await;
+    let rpo = hook.wait_for("rpo_exceeded", 3).await;
+    let cause = rpo[2]["cause"].as_str().unwrap();
+    assert!(cause.contains("(2h ago), RPO 1h"), "{cause}");
+    assert_eq!(rpo[2]["resolved"], false);
+    app.shutdown().await;
 }
