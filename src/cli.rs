@@ -410,7 +410,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Cost { json } => {
             let strata = Strata::build(load(&cli.config)?).await;
             let inventory = crate::inventory::take(&strata).await;
-            let sizes = crate::inventory::newest_sizes(&strata).await;
+            let sizes = crate::inventory::newest_sizes(&crate::prune::gather_jobs(&strata).await);
             let report = crate::inventory::cost_report(&strata, &inventory, &sizes);
             if json {
                 print_json(&report);
@@ -467,7 +467,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Compliance { json } => {
             let strata = Strata::build(load(&cli.config)?).await;
-            let report = crate::compliance::report(&strata, Utc::now()).await;
+            let jobs = crate::prune::gather_jobs(&strata).await;
+            let report =
+                crate::compliance::report(&strata, Utc::now(), &jobs, &Default::default()).await;
             if json {
                 print_json(&report);
             } else {

@@ -1,13 +1,17 @@
 //! The compliance report: each control of the backup strategy checked against
 //! the config and the real buckets and backups, PASS or FAIL with the evidence.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use crate::app::Strata;
 use crate::config::{Config, TargetKind};
+use crate::lifecycle::Status as LifecycleStatus;
 use crate::prune;
 use crate::retention::{self, Candidate};
+use crate::storage::StorageError;
 
 /// Restore tests older than this fail the report.
 pub const RESTORE_TEST_MAX_AGE_DAYS: i64 = 31;
@@ -102,8 +106,15 @@ pub fn server_side_encryption(config: &Config) -> Check {
     check("server_side_encryption", results)
 }
 
-/// The compliance report at `now`.
-pub async fn report(strata: &Strata, now: DateTime<Utc>) -> Report {
+/// The compliance report at `now`, from every job's backups (`jobs`) and, where
+/// the caller has just read them, the targets' lifecycle states (`lifecycle`, by
+/// target; any target missing there is read here).
+pub async fn report(
+    strata: &Strata,
+    now: DateTime<Utc>,
+    jobs: &prune::Jobs,
+    lifecycle: &BTreeMap<String, Result<LifecycleStatus, StorageError>>,
+) -> Report {
     let config = strata.config();
     let mut checks = vec![three_two_one(config)];
 
@@ -113,9 +124,10 @@ pub async fn report(strata: &Strata, now: DateTime<Utc>) -> Report {
     let mut restore_tests = Vec::new();
     let mut slots = Vec::new();
     for (name, job) in &config.jobs {
-        let backups = match prune::gather(strata, name).await {
-            Ok(b) => b,
-            Err(e) => {
+        let backups = match jobs.get(name) {
+            Some(Ok(b)) => b,
+            None => continue,
+            Some(Err(e)) => {
                 let why = format!("job {name}: cannot list backups: {e}");
                 client_side.push((false, why.clone()));
                 rpo.push((false, why.clone()));
@@ -209,7 +221,7 @@ pub async fn report(strata: &Strata, now: DateTime<Utc>) -> Report {
 
     // Bucket-level controls.
     let mut versioning = Vec::new();
-    let mut lifecycle = Vec::new();
+    let mut lifecycles = Vec::new();
     let mut locks = Vec::new();
     for (name, t) in &config.targets {
         let target = strata.target(name);
@@ -244,9 +256,13 @@ pub async fn report(strata: &Strata, now: DateTime<Utc>) -> Report {
                 ),
             },
         );
-        lifecycle.push(match crate::lifecycle::status(t, s3).await {
+        let evidence = |status: &Result<LifecycleStatus, StorageError>| match status {
             Ok(s) => (s.in_sync, format!("{name} ({bucket}): {}", s.summary())),
             Err(e) => (false, format!("{name} ({bucket}): {e}")),
+        };
+        lifecycles.push(match lifecycle.get(name) {
+            Some(known) => evidence(known),
+            None => evidence(&crate::lifecycle::status(t, s3).await),
         });
         if let Some(lock) = object_lock {
             locks.push(
@@ -277,10 +293,10 @@ pub async fn report(strata: &Strata, now: DateTime<Utc>) -> Report {
         }
     };
     no_s3(&mut versioning, "no S3 target");
-    no_s3(&mut lifecycle, "no S3 target");
+    no_s3(&mut lifecycles, "no S3 target");
     no_s3(&mut locks, "no target asks for Object Lock");
     checks.push(check("versioning", versioning));
-    checks.push(check("lifecycle", lifecycle));
+    checks.push(check("lifecycle", lifecycles));
     checks.push(check("object_lock", locks));
     checks.push(check("rpo", rpo));
     checks.push(check("restore_test", restore_tests));

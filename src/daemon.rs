@@ -236,14 +236,12 @@ impl Daemon {
                 )
                 .await;
             }
-            let summary = match status {
-                Ok(s) => s.summary(),
-                Err(e) => format!("cannot read the lifecycle: {e}"),
-            };
-            lifecycle.insert(name.clone(), summary);
+            lifecycle.insert(name.clone(), status);
         }
+        // Every manifest and each bucket's lifecycle are read once per refresh.
+        let jobs = crate::prune::gather_jobs(&self.strata).await;
         let inventory = crate::inventory::take(&self.strata).await;
-        let sizes = crate::inventory::newest_sizes(&self.strata).await;
+        let sizes = crate::inventory::newest_sizes(&jobs);
         let cost = crate::inventory::cost_report(&self.strata, &inventory, &sizes);
         self.metrics.storage_bytes.reset();
         for t in &cost.targets {
@@ -258,7 +256,18 @@ impl Daemon {
                 .with_label_values(&[&t.target])
                 .set(t.usd_monthly);
         }
-        let compliance = crate::compliance::report(&self.strata, self.clock.now()).await;
+        let compliance =
+            crate::compliance::report(&self.strata, self.clock.now(), &jobs, &lifecycle).await;
+        let lifecycle = lifecycle
+            .into_iter()
+            .map(|(name, status)| {
+                let summary = match status {
+                    Ok(s) => s.summary(),
+                    Err(e) => format!("cannot read the lifecycle: {e}"),
+                };
+                (name, summary)
+            })
+            .collect();
         for c in &compliance.checks {
             self.metrics
                 .compliance_check

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use crate::app::Strata;
-use crate::catalog;
 use crate::config::TargetKind;
 use crate::cost::{self, CostReport, JobProjection, Projection};
 use crate::storage::Medium;
@@ -55,14 +54,17 @@ pub async fn take(strata: &Strata) -> Inventory {
 }
 
 /// Stored size of each job's newest backup (from its manifests).
-pub async fn newest_sizes(strata: &Strata) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for job in strata.config().jobs.keys() {
-        if let Some(e) = catalog::newest(strata, job).await {
-            out.insert(job.clone(), e.manifest.stored_bytes);
-        }
-    }
-    out
+pub fn newest_sizes(jobs: &crate::prune::Jobs) -> BTreeMap<String, u64> {
+    jobs.iter()
+        .filter_map(|(job, backups)| {
+            let newest = backups
+                .as_ref()
+                .ok()?
+                .values()
+                .max_by_key(|b| b.manifest.started_at)?;
+            Some((job.clone(), newest.manifest.stored_bytes))
+        })
+        .collect()
 }
 
 /// The cost report: stored bytes priced per target and class, plus the

@@ -169,6 +169,19 @@ pub async fn gather(strata: &Strata, job: &str) -> Result<BTreeMap<String, Backu
     Ok(backups)
 }
 
+/// Every job's backups (see [`gather`]), by job: one read of every manifest for
+/// the daemon's periodic checks, the compliance report and the cost figures.
+pub type Jobs = BTreeMap<String, Result<BTreeMap<String, Backup>, PruneError>>;
+
+/// [`gather`] for every configured job.
+pub async fn gather_jobs(strata: &Strata) -> Jobs {
+    let mut out = BTreeMap::new();
+    for job in strata.config().jobs.keys() {
+        out.insert(job.clone(), gather(strata, job).await);
+    }
+    out
+}
+
 /// The retention plan of `job` at `now`.
 ///
 /// # Errors
