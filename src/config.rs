@@ -105,6 +105,7 @@ struct RawEmail {
     from: String,
     to: Vec<String>,
     password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -254,6 +255,8 @@ pub struct EmailConfig {
     pub from: String,
     pub to: Vec<String>,
     pub password_file: Option<PathBuf>,
+    /// PEM certificate(s) trusted besides the public roots (a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for AlertsConfig {
@@ -744,11 +747,24 @@ fn validate_alerts(a: RawAlerts, p: &mut Problems) -> AlertsConfig {
         if let Some(f) = &email.password_file {
             existing_file(f, "alerts.email.password_file", p);
         }
+        if let Some(f) = &email.ca_file {
+            existing_file(f, "alerts.email.ca_file", p);
+            let tls = email.smtp_url.starts_with("smtps://")
+                || email.smtp_url.contains("tls=required")
+                || email.smtp_url.contains("tls=opportunistic");
+            if !tls {
+                p.add(
+                    "alerts.email.ca_file",
+                    "only used with TLS: smtps://, or smtp:// with ?tls=required",
+                );
+            }
+        }
         out.email = Some(EmailConfig {
             smtp_url: email.smtp_url,
             from: email.from,
             to: email.to,
             password_file: email.password_file,
+            ca_file: email.ca_file,
         });
     }
     if let Some(w) = a.webhook {

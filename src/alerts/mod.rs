@@ -17,6 +17,11 @@ use serde::Serialize;
 use crate::config::AlertsConfig;
 use crate::metrics::Metrics;
 
+/// How long one channel may take to deliver one alert. lettre's own 15 s
+/// timeout does not cover every stall (seen: a server silent after AUTH over
+/// TLS held a send for its 5-minute idle timeout).
+pub const SEND_DEADLINE: Duration = Duration::from_secs(30);
+
 pub mod email;
 pub mod webhook;
 
@@ -234,15 +239,30 @@ impl Alerter {
         self.send_all(&alert, metrics).await;
     }
 
-    /// Delivers to every channel; returns each channel's outcome.
+    /// Delivers to every channel at once, each within [`SEND_DEADLINE`] (a
+    /// server that stops answering mid-session must not hold up the others, nor
+    /// the run that raised the alert); returns each channel's outcome.
     pub async fn send_all(
         &self,
         alert: &Alert,
         metrics: Option<&Metrics>,
     ) -> Vec<(&'static str, Result<(), AlertError>)> {
+        let sends = self.channels.iter().map(|c| async move {
+            let result = tokio::time::timeout(SEND_DEADLINE, c.send(alert))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(AlertError {
+                        channel: c.name().into(),
+                        message: format!(
+                            "no answer within {}",
+                            humantime::format_duration(SEND_DEADLINE)
+                        ),
+                    })
+                });
+            (c, result)
+        });
         let mut out = Vec::new();
-        for c in &self.channels {
-            let result = c.send(alert).await;
+        for (c, result) in futures::future::join_all(sends).await {
             match &result {
                 Ok(()) => {
                     if let Some(m) = metrics {

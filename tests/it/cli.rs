@@ -380,7 +380,7 @@ async fn s3_credentials_come_from_the_standard_aws_chain() {
 #[test]
 fn the_configuration_reference_is_a_valid_configuration() {
     let setup = Setup::new();
-    for token in ["api-token", "admin-token"] {
+    for token in ["api-token", "admin-token", "smtp-password", "mail-ca.pem"] {
         std::fs::write(setup.path().join(token), "t").unwrap();
     }
     let out = Command::new(bin())

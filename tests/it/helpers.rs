@@ -425,6 +425,8 @@ impl WebhookReceiver {
 /// A real SMTP server on loopback (aiosmtpd from the test venv) whose received
 /// messages are written to a file.
 pub struct SmtpServer {
+    /// `smtp://host:port` of a plain server; `host:port` of a TLS one (the
+    /// test adds the scheme and the user).
     pub url: String,
     child: std::process::Child,
     log: PathBuf,
@@ -486,6 +488,50 @@ impl SmtpServer {
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+}
+
+impl SmtpServer {
+    /// An SMTP server that demands TLS (`starttls`: STARTTLS required; `smtps`:
+    /// TLS from the start) with a certificate from a throwaway CA (written to
+    /// [`SmtpServer::ca_file`]), and AUTH with `user`/`password`.
+    /// With `stall`, a failed AUTH is never answered.
+    pub fn start_tls(mode: &str, user: &str, password: &str, stall: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let python = std::env::var("STRATA_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let child = Command::new(python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/smtp_tls_server.py"
+            ))
+            .arg(dir.path())
+            .arg(port.to_string())
+            .args([mode, user, password])
+            .args(stall.then_some("stall"))
+            .stderr(std::fs::File::create(dir.path().join("server.err")).unwrap())
+            .spawn()
+            .expect("python with aiosmtpd runs (scripts/test installs it)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !dir.path().join("ready").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the TLS SMTP server did not start: {}",
+                std::fs::read_to_string(dir.path().join("server.err")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self {
+            url: format!("127.0.0.1:{port}"),
+            child,
+            log: dir.path().join("mail.log"),
+            _dir: dir,
+        }
+    }
+
+    /// The CA that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self._dir.path().join("ca.pem")
     }
 }
 

@@ -204,3 +204,116 @@ fn read_back_always_checks_every_copy_right_after_the_upload() {
     assert_eq!(checks[0]["target"], "local");
     assert_eq!(checks[0]["ok"], true);
 }
+
+#[tokio::test]
+async fn email_goes_over_starttls_or_smtps_with_auth_verified_against_the_configured_ca() {
+    for mode in ["starttls", "smtps"] {
+        let smtp = SmtpServer::start_tls(mode, "alerts@example.com", "CANARY-smtp-secret", false);
+        let setup = Setup::new();
+        let db = TestDb::create();
+        let password = setup.path().join("smtp-password");
+        std::fs::write(&password, "CANARY-smtp-secret\n").unwrap();
+        // The user in the URL is percent-encoded; strata decodes it.
+        let url = match mode {
+            "starttls" => format!("smtp://alerts%40example.com@{}?tls=required", smtp.url),
+            _ => format!("smtps://alerts%40example.com@{}", smtp.url),
+        };
+        let write = |ca: Option<&std::path::Path>, password: &std::path::Path| {
+            let ca_line = ca.map_or_else(String::new, |p| format!("ca_file: {}, ", p.display()));
+            setup.write_config_with(
+                &format!(
+                    "alerts:\n  email: {{ smtp_url: \"{url}\", password_file: {}, {ca_line}from: backups@example.com, to: [ops@example.com] }}\n",
+                    password.display()
+                ),
+                "",
+                &crate::helpers::job("app", &db.url(), "local", ""),
+            );
+        };
+
+        // Trusting the server's CA: delivered, authenticated as the URL's user.
+        write(Some(&smtp.ca_file()), &password);
+        let out = strata(&setup, &["alert", "test"]);
+        assert!(out.status.success(), "{mode}: {}", text(&out));
+        assert!(text(&out).contains("email: sent"), "{mode}: {}", text(&out));
+        let mail = smtp.wait_for("[strata ALERT] test alert").await;
+        assert!(mail.contains("AUTH alerts@example.com"), "{mode}: {mail}");
+
+        // Without the CA the certificate is not trusted: nothing is sent.
+        write(None, &password);
+        let out = strata(&setup, &["alert", "test"]);
+        assert_eq!(out.status.code(), Some(1), "{mode}: {}", text(&out));
+        assert!(
+            text(&out).contains("email: FAILED"),
+            "{mode}: {}",
+            text(&out)
+        );
+        assert!(
+            text(&out).to_lowercase().contains("certificate")
+                || text(&out).contains("UnknownIssuer"),
+            "{mode}: {}",
+            text(&out)
+        );
+
+        // A wrong password is refused, and never printed.
+        let wrong = setup.path().join("wrong-password");
+        std::fs::write(&wrong, "CANARY-wrong").unwrap();
+        write(Some(&smtp.ca_file()), &wrong);
+        let out = strata(&setup, &["alert", "test"]);
+        assert_eq!(out.status.code(), Some(1), "{mode}: {}", text(&out));
+        assert!(
+            text(&out).contains("email: FAILED"),
+            "{mode}: {}",
+            text(&out)
+        );
+        assert!(!text(&out).contains("CANARY"), "{mode}: {}", text(&out));
+        assert_eq!(smtp.received().matches("AUTH ").count(), 1, "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn a_mail_server_that_stops_answering_cannot_hold_up_the_other_channels() {
+    let smtp = SmtpServer::start_tls("starttls", "alerts", "right", true);
+    let hook = WebhookReceiver::start().await;
+    let setup = Setup::new();
+    let db = TestDb::create();
+    let password = setup.path().join("smtp-password");
+    std::fs::write(&password, "wrong").unwrap();
+    setup.write_config_with(
+        &format!(
+            "alerts:\n  email: {{ smtp_url: \"smtp://alerts@{}?tls=required\", password_file: {}, ca_file: {}, from: backups@example.com, to: [ops@example.com] }}\n  webhook: {{ url: \"{}\" }}\n",
+            smtp.url,
+            password.display(),
+            smtp.ca_file().display(),
+            hook.url
+        ),
+        "",
+        &crate::helpers::job("app", &db.url(), "local", ""),
+    );
+    let path = setup.path().join("config.yaml");
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin())
+            .arg("-c")
+            .arg(path)
+            .args(["alert", "test"])
+            .output()
+            .unwrap()
+    });
+    // The webhook does not wait for the stalled mail server.
+    let got = hook.wait_for("test", 1).await;
+    assert_eq!(got[0]["resolved"], false);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "the webhook waited for email"
+    );
+    let out = out.await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("email: FAILED") && text(&out).contains("no answer within 30s"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("webhook: sent"), "{}", text(&out));
+    // Cut off by strata's deadline, not by the server's 5-minute idle timeout.
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
