@@ -163,7 +163,7 @@ pub async fn report(
                     format!(
                         "job {name}: newest good backup {} is {} old (RPO {})",
                         b.manifest.backup_id,
-                        humantime::format_duration(age.to_std().unwrap_or_default()),
+                        crate::schedule::format_age(age),
                         humantime::format_duration(job.rpo)
                     ),
                 ));

@@ -703,10 +703,7 @@ impl Daemon {
                     Some(t) => format!(
                         "the newest good backup started {} ({} ago), RPO {}",
                         t.to_rfc3339(),
-                        // Whole seconds: "2h 5m ago", not nanoseconds.
-                        humantime::format_duration(std::time::Duration::from_secs(
-                            u64::try_from((now - t).num_seconds()).unwrap_or_default()
-                        )),
+                        crate::schedule::format_age(now - t),
                         humantime::format_duration(job.rpo)
                     ),
                     None => "no good backup of this job exists".into(),

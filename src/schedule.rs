@@ -51,6 +51,13 @@ pub trait Clock: Send + Sync {
     fn nap(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
+/// An age for people: whole seconds ("2h 5m 3s", not nanoseconds), never negative.
+pub fn format_age(age: chrono::Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_secs(
+        u64::try_from(age.num_seconds()).unwrap_or_default(),
+    ))
+}
+
 /// The system clock.
 pub struct SystemClock;
 
@@ -268,6 +275,14 @@ mod tests {
             assert!(pair[1].1 - pair[1].0 < chrono::Duration::seconds(31));
         }
         assert!(fired.len() >= 6 && fired.len() <= 7, "{}", fired.len());
+    }
+
+    #[test]
+    fn ages_read_in_whole_seconds_and_never_negative() {
+        let age = |ms| format_age(chrono::Duration::milliseconds(ms)).to_string();
+        assert_eq!(age(7_200_258), "2h");
+        assert_eq!(age(3_723_900), "1h 2m 3s");
+        assert_eq!(age(-5_000), "0s");
     }
 
     #[test]
