@@ -238,34 +238,32 @@ async fn email_goes_over_starttls_or_smtps_with_auth_verified_against_the_config
         let mail = smtp.wait_for("[strata ALERT] test alert").await;
         assert!(mail.contains("AUTH alerts@example.com"), "{mode}: {mail}");
 
+        // `alert test` when the email cannot go: exit 1, the channel named.
+        let refused = || {
+            let out = strata(&setup, &["alert", "test"]);
+            assert_eq!(out.status.code(), Some(1), "{mode}: {}", text(&out));
+            assert!(
+                text(&out).contains("email: FAILED"),
+                "{mode}: {}",
+                text(&out)
+            );
+            text(&out)
+        };
+
         // Without the CA the certificate is not trusted: nothing is sent.
         write(None, &password);
-        let out = strata(&setup, &["alert", "test"]);
-        assert_eq!(out.status.code(), Some(1), "{mode}: {}", text(&out));
+        let out = refused();
         assert!(
-            text(&out).contains("email: FAILED"),
-            "{mode}: {}",
-            text(&out)
-        );
-        assert!(
-            text(&out).to_lowercase().contains("certificate")
-                || text(&out).contains("UnknownIssuer"),
-            "{mode}: {}",
-            text(&out)
+            out.to_lowercase().contains("certificate") || out.contains("UnknownIssuer"),
+            "{mode}: {out}"
         );
 
         // A wrong password is refused, and never printed.
         let wrong = setup.path().join("wrong-password");
         std::fs::write(&wrong, "CANARY-wrong").unwrap();
         write(Some(&smtp.ca_file()), &wrong);
-        let out = strata(&setup, &["alert", "test"]);
-        assert_eq!(out.status.code(), Some(1), "{mode}: {}", text(&out));
-        assert!(
-            text(&out).contains("email: FAILED"),
-            "{mode}: {}",
-            text(&out)
-        );
-        assert!(!text(&out).contains("CANARY"), "{mode}: {}", text(&out));
+        let out = refused();
+        assert!(!out.contains("CANARY"), "{mode}: {out}");
         assert_eq!(smtp.received().matches("AUTH ").count(), 1, "{mode}");
     }
 }
