@@ -99,6 +99,7 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
     let mut healthy = true;
     let mut jobs = serde_json::Map::new();
     let restore_tests = d.restore_tests();
+    let progress = d.progress();
     for (name, h) in d.health() {
         let restore_test = restore_tests.get(&name).map(|t| {
             json!({ "at": t.started_at, "ok": t.ok, "seconds": t.seconds, "backup_id": t.backup_id, "error": t.error })
@@ -107,6 +108,7 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
         let age = h.last_success.map(|t| (now - t).num_seconds().max(0));
         let within = age.is_some_and(|a| a as u64 <= rpo);
         healthy &= within;
+        let job_progress = progress.get(&name).cloned();
         jobs.insert(
             name,
             json!({
@@ -119,6 +121,7 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
                 "last_error": h.last_error,
                 "next_run": h.next_run,
                 "running": h.running,
+                "progress": job_progress,
                 "restore_test": restore_test,
             }),
         );
@@ -174,6 +177,7 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
 }
 
 async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
+    d.update_progress_metrics();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         d.metrics.render(),

@@ -67,8 +67,14 @@ pub enum Command {
         /// Replace a non-empty database (restored beside it, then swapped in).
         #[arg(long)]
         replace: bool,
+        /// Connections to load with (default: restore.jobs, or the cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        #[command(flatten)]
+        roles: RoleArgs,
         #[command(flatten)]
         thaw: ThawArgs,
+        /// The result as JSON on stdout, progress as JSON lines on stderr.
         #[arg(long)]
         json: bool,
     },
@@ -102,6 +108,12 @@ pub enum Command {
     /// 3-2-1, encryption, versioning, lifecycle, locks, RPO, restore tests and
     /// retention: PASS/FAIL with evidence; exit 1 on any FAIL.
     Compliance {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every job at a glance: last good backup against the RPO, size trend,
+    /// next run, last restore test and its RTO, targets, cost.
+    Status {
         #[arg(long)]
         json: bool,
     },
@@ -159,6 +171,49 @@ pub enum AlertAction {
 pub enum LifecycleAction {
     Show,
     Apply,
+}
+
+/// How a restore meets another environment's roles and tablespaces.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RoleArgs {
+    /// Objects are owned by the restoring role (ownership statements dropped).
+    #[arg(long)]
+    no_owner: bool,
+    /// Use role NEW wherever the backup names role OLD (owners, grants,
+    /// policies, default privileges); repeatable.
+    #[arg(long = "role-map", value_name = "OLD=NEW", value_parser = parse_role_map)]
+    role_map: Vec<(String, String)>,
+    /// Everything into the default tablespace.
+    #[arg(long)]
+    no_tablespaces: bool,
+    /// Create no roles or tablespaces from the backup's globals.
+    #[arg(long)]
+    no_globals: bool,
+    /// Also give roles that already exist the backup's attributes, settings
+    /// and memberships (by default they are left alone).
+    #[arg(long)]
+    update_roles: bool,
+}
+
+fn parse_role_map(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((old, new)) if !old.is_empty() && !new.is_empty() => {
+            Ok((old.to_owned(), new.to_owned()))
+        }
+        _ => Err(format!("'{s}' is not OLD=NEW")),
+    }
+}
+
+impl RoleArgs {
+    fn options(&self) -> crate::source::globals::Options {
+        crate::source::globals::Options {
+            role_map: self.role_map.iter().cloned().collect(),
+            no_owner: self.no_owner,
+            no_tablespaces: self.no_tablespaces,
+            no_globals: self.no_globals,
+            update_roles: self.update_roles,
+        }
+    }
 }
 
 /// Archive-tier options of `restore` and `verify`.
@@ -313,7 +368,21 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             if let Some(s) = &state {
                 s.save_run(&run).await;
             }
-            let result = crate::runner::run_job(&strata, &job, run.started_at, &cancel).await;
+            // The previous backup's size is the estimate.
+            let estimate = crate::catalog::newest(&strata, &job)
+                .await
+                .map(|e| e.manifest.raw_bytes);
+            let progress = crate::progress::Progress::new(format!("backup {job}"), estimate);
+            let reporter = crate::progress::Reporter::start(
+                progress.clone(),
+                crate::progress::Display::choose(json),
+            );
+            let ctl = crate::runner::RunControl {
+                cancel,
+                progress: Some(progress),
+            };
+            let result = crate::runner::run_job(&strata, &job, run.started_at, &ctl).await;
+            reporter.finish().await;
             run.finish(&result, Utc::now());
             if let Some(s) = &state {
                 s.save_run(&run).await;
@@ -407,6 +476,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 Err(Failure(1, format!("{failed} alert channel(s) failed")))
             }
         }
+        Command::Status { json } => status(&cli.config, json).await,
         Command::Cost { json } => {
             let strata = Strata::build(load(&cli.config)?).await;
             let inventory = crate::inventory::take(&strata).await;
@@ -545,21 +615,29 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             from,
             into,
             replace,
+            jobs,
+            roles,
             thaw,
             json,
         } => {
             let into: DbUrl = into.parse()?;
             let strata = Strata::build(load(&cli.config)?).await;
-            let result = crate::restore::restore_with(
-                &strata,
-                &job,
-                &backup,
-                from.as_deref(),
-                &into,
+            let progress = crate::progress::Progress::new(format!("restore {job}"), None);
+            let reporter = crate::progress::Reporter::start(
+                progress.clone(),
+                crate::progress::Display::choose(json),
+            );
+            let opts = crate::restore::RestoreOptions {
+                backup: backup.clone(),
+                from,
                 replace,
-                &thaw.options(),
-            )
-            .await;
+                jobs,
+                thaw: thaw.options(),
+                globals: roles.options(),
+                progress: Some(progress),
+            };
+            let result = crate::restore::restore(&strata, &job, &into, &opts).await;
+            reporter.finish().await;
             let detail = match &result {
                 Ok(r) => {
                     serde_json::json!({ "backup_id": r.backup_id, "into": r.database, "ok": true })
@@ -574,14 +652,21 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 print_json(&report);
             } else {
                 println!(
-                    "restored {} from {} into {}: {} tables, {} rows, verified, in {:.1} s",
+                    "restored {} from {} into {}: {} tables, {} rows, verified, in {:.1} s ({} connections)",
                     report.backup_id,
                     report.target,
                     report.database,
                     report.tables,
                     report.rows,
-                    report.seconds
+                    report.seconds,
+                    report.jobs
                 );
+                if !report.roles_created.is_empty() {
+                    println!("  roles created: {}", report.roles_created.join(", "));
+                }
+                for w in &report.warnings {
+                    println!("  note: {w}");
+                }
             }
             Ok(())
         }
@@ -648,6 +733,82 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 Ok(())
             }
         }
+    }
+}
+
+async fn status(config: &std::path::Path, json: bool) -> Result<(), Failure> {
+    use crate::status::{JobFacts, RestoreTestFact, RunFact};
+    let strata = Strata::build(load(config)?).await;
+    let config = strata.config();
+    let mut listings = std::collections::BTreeMap::new();
+    for (name, job) in &config.jobs {
+        let mut per = std::collections::BTreeMap::new();
+        for t in &job.targets {
+            let listed =
+                crate::catalog::list(strata.target(t).as_ref(), strata.prefix(t), name).await;
+            per.insert(t.clone(), listed.map_err(|e| e.to_string()));
+        }
+        listings.insert(name.clone(), per);
+    }
+    let mut facts = std::collections::BTreeMap::new();
+    if let Some(url) = &config.state_url {
+        let state = crate::state::StateDb::open(url.clone()).await;
+        let wait = std::time::Duration::from_secs(5);
+        for name in config.jobs.keys() {
+            let mut f = JobFacts::default();
+            if let Ok(Ok(Some((at, ok, seconds, error)))) =
+                tokio::time::timeout(wait, state.last_restore_test(name)).await
+            {
+                f.restore_test = Some(RestoreTestFact {
+                    at,
+                    ok,
+                    seconds,
+                    error,
+                });
+            }
+            if let Ok(Ok(Some((run_id, status)))) =
+                tokio::time::timeout(wait, state.latest_finished(name)).await
+            {
+                f.last_run = Some(RunFact {
+                    run_id,
+                    status: status.as_str().to_owned(),
+                });
+            }
+            facts.insert(name.clone(), f);
+        }
+    }
+    let inventory = crate::inventory::take(&strata).await;
+    let sizes: std::collections::BTreeMap<String, u64> = listings
+        .iter()
+        .filter_map(|(job, per)| {
+            let newest = per
+                .values()
+                .flatten()
+                .flatten()
+                .max_by_key(|e| e.started_at())?;
+            Some((job.clone(), newest.manifest.stored_bytes))
+        })
+        .collect();
+    let cost = crate::inventory::cost_report(&strata, &inventory, &sizes);
+    let report = crate::status::report(config, Utc::now(), &listings, &facts, &cost);
+    if json {
+        print_json(&report);
+    } else {
+        print!("{}", report.text(config.timezone));
+    }
+    let unhealthy: Vec<&str> = report
+        .jobs
+        .iter()
+        .filter(|j| j.status != "ok")
+        .map(|j| j.job.as_str())
+        .collect();
+    if unhealthy.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure(
+            1,
+            format!("job(s) not ok: {}", unhealthy.join(", ")),
+        ))
     }
 }
 

@@ -65,10 +65,16 @@ struct RawConfig {
     encryption: Option<RawEncryption>,
     pricing: Option<BTreeMap<String, f64>>,
     alerts: Option<RawAlerts>,
+    restore: Option<RawRestore>,
     #[serde(default)]
     targets: BTreeMap<String, RawTarget>,
     #[serde(default)]
     jobs: BTreeMap<String, RawJob>,
+}
+
+#[derive(Deserialize)]
+struct RawRestore {
+    jobs: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -160,6 +166,12 @@ struct RawJob {
     prune: Option<String>,
     verify: Option<RawVerify>,
     refresh: Option<RawRefresh>,
+    globals: Option<RawGlobals>,
+}
+
+#[derive(Deserialize)]
+struct RawGlobals {
+    role_passwords: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -357,6 +369,13 @@ pub struct RefreshConfig {
     pub mask_sql: Vec<String>,
 }
 
+/// What a logical backup keeps of the cluster besides the database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GlobalsConfig {
+    /// Role password hashes too (needs a superuser backup role and encryption).
+    pub role_passwords: bool,
+}
+
 /// A backup job.
 #[derive(Debug, Clone)]
 pub struct JobConfig {
@@ -372,6 +391,7 @@ pub struct JobConfig {
     pub prune: PruneMode,
     pub verify: VerifyConfig,
     pub refresh: Option<RefreshConfig>,
+    pub globals: GlobalsConfig,
 }
 
 /// The whole validated configuration.
@@ -384,8 +404,15 @@ pub struct Config {
     pub encryption: Option<EncryptionConfig>,
     pub pricing: BTreeMap<String, f64>,
     pub alerts: AlertsConfig,
+    /// Connections a restore loads with (`restore.jobs`, default: the cores).
+    pub restore_jobs: usize,
     pub targets: BTreeMap<String, TargetConfig>,
     pub jobs: BTreeMap<String, JobConfig>,
+}
+
+/// The number of cores (at least 1).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 impl Config {
@@ -634,6 +661,14 @@ fn validate(raw: RawConfig, path: &Path, p: &mut Problems) -> Option<Config> {
     let alerts = raw
         .alerts
         .map_or_else(AlertsConfig::default, |a| validate_alerts(a, p));
+    let restore_jobs = match raw.restore.and_then(|r| r.jobs) {
+        None => cores(),
+        Some(n) if (1..=64).contains(&n) => n,
+        Some(_) => {
+            p.add("restore.jobs", "must be between 1 and 64");
+            1
+        }
+    };
     let mut targets = BTreeMap::new();
     for (name, t) in raw.targets {
         if !valid_name(&name) {
@@ -650,6 +685,12 @@ fn validate(raw: RawConfig, path: &Path, p: &mut Problems) -> Option<Config> {
     let mut jobs = BTreeMap::new();
     for (name, j) in raw.jobs {
         if let Some(j) = validate_job(&name, j, &targets, &job_names, p) {
+            if j.globals.role_passwords && encryption.is_none() {
+                p.add(
+                    format!("jobs.{name}.globals.role_passwords"),
+                    "password hashes are only stored encrypted; configure encryption",
+                );
+            }
             jobs.insert(name, j);
         }
     }
@@ -677,6 +718,7 @@ fn validate(raw: RawConfig, path: &Path, p: &mut Problems) -> Option<Config> {
         encryption,
         pricing,
         alerts,
+        restore_jobs,
         targets,
         jobs,
     })
@@ -1122,6 +1164,9 @@ fn validate_job(
         prune: prune?,
         verify: verify?,
         refresh,
+        globals: GlobalsConfig {
+            role_passwords: j.globals.and_then(|g| g.role_passwords).unwrap_or(false),
+        },
     })
 }
 
@@ -1189,6 +1234,8 @@ mod tests {
             ("jobs.*.retention", fields::<RawRetention>()),
             ("jobs.*.verify", fields::<RawVerify>()),
             ("jobs.*.refresh", fields::<RawRefresh>()),
+            ("jobs.*.globals", fields::<RawGlobals>()),
+            ("restore", fields::<RawRestore>()),
         ];
         let mut missing = Vec::new();
         for (at, names) in all {

@@ -59,6 +59,9 @@ pub struct JobHealth {
     pub running: bool,
     #[serde(skip)]
     pub last_stored_bytes: Option<u64>,
+    /// The newest backup's raw size: the estimate for the next one's progress.
+    #[serde(skip)]
+    pub last_raw_bytes: Option<u64>,
 }
 
 /// Results of the periodic checks (lifecycle drift, storage cost, compliance),
@@ -76,6 +79,7 @@ pub struct Checks {
 
 struct Running {
     cancel: CancellationToken,
+    progress: Arc<crate::progress::Progress>,
     _lock: Option<JobLock>,
 }
 
@@ -201,6 +205,29 @@ impl Daemon {
     /// Per-job health, for `/health`.
     pub fn health(&self) -> BTreeMap<String, JobHealth> {
         self.health.lock().expect("health").clone()
+    }
+
+    /// Progress of the backups running now, by job.
+    pub fn progress(&self) -> BTreeMap<String, crate::progress::Snapshot> {
+        self.running
+            .lock()
+            .expect("running")
+            .iter()
+            .map(|(job, r)| (job.clone(), r.progress.snapshot()))
+            .collect()
+    }
+
+    /// Sets `strata_backup_progress_bytes` from the running backups (0 for the
+    /// others); called before each scrape.
+    pub fn update_progress_metrics(&self) {
+        let running = self.progress();
+        for job in self.strata.config().jobs.keys() {
+            let bytes = running.get(job).map_or(0, |s| s.bytes);
+            self.metrics
+                .progress_bytes
+                .with_label_values(&[job])
+                .set(bytes as f64);
+        }
     }
 
     /// The latest periodic checks, for `/health`.
@@ -411,6 +438,13 @@ impl Daemon {
         if self.stopping.is_cancelled() {
             return Err(TriggerError::Stopping);
         }
+        let estimate = self
+            .health
+            .lock()
+            .expect("health")
+            .get(job)
+            .and_then(|h| h.last_raw_bytes);
+        let progress = crate::progress::Progress::new(format!("backup {job}"), estimate);
         let cancel = {
             let mut running = self.running.lock().expect("running");
             if running.contains_key(job) {
@@ -421,6 +455,7 @@ impl Daemon {
                 job.to_owned(),
                 Running {
                     cancel: cancel.clone(),
+                    progress: progress.clone(),
                     _lock: None,
                 },
             );
@@ -453,7 +488,7 @@ impl Daemon {
         let me = self.clone();
         let actor = actor.to_owned();
         self.tasks.spawn_on(
-            async move { me.execute(run, cancel, actor).await },
+            async move { me.execute(run, cancel, progress, actor).await },
             &self.runtime,
         );
         Ok(id)
@@ -463,6 +498,7 @@ impl Daemon {
         self: Arc<Self>,
         mut run: RunRecord,
         cancel: CancellationToken,
+        progress: Arc<crate::progress::Progress>,
         actor: String,
     ) {
         let job = run.job.clone();
@@ -489,7 +525,11 @@ impl Daemon {
             }
         }
         let started = std::time::Instant::now();
-        let result = crate::runner::run_job(&self.strata, &job, run.started_at, &cancel).await;
+        let ctl = crate::runner::RunControl {
+            cancel: cancel.clone(),
+            progress: Some(progress),
+        };
+        let result = crate::runner::run_job(&self.strata, &job, run.started_at, &ctl).await;
         let duration = started.elapsed().as_secs_f64();
         if let Some(r) = self
             .strata
@@ -538,6 +578,7 @@ impl Daemon {
                         .set(report.manifest.stored_bytes as f64 / prev as f64 - 1.0);
                 }
                 h.last_stored_bytes = Some(report.manifest.stored_bytes);
+                h.last_raw_bytes = Some(report.manifest.raw_bytes);
                 if report.is_complete() {
                     h.last_success = Some(report.manifest.started_at);
                     m.last_success
@@ -818,6 +859,7 @@ impl Daemon {
                 let h = health.entry(name.clone()).or_default();
                 h.last_success = Some(e.started_at());
                 h.last_stored_bytes = Some(e.manifest.stored_bytes);
+                h.last_raw_bytes = Some(e.manifest.raw_bytes);
                 self.metrics
                     .last_success
                     .with_label_values(&[name])

@@ -13,6 +13,15 @@ use crate::source::{DatabaseInfo, DumpFormat};
 pub const FORMAT_VERSION: u32 = 1;
 /// Suffix of manifest object keys.
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+/// Marks the cluster globals beside a dump (`….globals.sql[.gz][.enc]`).
+pub const GLOBALS_MARK: &str = ".globals.sql";
+
+/// Whether a key holds backup data that may move to archive storage classes;
+/// manifests and globals stay readable in STANDARD (small, and read first).
+pub fn is_archivable(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    !name.ends_with(MANIFEST_SUFFIX) && !name.contains(GLOBALS_MARK)
+}
 
 /// Encryption parameters of a backup.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -42,6 +51,20 @@ pub struct Verification {
     pub detail: String,
 }
 
+/// The cluster globals stored beside a logical backup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GlobalsRecord {
+    /// Object file name (same directory as the manifest).
+    pub object: String,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub sha256: String,
+    pub roles: usize,
+    pub tablespaces: usize,
+    /// Whether role password hashes are included.
+    pub passwords: bool,
+}
+
 /// Everything needed to trust and restore one backup.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Manifest {
@@ -64,12 +87,23 @@ pub struct Manifest {
     pub targets: Vec<TargetRecord>,
     #[serde(default)]
     pub verifications: Vec<Verification>,
+    /// Roles, tablespaces and database settings (backups before these were
+    /// recorded have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub globals: Option<GlobalsRecord>,
 }
 
 impl Manifest {
     /// The data object's key next to a manifest key.
     pub fn object_key(&self, manifest_key: &str) -> String {
         beside(manifest_key, &self.object)
+    }
+
+    /// The globals object's key next to a manifest key, when there is one.
+    pub fn globals_key(&self, manifest_key: &str) -> Option<String> {
+        self.globals
+            .as_ref()
+            .map(|g| beside(manifest_key, &g.object))
     }
 
     /// Sum of all table row counts.
@@ -143,6 +177,24 @@ impl Layout {
     pub fn manifest_key(&self) -> String {
         format!("{}/{}{MANIFEST_SUFFIX}", self.dir, self.backup_id)
     }
+
+    /// File name of the cluster globals beside the dump:
+    /// `{backup_id}.globals.sql[.gz|.zst][.enc]`.
+    pub fn globals_name(&self, compression: Compression, encrypted: bool) -> String {
+        let mut name = format!("{}.globals.sql", self.backup_id);
+        if let Some(ext) = compression.extension() {
+            name = format!("{name}.{ext}");
+        }
+        if encrypted {
+            name.push_str(".enc");
+        }
+        name
+    }
+
+    /// Key of a file in this backup's directory.
+    pub fn key_of(&self, name: &str) -> String {
+        format!("{}/{name}", self.dir)
+    }
 }
 
 /// The manifest key next to a data object key.
@@ -212,6 +264,10 @@ mod tests {
             "development/2025/01/01/dev_backup_20250101_030000.dump.zst.enc"
         );
         assert_eq!(enc.backup_id, "dev_backup_20250101_030000");
+        assert_eq!(
+            enc.key_of(&enc.globals_name(Compression::Zstd(3), true)),
+            "development/2025/01/01/dev_backup_20250101_030000.globals.sql.zst.enc"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub struct Metrics {
     pub size_change_ratio: GaugeVec,
     pub runs: IntCounterVec,
     pub running: IntGaugeVec,
+    pub progress_bytes: GaugeVec,
     pub upload_failures: IntCounterVec,
     pub retention_deleted: IntCounterVec,
     pub storage_bytes: GaugeVec,
@@ -97,6 +98,12 @@ impl Metrics {
             ),
             runs,
             running,
+            progress_bytes: gauge(
+                &registry,
+                "strata_backup_progress_bytes",
+                "Raw bytes the running backup of the job has dumped so far (0 when none runs).",
+                &["job"],
+            ),
             upload_failures,
             retention_deleted: counter(
                 &registry,
@@ -159,6 +166,9 @@ impl Metrics {
                 self.runs.with_label_values(&[job.as_str(), result]);
             }
             self.running.with_label_values(&[job.as_str()]).set(0);
+            self.progress_bytes
+                .with_label_values(&[job.as_str()])
+                .set(0.0);
             for target in &cfg.targets {
                 self.retention_deleted
                     .with_label_values(&[job.as_str(), target.as_str()]);

@@ -45,6 +45,8 @@ pub struct StoredCopy {
     pub target: String,
     pub manifest_key: String,
     pub object_key: String,
+    /// The cluster globals beside the dump, when the backup has them.
+    pub globals_key: Option<String>,
     pub version_id: Option<String>,
 }
 
@@ -147,6 +149,7 @@ pub async fn gather(strata: &Strata, job: &str) -> Result<BTreeMap<String, Backu
                 .and_then(|t| t.version_id.clone());
             let copy = StoredCopy {
                 target: name.clone(),
+                globals_key: entry.manifest.globals_key(&entry.manifest_key),
                 manifest_key: entry.manifest_key,
                 object_key,
                 version_id,
@@ -365,6 +368,9 @@ async fn delete_copy(
     target
         .delete_version(&copy.object_key, copy.version_id.as_deref())
         .await?;
+    if let Some(key) = &copy.globals_key {
+        target.delete(key).await?;
+    }
     Ok(None)
 }
 

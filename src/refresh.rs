@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::app::Strata;
-use crate::restore::{self, RestoreError, ThawOptions};
+use crate::restore::{self, RestoreError, RestoreOptions};
 use crate::runner::RunError;
 use crate::source::SourceError;
 
@@ -56,26 +56,14 @@ pub async fn refresh(strata: &Strata, job: &str) -> Result<RefreshReport, Refres
         .ok_or_else(|| RefreshError::NotConfigured(job.to_owned()))?;
     let dest = &cfg.database_url;
     let name = dest.dbname().to_owned();
-    let scratch = format!(
-        "{}_strata_refresh_{}",
-        &name[..name.len().min(40)],
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let scratch = restore::database::derived_name(&name, "strata_refresh");
     let scratch_url = dest.with_dbname(&scratch);
-    let restored = restore::restore_with(
-        strata,
-        &r.from,
-        "latest",
-        None,
-        &scratch_url,
-        false,
-        &ThawOptions::default(),
-    )
-    .await
-    .map_err(|source| RefreshError::Restore {
-        from: r.from.clone(),
-        source,
-    })?;
+    let restored = restore::restore(strata, &r.from, &scratch_url, &RestoreOptions::default())
+        .await
+        .map_err(|source| RefreshError::Restore {
+            from: r.from.clone(),
+            source,
+        })?;
     let admin_url = dest.with_dbname("postgres");
     let admin = admin_url.connect().await?;
     let minimised = async {

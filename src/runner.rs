@@ -10,11 +10,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Strata;
 use crate::config::ReadBack;
-use crate::manifest::{EncryptionInfo, FORMAT_VERSION, Layout, Manifest, TargetRecord};
+use crate::manifest::{
+    EncryptionInfo, FORMAT_VERSION, GlobalsRecord, Layout, Manifest, TargetRecord,
+};
 use crate::pipeline::encrypt::{CryptoError, Encryptor};
 use crate::pipeline::{self, PipelineError, TargetUpload};
+use crate::progress::Progress;
 use crate::source::{self, DumpFormat, PgDump, SourceError};
 use crate::storage::{StorageError, Target};
+
+/// How a run is steered from outside: cancellation (shutdown, deadline) and
+/// where its progress goes.
+#[derive(Debug, Clone, Default)]
+pub struct RunControl {
+    pub cancel: CancellationToken,
+    pub progress: Option<Arc<Progress>>,
+}
 
 /// Why a backup did not happen at all.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +80,7 @@ pub async fn run_job(
     strata: &Strata,
     job_name: &str,
     now: DateTime<Utc>,
-    cancel: &CancellationToken,
+    ctl: &RunControl,
 ) -> Result<BackupReport, RunError> {
     let job = strata.job(job_name)?;
     if job.refresh.is_some() {
@@ -77,7 +88,7 @@ pub async fn run_job(
             .await
             .map_err(|e| RunError::Refresh(e.to_string()))?;
     }
-    let mut report = backup(strata, job_name, now, cancel).await?;
+    let mut report = backup(strata, job_name, now, ctl).await?;
     let sunday = now.with_timezone(&strata.config().timezone).weekday() == chrono::Weekday::Sun;
     let read_back = match job.verify.read_back {
         ReadBack::Always => true,
@@ -104,8 +115,9 @@ pub async fn backup(
     strata: &Strata,
     job_name: &str,
     now: DateTime<Utc>,
-    cancel: &CancellationToken,
+    ctl: &RunControl,
 ) -> Result<BackupReport, RunError> {
+    let cancel = &ctl.cancel;
     let clock = Instant::now();
     let job = strata.job(job_name)?;
     let config = strata.config();
@@ -144,6 +156,15 @@ pub async fn backup(
     let client = url.connect().await?;
     let info = source::database_info(url, &client).await?;
     let tool = source::find_tool("pg_dump", &info).await?;
+    // Roles, tablespaces and database settings: before the dump, so a role
+    // that may not read them fails the run before anything is written.
+    let globals = source::globals::capture(
+        url,
+        &client,
+        info.server_version_num,
+        job.globals.role_passwords,
+    )
+    .await?;
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
@@ -183,6 +204,9 @@ pub async fn backup(
             DumpFormat::Plain => None,
         }
     };
+    if let Some(p) = &ctl.progress {
+        p.set_detail(format!("dumping {}", info.name));
+    }
     let ((streamed, uploads), counts) = tokio::join!(
         pipeline::backup_stream(
             &mut dump,
@@ -190,7 +214,8 @@ pub async fn backup(
             encryptor,
             job.format == DumpFormat::Plain,
             uploads,
-            cancel
+            cancel,
+            ctl.progress.as_deref(),
         ),
         counts
     );
@@ -249,6 +274,18 @@ pub async fn backup(
     if records.is_empty() {
         return Err(RunError::NoTarget(failed.into_values().collect()));
     }
+    let globals = store_globals(
+        strata,
+        job.compression,
+        &plan,
+        &globals,
+        &mut records,
+        &mut failed,
+    )
+    .await?;
+    if records.is_empty() {
+        return Err(RunError::NoTarget(failed.into_values().collect()));
+    }
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         backup_id: backup_id.clone(),
@@ -272,6 +309,7 @@ pub async fn backup(
         tables,
         targets: records.clone(),
         verifications: Vec::new(),
+        globals: Some(globals),
     };
     let json =
         bytes::Bytes::from(serde_json::to_vec_pretty(&manifest).expect("manifest serialises"));
@@ -307,6 +345,53 @@ pub async fn backup(
         "backup finished"
     );
     Ok(report)
+}
+
+/// Writes the cluster globals beside the dump on every target that holds it;
+/// a target that cannot take them loses its copy (removed) and is reported.
+async fn store_globals(
+    strata: &Strata,
+    compression: pipeline::compress::Compression,
+    plan: &[(Arc<dyn Target>, Layout)],
+    globals: &source::globals::Globals,
+    records: &mut Vec<TargetRecord>,
+    failed: &mut BTreeMap<String, String>,
+) -> Result<GlobalsRecord, RunError> {
+    let encryptor = strata
+        .config()
+        .encryption
+        .as_ref()
+        .map(|e| Encryptor::new(e.keyring.active(), e.chunk_size))
+        .transpose()?;
+    let name = plan[0].1.globals_name(compression, encryptor.is_some());
+    let sealed = pipeline::small::seal(globals.render().as_bytes(), compression, encryptor)?;
+    let stored_bytes = sealed.bytes.len() as u64;
+    let data = bytes::Bytes::from(sealed.bytes);
+    let mut kept = Vec::new();
+    for record in records.drain(..) {
+        let (target, layout) = plan
+            .iter()
+            .find(|(t, _)| t.name() == record.target)
+            .expect("planned target");
+        match target.put_small(&layout.key_of(&name), data.clone()).await {
+            Ok(_) => kept.push(record),
+            Err(e) => {
+                // Without its globals the copy is incomplete; remove it.
+                let _ = target.delete(&layout.object_key()).await;
+                failed.insert(record.target.clone(), format!("storing the globals: {e}"));
+            }
+        }
+    }
+    *records = kept;
+    Ok(GlobalsRecord {
+        object: name,
+        raw_bytes: sealed.raw_bytes,
+        stored_bytes,
+        sha256: sealed.sha256,
+        roles: globals.roles.len(),
+        tablespaces: globals.tablespaces.len(),
+        passwords: globals.passwords_included,
+    })
 }
 
 fn open_uploads(uploads: Vec<(String, Box<dyn crate::storage::Upload>)>) -> Vec<TargetUpload> {

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::progress::Progress;
 use crate::source::copy_counter::RowCounter;
 use crate::source::{PgDump, SourceError};
 use crate::storage::{StorageError, Upload};
@@ -23,6 +24,7 @@ use crate::storage::{StorageError, Upload};
 pub mod compress;
 pub mod encrypt;
 pub mod restore_stream;
+pub mod small;
 
 use compress::Compression;
 use encrypt::{CryptoError, Encryptor};
@@ -71,6 +73,7 @@ pub async fn backup_stream(
     count_rows: bool,
     uploads: Vec<(String, Box<dyn Upload>)>,
     cancel: &CancellationToken,
+    progress: Option<&Progress>,
 ) -> (Result<StreamStats, PipelineError>, Vec<TargetUpload>) {
     let (tee_tx, tee_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let tee = tokio::spawn(tee(tee_rx, uploads, cancel.clone()));
@@ -94,7 +97,7 @@ pub async fn backup_stream(
         (None, None)
     };
 
-    let read = read_and_compress(dump, compression, &seal_tx, count_tx, cancel).await;
+    let read = read_and_compress(dump, compression, &seal_tx, count_tx, cancel, progress).await;
     let ended = read.is_ok() && seal_tx.send(None).await.is_ok();
     drop(seal_tx);
     let sealed = sealer.await.expect("seal thread panicked");
@@ -173,6 +176,7 @@ async fn read_and_compress(
     out: &mpsc::Sender<Option<Bytes>>,
     counter: Option<mpsc::Sender<Bytes>>,
     cancel: &CancellationToken,
+    progress: Option<&Progress>,
 ) -> Result<u64, Downstream> {
     let parallel = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) + 1;
     let mut queue: VecDeque<JoinHandle<std::io::Result<Vec<u8>>>> = VecDeque::new();
@@ -200,6 +204,9 @@ async fn read_and_compress(
             break;
         }
         raw += n as u64;
+        if let Some(p) = progress {
+            p.add(n as u64);
+        }
         let block = buf.freeze();
         if let Some(tx) = &counter {
             // The counter only reads; a cheap clone of the same bytes.

@@ -19,6 +19,7 @@ use tokio_util::io::StreamReader;
 use super::compress::Compression;
 use super::encrypt::{CryptoError, Decryptor};
 use crate::keys::Keyring;
+use crate::progress::Progress;
 use crate::storage::{ByteStream, StorageError};
 
 /// Plaintext handed on per message.
@@ -37,6 +38,8 @@ pub enum VerifyError {
     Hash { expected: String, actual: String },
     #[error("the backup is encrypted but no encryption keys are configured")]
     NoKeys,
+    #[error("decompression failed: {0}")]
+    Decompress(String),
 }
 
 /// What the stored object is expected to be.
@@ -55,7 +58,8 @@ pub struct Opened {
     pub check: JoinHandle<Result<(), VerifyError>>,
 }
 
-/// Starts reading `stream` as described by `expected`.
+/// Starts reading `stream` as described by `expected`; stored bytes read are
+/// added to `progress`.
 ///
 /// # Errors
 /// The backup is encrypted and no keys are configured.
@@ -63,6 +67,7 @@ pub fn open(
     stream: ByteStream,
     expected: Expected,
     keys: Option<Arc<Keyring>>,
+    progress: Option<Arc<Progress>>,
 ) -> Result<Opened, VerifyError> {
     let decryptor = match (expected.encrypted, keys) {
         (true, Some(keys)) => Some(Decryptor::new(keys)),
@@ -70,7 +75,7 @@ pub fn open(
         (false, _) => None,
     };
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
-    let check = tokio::spawn(pump(stream, decryptor, expected.clone(), tx));
+    let check = tokio::spawn(pump(stream, decryptor, expected.clone(), tx, progress));
     let plain = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
@@ -96,8 +101,16 @@ async fn pump(
     mut decryptor: Option<Decryptor>,
     expected: Expected,
     tx: mpsc::Sender<std::io::Result<Bytes>>,
+    progress: Option<Arc<Progress>>,
 ) -> Result<(), VerifyError> {
-    let result = verify_into(&mut stream, &mut decryptor, &expected, &tx).await;
+    let result = verify_into(
+        &mut stream,
+        &mut decryptor,
+        &expected,
+        &tx,
+        progress.as_deref(),
+    )
+    .await;
     if let Err(e) = &result {
         let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
     }
@@ -109,6 +122,7 @@ async fn verify_into(
     decryptor: &mut Option<Decryptor>,
     expected: &Expected,
     tx: &mpsc::Sender<std::io::Result<Bytes>>,
+    progress: Option<&Progress>,
 ) -> Result<(), VerifyError> {
     let mut sha = Sha::new(&SHA256);
     let mut size = 0u64;
@@ -118,6 +132,9 @@ async fn verify_into(
         let chunk = chunk?;
         sha.update(&chunk);
         size += chunk.len() as u64;
+        if let Some(p) = progress {
+            p.add(chunk.len() as u64);
+        }
         match decryptor {
             Some(dec) => dec.update(&chunk, &mut plain)?,
             None => plain.extend_from_slice(&chunk),

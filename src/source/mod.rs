@@ -13,6 +13,8 @@ use tokio::process::{Child, ChildStdout, Command};
 use tokio::task::JoinHandle;
 
 pub mod copy_counter;
+pub mod globals;
+pub mod tls;
 
 /// Keep at most this much of a child's stderr for error messages.
 const STDERR_CAP: usize = 64 * 1024;
@@ -56,9 +58,12 @@ pub enum SourceError {
 }
 
 /// A PostgreSQL connection URL. `Debug` and `Display` never show the password.
+/// TLS parameters (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`) mean what
+/// they mean to libpq, for strata's connections and its child processes alike.
 #[derive(Clone)]
 pub struct DbUrl {
     config: tokio_postgres::Config,
+    tls: tls::TlsSettings,
     shown: String,
 }
 
@@ -78,19 +83,26 @@ impl FromStr for DbUrl {
     type Err = SourceError;
 
     fn from_str(url: &str) -> Result<Self, Self::Err> {
-        let config = tokio_postgres::Config::from_str(url).map_err(|e| {
+        let (rest, ssl) = tls::split_params(url).map_err(SourceError::BadUrl)?;
+        let tls = tls::TlsSettings::from_params(&ssl).map_err(SourceError::BadUrl)?;
+        let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| {
             // tokio-postgres errors name the bad part, never the value.
             SourceError::BadUrl(e.to_string())
         })?;
         if config.get_dbname().is_none() {
             return Err(SourceError::BadUrl("no database name in the URL".into()));
         }
-        let shown = describe(&config);
-        Ok(Self { config, shown })
+        config.ssl_mode(match tls.mode {
+            tls::SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            tls::SslMode::Allow | tls::SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        let shown = describe(&config, &tls);
+        Ok(Self { config, tls, shown })
     }
 }
 
-fn describe(c: &tokio_postgres::Config) -> String {
+fn describe(c: &tokio_postgres::Config, tls: &tls::TlsSettings) -> String {
     let host = match c.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
@@ -98,8 +110,12 @@ fn describe(c: &tokio_postgres::Config) -> String {
     };
     let port = c.get_ports().first().copied().unwrap_or(5432);
     let user = c.get_user().map(|u| format!("{u}@")).unwrap_or_default();
+    let ssl = match tls.mode {
+        tls::SslMode::Prefer => String::new(),
+        mode => format!("?sslmode={}", mode.as_str()),
+    };
     format!(
-        "postgres://{user}{host}:{port}/{}",
+        "postgres://{user}{host}:{port}/{}{ssl}",
         c.get_dbname().unwrap_or_default()
     )
 }
@@ -115,14 +131,26 @@ impl DbUrl {
         let mut config = self.config.clone();
         config.dbname(db);
         Self {
-            shown: describe(&config),
+            shown: describe(&config, &self.tls),
+            tls: self.tls.clone(),
             config,
         }
     }
 
-    /// libpq environment for a child process (`pg_dump`, `psql`, `pg_restore`): the
-    /// password goes here, never into arguments.
-    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
+    /// The TLS settings.
+    pub fn tls(&self) -> &tls::TlsSettings {
+        &self.tls
+    }
+
+    /// The role strata connects as (libpq's default: the OS user).
+    pub fn user(&self) -> Option<&str> {
+        self.config.get_user()
+    }
+
+    /// libpq environment for a child process (`pg_dump`, `pg_basebackup`) of
+    /// PostgreSQL major version `tool_major`: the password goes here, never into
+    /// arguments; the TLS settings are the URL's.
+    pub fn libpq_env(&self, tool_major: u32) -> Vec<(&'static str, String)> {
         let c = &self.config;
         let mut env = vec![
             ("PGDATABASE", self.dbname().to_owned()),
@@ -147,6 +175,10 @@ impl DbUrl {
         if let Some(t) = c.get_connect_timeout() {
             env.push(("PGCONNECT_TIMEOUT", t.as_secs().max(1).to_string()));
         }
+        if let Some(o) = c.get_options() {
+            env.push(("PGOPTIONS", o.to_owned()));
+        }
+        env.extend(self.tls.libpq_env(tool_major));
         env
     }
 
@@ -155,19 +187,28 @@ impl DbUrl {
     /// # Errors
     /// The server is unreachable or refuses the login.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, SourceError> {
+        let failed = |message: String| SourceError::Connect {
+            url: self.shown.clone(),
+            message,
+        };
+        if self.tls.mode == tls::SslMode::Disable {
+            let (client, conn) = self
+                .config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| failed(pg_message(&e)))?;
+            tokio::spawn(drive(conn));
+            return Ok(client);
+        }
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
+            self.tls.client_config().map_err(failed)?,
+        );
         let (client, conn) = self
             .config
-            .connect(tokio_postgres::NoTls)
+            .connect(tls)
             .await
-            .map_err(|e| SourceError::Connect {
-                url: self.shown.clone(),
-                message: pg_message(&e),
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "database connection closed");
-            }
-        });
+            .map_err(|e| failed(pg_message(&e)))?;
+        tokio::spawn(drive(conn));
         Ok(client)
     }
 
@@ -177,6 +218,17 @@ impl DbUrl {
             url: self.shown.clone(),
             message: pg_message(e),
         }
+    }
+}
+
+/// Runs a connection's I/O until it closes.
+async fn drive<S, T>(conn: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "database connection closed");
     }
 }
 
@@ -391,7 +443,9 @@ impl PgDump {
         snapshot: Option<&str>,
     ) -> Result<Self, SourceError> {
         let mut cmd = Command::new(&tool.path);
-        cmd.arg("--no-password");
+        // UTF-8 whatever the database's encoding, so the restore can read the
+        // script's statements as text.
+        cmd.args(["--no-password", "--encoding=UTF8"]);
         match format {
             DumpFormat::Plain => cmd.arg("--format=plain"),
             // strata compresses the stream itself.
@@ -400,7 +454,7 @@ impl PgDump {
         if let Some(s) = snapshot {
             cmd.arg(format!("--snapshot={s}"));
         }
-        cmd.envs(url.libpq_env())
+        cmd.envs(url.libpq_env(tool.major))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -526,7 +580,7 @@ mod tests {
             .unwrap();
         assert_eq!(url.to_string(), "postgres://app@db.example:6543/prod");
         assert!(!format!("{url:?}").contains("s3cr3t"));
-        let env = url.libpq_env();
+        let env = url.libpq_env(15);
         assert!(env.contains(&("PGPASSWORD", "s3cr3t-canary".into())));
         assert_eq!(
             url.with_dbname("other").to_string(),

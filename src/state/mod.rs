@@ -491,6 +491,25 @@ impl StateDb {
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
+    /// The newest restore test of `job`, passed or not: when, ok, seconds, error.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn last_restore_test(
+        &self,
+        job: &str,
+    ) -> Result<Option<(DateTime<Utc>, bool, f64, Option<String>)>, StateError> {
+        let client = self.connected().await?;
+        let row = client
+            .query_opt(
+                "SELECT started_at, ok, seconds, error FROM restore_tests WHERE job = $1 ORDER BY started_at DESC LIMIT 1",
+                &[&job],
+            )
+            .await
+            .map_err(|e| self.pg(&e))?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
+    }
+
     /// One run by id.
     ///
     /// # Errors

@@ -102,9 +102,9 @@ impl S3Settings {
     }
 
     /// Tags of an upload: the configured ones, plus [`BACKUP_TAG`] on backup objects
-    /// (not manifests) when lifecycle transitions select by it.
+    /// (not manifests or globals) when lifecycle transitions select by it.
     fn tagging_for(&self, key: &str) -> Option<String> {
-        if self.tag_backups && !key.ends_with(crate::manifest::MANIFEST_SUFFIX) {
+        if self.tag_backups && crate::manifest::is_archivable(key) {
             let mut tags = self.tags.clone();
             tags.push((BACKUP_TAG.0.into(), BACKUP_TAG.1.into()));
             tagging(&tags)
@@ -113,10 +113,11 @@ impl S3Settings {
         }
     }
 
-    /// Storage class of an upload: manifests always stay in STANDARD, where they
-    /// can be read to list backups; backups go to the configured class.
+    /// Storage class of an upload: manifests and globals always stay in
+    /// STANDARD, where they can be read to list and start restores; backups go
+    /// to the configured class.
     fn class_for(&self, key: &str) -> Option<StorageClass> {
-        if key.ends_with(crate::manifest::MANIFEST_SUFFIX) {
+        if !crate::manifest::is_archivable(key) {
             None
         } else {
             self.storage_class.as_deref().map(StorageClass::from)

@@ -334,7 +334,7 @@ fn the_password_reaches_pg_dump_only_through_its_environment() {
     assert!(out.status.success(), "{}", stderr(&out));
     let recorded = std::fs::read_to_string(&log).unwrap();
     assert!(
-        recorded.contains("args: --no-password --format=plain --snapshot="),
+        recorded.contains("args: --no-password --encoding=UTF8 --format=plain --snapshot="),
         "{recorded}"
     );
     assert!(recorded.contains("PGPASSWORD set: yes"), "{recorded}");
@@ -380,7 +380,13 @@ async fn s3_credentials_come_from_the_standard_aws_chain() {
 #[test]
 fn the_configuration_reference_is_a_valid_configuration() {
     let setup = Setup::new();
-    for token in ["api-token", "admin-token", "smtp-password", "mail-ca.pem"] {
+    for token in [
+        "api-token",
+        "admin-token",
+        "smtp-password",
+        "mail-ca.pem",
+        "db-ca.pem",
+    ] {
         std::fs::write(setup.path().join(token), "t").unwrap();
     }
     let out = Command::new(bin())

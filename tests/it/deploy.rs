@@ -154,10 +154,11 @@ async fn iam_policies_allow_exactly_what_strata_calls_and_the_writer_never_delet
     strata::restore::restore(
         &strata,
         "app",
-        "latest",
-        Some("s3"),
         &dest.url().parse().unwrap(),
-        false,
+        &strata::restore::RestoreOptions {
+            from: Some("s3".into()),
+            ..Default::default()
+        },
     )
     .await
     .unwrap();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use strata::restore::{self, RestoreError};
+use strata::restore::{self, RestoreError, RestoreOptions};
 use strata::runner::{self, RunError};
 use strata::source::DbUrl;
 
@@ -293,17 +293,23 @@ async fn one_target_down_keeps_the_others_and_reports_degraded() {
         vec!["local"]
     );
     let stored = files(&setup.backups());
-    assert_eq!(stored.len(), 2, "object and manifest expected: {stored:?}");
+    assert_eq!(
+        stored.len(),
+        3,
+        "object, globals and manifest expected: {stored:?}"
+    );
     assert!(stored.iter().any(|f| f.ends_with(".manifest.json")));
+    assert!(stored.iter().any(|f| f.ends_with(".globals.sql.gz.enc")));
     // The local copy restores.
     let dest = TestDb::reserve();
     restore::restore(
         &strata,
         "app",
-        "latest",
-        Some("local"),
         &dest.url().parse().unwrap(),
-        false,
+        &RestoreOptions {
+            from: Some("local".into()),
+            ..RestoreOptions::default()
+        },
     )
     .await
     .unwrap();
@@ -318,10 +324,8 @@ async fn restore_latest(
     restore::restore(
         strata,
         "app",
-        "latest",
-        None,
         &dest.url().parse().unwrap(),
-        false,
+        &RestoreOptions::default(),
     )
     .await
 }
@@ -405,12 +409,16 @@ async fn restore_refuses_a_non_empty_database_unless_replacing() {
     let dest = TestDb::create();
     dest.exec("CREATE TABLE precious (x int); INSERT INTO precious VALUES (1)");
     let into: DbUrl = dest.url().parse().unwrap();
-    let err = restore::restore(&strata, "app", "latest", None, &into, false)
+    let err = restore::restore(&strata, "app", &into, &RestoreOptions::default())
         .await
         .unwrap_err();
     assert!(matches!(err, RestoreError::NotEmpty(..)), "{err}");
     assert_eq!(dest.exec("SELECT count(*) FROM precious"), "1");
-    restore::restore(&strata, "app", "latest", None, &into, true)
+    let replace = RestoreOptions {
+        replace: true,
+        ..RestoreOptions::default()
+    };
+    restore::restore(&strata, "app", &into, &replace)
         .await
         .unwrap();
     assert_eq!(dest.exec("SELECT count(*) FROM t"), "20000");

@@ -181,9 +181,10 @@ async fn prune_keeps_exactly_the_gfs_set_on_every_target() {
     assert!(text(&out).contains("deleted app_backup_20251020_030000 from s3"));
     assert_eq!(scene.local_ids(), autumn_kept());
     assert_eq!(scene.s3_ids().await, autumn_kept());
-    // No object is left without its manifest, and none the other way round.
-    assert_eq!(files(&scene.setup.backups()).len(), 2 * autumn_kept().len());
-    assert_eq!(scene.bucket.keys().await.len(), 2 * autumn_kept().len());
+    // No object or globals file is left without its manifest, and none the
+    // other way round.
+    assert_eq!(files(&scene.setup.backups()).len(), 3 * autumn_kept().len());
+    assert_eq!(scene.bucket.keys().await.len(), 3 * autumn_kept().len());
 
     // What is left restores.
     let dest = TestDb::reserve();

@@ -75,7 +75,11 @@ async fn backup_and_restore(kind: Option<S3Kind>, format: &str, compression: &st
     for t in from {
         let dest = TestDb::reserve();
         let into: DbUrl = dest.url().parse().unwrap();
-        let r = restore::restore(&strata, "app", "latest", Some(t), &into, false)
+        let opts = restore::RestoreOptions {
+            from: Some(t.into()),
+            ..Default::default()
+        };
+        let r = restore::restore(&strata, "app", &into, &opts)
             .await
             .unwrap();
         assert_eq!(r.backup_id, m.backup_id);

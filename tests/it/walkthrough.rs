@@ -139,7 +139,16 @@ async fn the_readme_walkthrough_backs_up_to_disk_and_a_bucket_and_restores_from_
     let in_bucket = bucket.keys().await;
     for (place, names) in [("disk", &local), ("bucket", &in_bucket)] {
         let count = |suffix: &str| names.iter().filter(|n| n.ends_with(suffix)).count();
-        assert_eq!(count(".sql.gz.enc"), 2, "backups on {place}: {names:?}");
+        assert_eq!(
+            count(".sql.gz.enc") - count(".globals.sql.gz.enc"),
+            2,
+            "backups on {place}: {names:?}"
+        );
+        assert_eq!(
+            count(".globals.sql.gz.enc"),
+            2,
+            "roles and settings beside each backup on {place}: {names:?}"
+        );
         assert_eq!(
             count(".manifest.json"),
             2,

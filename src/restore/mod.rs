@@ -1,0 +1,646 @@
+//! Restore: the backup flow reversed, onto any server.
+//!
+//! 1. The backup is found (`latest` or an id, on one target or the newest of
+//!    all) and, when archived, thawed first.
+//! 2. Its cluster globals (roles, memberships, tablespaces, database settings)
+//!    are read and checked; roles and tablespaces the destination lacks are
+//!    created (existing roles are left alone unless `--update-roles`).
+//! 3. A scratch database is created with the source's encoding, locale and
+//!    owner, and the dump is loaded into it on several connections
+//!    ([`load`]); custom dumps pass through `pg_restore -f -` on the way.
+//!    Every byte is checked while streaming (hash, size, every chunk
+//!    authenticated), and every table's row count is compared with the
+//!    manifest afterwards.
+//! 4. Only then are the database's settings and grants applied and the scratch
+//!    database renamed into place (an existing one is swapped out with
+//!    `--replace`). Any failure drops the scratch database and the roles and
+//!    tablespaces this restore created: the destination is as it was.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use postgres_protocol::escape::escape_identifier as ident;
+use tokio::io::BufReader;
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+use crate::app::Strata;
+use crate::catalog::{self, Entry};
+use crate::pipeline::restore_stream::{self, Expected, VerifyError};
+use crate::progress::Progress;
+use crate::runner::RunError;
+use crate::source::globals::{self, Globals};
+use crate::source::{self, DatabaseInfo, DbUrl, DumpFormat, SourceError};
+use crate::storage::{StorageError, Target};
+
+pub mod database;
+pub mod load;
+pub mod rewrite;
+pub mod script;
+pub mod thaw;
+pub mod verify;
+
+pub use database::{drop_database, swap_in};
+pub use thaw::{ThawOptions, ensure_readable};
+pub use verify::{
+    RestoreTest, VerifyReport, newest_readable, read_back_new, restore_test, verify, verify_with,
+};
+
+const COPY_BUF: usize = 1 << 20;
+
+/// Why a restore or verification failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("backup verification failed: {0}")]
+    Verify(#[from] VerifyError),
+    #[error("no backup '{which}' of job '{job}' on {searched}")]
+    NotFound {
+        job: String,
+        which: String,
+        searched: String,
+    },
+    #[error("target '{0}' is not one of this job's targets")]
+    UnknownTarget(String),
+    #[error(
+        "database {0} is not empty ({1} relations); restore into a new or empty database, or pass --replace"
+    )]
+    NotEmpty(String, i64),
+    #[error("{tool} failed: {message}")]
+    Tool { tool: String, message: String },
+    #[error("row counts differ from the manifest: {0}")]
+    RowCounts(String),
+    #[error("decompressed size {actual} differs from the manifest's raw_bytes {expected}")]
+    RawSize { expected: u64, actual: u64 },
+    #[error(
+        "{key} on target '{target}' is in {class}: {state}; it should be readable by about {ready_by} (UTC); run the same command again then, or add --wait"
+    )]
+    Thawing {
+        target: String,
+        key: String,
+        class: String,
+        state: String,
+        ready_by: DateTime<Utc>,
+    },
+    #[error("the backup's globals ({key}) cannot be used: {message}")]
+    Globals { key: String, message: String },
+    #[error("creating role(s) on the destination failed at `{statement}`: {message}")]
+    Roles { statement: String, message: String },
+    #[error(
+        "tablespace {name} is missing on the destination and could not be created: {message}; create it (an empty directory owned by the server's user), or restore with --no-tablespaces"
+    )]
+    Tablespace { name: String, message: String },
+    #[error("creating the database failed: {0}")]
+    CreateDatabase(String),
+    #[error(transparent)]
+    Load(#[from] load::LoadError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl RestoreError {
+    /// "Not yet": an archived object is thawing (exit status 75).
+    pub fn is_thawing(&self) -> bool {
+        matches!(self, Self::Thawing { .. })
+    }
+}
+
+/// What to restore and how.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Backup id, or `latest`.
+    pub backup: String,
+    /// Read from this target (default: the newest copy on any of the job's).
+    pub from: Option<String>,
+    /// Replace a non-empty destination database.
+    pub replace: bool,
+    /// Connections to load with (default: `restore.jobs`).
+    pub jobs: Option<usize>,
+    pub thaw: ThawOptions,
+    /// Roles, owners, tablespaces: `--role-map`, `--no-owner`, ….
+    pub globals: globals::Options,
+    pub progress: Option<Arc<Progress>>,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        Self {
+            backup: "latest".into(),
+            from: None,
+            replace: false,
+            jobs: None,
+            thaw: ThawOptions::default(),
+            globals: globals::Options::default(),
+            progress: None,
+        }
+    }
+}
+
+/// Result of a finished restore.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreReport {
+    pub backup_id: String,
+    pub target: String,
+    pub database: String,
+    pub tables: usize,
+    pub rows: u64,
+    pub seconds: f64,
+    /// Connections the data was loaded with.
+    pub jobs: usize,
+    /// Roles this restore created on the destination.
+    pub roles_created: Vec<String>,
+    /// What the operator should know (roles without passwords, skipped grants).
+    pub warnings: Vec<String>,
+}
+
+/// Finds `which` (`latest` or an id) of `job`, on `from` or the first of the job's
+/// targets holding the newest match.
+///
+/// # Errors
+/// Unknown job or target, listing failures on every target, or no such backup.
+pub async fn find(
+    strata: &Strata,
+    job: &str,
+    which: &str,
+    from: Option<&str>,
+) -> Result<(Arc<dyn Target>, Entry), RestoreError> {
+    let job = strata.job(job)?;
+    let names: Vec<String> = match from {
+        Some(t) if job.targets.iter().any(|n| n == t) => vec![t.to_owned()],
+        Some(t) => return Err(RestoreError::UnknownTarget(t.to_owned())),
+        None => job.targets.clone(),
+    };
+    let mut best: Option<(Arc<dyn Target>, Entry)> = None;
+    let mut last_err = None;
+    for name in &names {
+        let target = strata.target(name);
+        match catalog::list(target.as_ref(), strata.prefix(name), &job.name).await {
+            Ok(entries) => {
+                if let Some(e) = catalog::select(&entries, which) {
+                    if best
+                        .as_ref()
+                        .is_none_or(|(_, b)| e.started_at() > b.started_at())
+                    {
+                        best = Some((target, e.clone()));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(target_name = %name, error = %e, "cannot list target");
+                last_err = Some(e);
+            }
+        }
+    }
+    match (best, last_err) {
+        (Some(found), _) => Ok(found),
+        (None, Some(e)) if names.len() == 1 => Err(e.into()),
+        (None, _) => Err(RestoreError::NotFound {
+            job: job.name.clone(),
+            which: which.to_owned(),
+            searched: names.join(", "),
+        }),
+    }
+}
+
+/// Reads and checks the globals stored beside a backup copy.
+///
+/// # Errors
+/// The object is missing, thawing, fails its checks or does not parse.
+pub async fn read_globals(
+    strata: &Strata,
+    target: &dyn Target,
+    entry: &Entry,
+    manifest_key: &str,
+    thaw: &ThawOptions,
+) -> Result<Globals, RestoreError> {
+    let (Some(record), Some(key)) = (
+        entry.manifest.globals.as_ref(),
+        entry.manifest.globals_key(manifest_key),
+    ) else {
+        return Err(RestoreError::Internal("the backup has no globals".into()));
+    };
+    ensure_readable(target, &key, thaw).await?;
+    let stored = crate::storage::read_all(target, &key).await?;
+    let keys = strata
+        .config()
+        .encryption
+        .as_ref()
+        .map(|e| e.keyring.clone())
+        .filter(|_| entry.manifest.encryption.is_some());
+    if entry.manifest.encryption.is_some() && keys.is_none() {
+        return Err(VerifyError::NoKeys.into());
+    }
+    let plain = crate::pipeline::small::open(
+        &stored,
+        record.stored_bytes,
+        &record.sha256,
+        record.raw_bytes,
+        entry.manifest.compression,
+        keys.as_ref(),
+    )?;
+    let fail = |message: String| RestoreError::Globals {
+        key: key.clone(),
+        message,
+    };
+    let text = String::from_utf8(plain).map_err(|_| fail("not UTF-8".into()))?;
+    Globals::parse(&text).map_err(fail)
+}
+
+/// Restores a backup of `job` into `into` (see the module's steps).
+///
+/// # Errors
+/// Anything that stops the restore; the destination is then as it was.
+#[tracing::instrument(skip_all, fields(job, backup = %opts.backup, into = %into))]
+pub async fn restore(
+    strata: &Strata,
+    job: &str,
+    into: &DbUrl,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport, RestoreError> {
+    let clock = Instant::now();
+    let (target, entry) = find(strata, job, &opts.backup, opts.from.as_deref()).await?;
+    // Before touching any database: an archived object cannot be read yet.
+    ensure_readable(target.as_ref(), &entry.object_key(), &opts.thaw).await?;
+    let globals = match &entry.manifest.globals {
+        Some(_) => Some(
+            read_globals(
+                strata,
+                target.as_ref(),
+                &entry,
+                &entry.manifest_key,
+                &opts.thaw,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let admin_url = into.with_dbname("postgres");
+    let admin = admin_url.connect().await?;
+    let name = into.dbname().to_owned();
+    if database::exists(&admin, &admin_url, &name).await? {
+        let relations = database::relation_count(into).await?;
+        if relations > 0 && !opts.replace {
+            return Err(RestoreError::NotEmpty(into.to_string(), relations));
+        }
+    }
+    let dest = database::destination(&admin, &admin_url).await?;
+    let plan = match &globals {
+        Some(g) => g.plan(&dest, &opts.globals),
+        None => globals::Plan {
+            role_map: opts.globals.role_map.clone(),
+            create_database: "TEMPLATE template0".into(),
+            warnings: vec!["the backup predates stored globals: roles, owners' existence and database settings are not restored".into()],
+            ..globals::Plan::default()
+        },
+    };
+    let scratch = database::derived_name(&name, "strata");
+    let mut created_tablespaces = Vec::new();
+    let result = async {
+        create_globals(&admin, &plan, &mut created_tablespaces).await?;
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {} WITH {}",
+                ident(&scratch),
+                plan.create_database
+            ))
+            .await
+            .map_err(|e| RestoreError::CreateDatabase(source::pg_message(&e)))?;
+        let rewrite = rewrite::Rewrite {
+            roles: plan.role_map.clone(),
+            no_owner: opts.globals.no_owner,
+            no_tablespaces: opts.globals.no_tablespaces,
+        };
+        let jobs = opts.jobs.unwrap_or(strata.config().restore_jobs).max(1);
+        let scratch_url = into.with_dbname(&scratch);
+        let progress = opts.progress.clone().unwrap_or_else(|| {
+            Progress::new(format!("restore {}", entry.manifest.backup_id), None)
+        });
+        progress.set_total(entry.manifest.stored_bytes);
+        let loaded = restore_into(
+            strata,
+            target.as_ref(),
+            &entry,
+            &scratch_url,
+            &rewrite,
+            jobs,
+            &progress,
+        )
+        .await?;
+        check_counts(&entry, &loaded.rows)?;
+        progress.set_detail("applying the database's settings");
+        for stmt in &plan.after {
+            let sql = stmt.replace("{db}", &ident(&scratch));
+            admin
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| RestoreError::Roles {
+                    statement: sql.clone(),
+                    message: source::pg_message(&e),
+                })?;
+        }
+        swap_in(&admin, &admin_url, &name, &scratch).await?;
+        Ok::<usize, RestoreError>(jobs)
+    }
+    .await;
+    let jobs = match result {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            drop_database(&admin, &admin_url, &scratch).await;
+            database::undo_globals(
+                &admin,
+                &admin_url,
+                &plan.created_roles,
+                &created_tablespaces,
+            )
+            .await;
+            return Err(e);
+        }
+    };
+    for w in &plan.warnings {
+        tracing::warn!(warning = %w, "restore");
+    }
+    Ok(RestoreReport {
+        backup_id: entry.manifest.backup_id.clone(),
+        target: target.name().to_owned(),
+        database: into.to_string(),
+        tables: entry.manifest.tables.len(),
+        rows: entry.manifest.total_rows(),
+        seconds: clock.elapsed().as_secs_f64(),
+        jobs,
+        roles_created: plan.created_roles.clone(),
+        warnings: plan.warnings.clone(),
+    })
+}
+
+/// Creates the roles, memberships and tablespaces the plan names.
+async fn create_globals(
+    admin: &tokio_postgres::Client,
+    plan: &globals::Plan,
+    created_tablespaces: &mut Vec<String>,
+) -> Result<(), RestoreError> {
+    for stmt in &plan.before {
+        admin
+            .batch_execute(stmt)
+            .await
+            .map_err(|e| RestoreError::Roles {
+                statement: script::excerpt(stmt),
+                message: source::pg_message(&e),
+            })?;
+    }
+    for (name, stmt) in &plan.tablespaces {
+        admin
+            .batch_execute(stmt)
+            .await
+            .map_err(|e| RestoreError::Tablespace {
+                name: name.clone(),
+                message: source::pg_message(&e),
+            })?;
+        created_tablespaces.push(name.clone());
+    }
+    Ok(())
+}
+
+/// Every table's row count as loaded must equal the manifest's.
+fn check_counts(entry: &Entry, rows: &BTreeMap<String, u64>) -> Result<(), RestoreError> {
+    let wrong: Vec<String> = entry
+        .manifest
+        .tables
+        .iter()
+        .filter_map(|(table, expected)| {
+            let got = rows.get(table).copied().unwrap_or(0);
+            (got != *expected)
+                .then(|| format!("{table} has {got} rows, the manifest says {expected}"))
+        })
+        .collect();
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(RestoreError::RowCounts(wrong.join("; ")))
+    }
+}
+
+/// The stored object as verified plaintext, plus the task that says whether every
+/// byte checked out (hash, size, authentication).
+pub(crate) async fn open_verified(
+    strata: &Strata,
+    target: &dyn Target,
+    entry: &Entry,
+    object_key: &str,
+    progress: Option<Arc<Progress>>,
+) -> Result<
+    (
+        BufReader<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
+        tokio::task::JoinHandle<Result<(), VerifyError>>,
+    ),
+    RestoreError,
+> {
+    let stream = target.get(object_key).await?;
+    let keys = strata
+        .config()
+        .encryption
+        .as_ref()
+        .map(|e| e.keyring.clone());
+    let opened = restore_stream::open(stream, expected(entry), keys, progress)?;
+    Ok((
+        BufReader::with_capacity(COPY_BUF, opened.reader),
+        opened.check,
+    ))
+}
+
+fn expected(entry: &Entry) -> Expected {
+    Expected {
+        stored_bytes: entry.manifest.stored_bytes,
+        sha256: entry.manifest.sha256.clone(),
+        encrypted: entry.manifest.encryption.is_some(),
+        compression: entry.manifest.compression,
+    }
+}
+
+/// Reads a script on a thread of its own (decompression happens there too,
+/// inside the reader) and hands parsed events to the loader. Returns the
+/// script's size in bytes.
+fn parse_script(mut input: impl Read, tx: &mpsc::Sender<load::Input>) -> Result<u64, String> {
+    let mut parser = script::ScriptParser::default();
+    loop {
+        let mut buf = vec![0u8; COPY_BUF];
+        let mut filled = 0;
+        while filled < COPY_BUF / 2 {
+            match input.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let mut events = Vec::new();
+        if filled == 0 {
+            parser.finish(&mut events).map_err(|e| e.to_string())?;
+            if !events.is_empty() && tx.blocking_send(Ok(events)).is_err() {
+                return Err("the loader stopped".into());
+            }
+            return Ok(parser.bytes);
+        }
+        buf.truncate(filled);
+        parser
+            .feed(Bytes::from(buf), &mut events)
+            .map_err(|e| e.to_string())?;
+        if !events.is_empty() && tx.blocking_send(Ok(events)).is_err() {
+            return Err("the loader stopped".into());
+        }
+    }
+}
+
+/// Starts the script reader on its own thread; its result arrives on the
+/// returned channel (an error is also sent to the loader, which stops).
+fn spawn_parser(
+    input: impl Read + Send + 'static,
+    tx: mpsc::Sender<load::Input>,
+) -> tokio::sync::oneshot::Receiver<Result<u64, String>> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("strata-restore-read".into())
+        .spawn(move || {
+            let result = parse_script(input, &tx);
+            if let Err(e) = &result {
+                let _ = tx.blocking_send(Err(e.clone()));
+            }
+            let _ = done_tx.send(result);
+        })
+        .expect("spawn the restore reader thread");
+    done_rx
+}
+
+/// `pg_restore` able to read the archive and write SQL for the destination.
+async fn pg_restore_tool(entry: &Entry, dest: &DatabaseInfo) -> Result<source::Tool, RestoreError> {
+    let dump_major = entry
+        .manifest
+        .pg_dump_version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(0);
+    let need = DatabaseInfo {
+        name: dest.name.clone(),
+        server_version: entry.manifest.pg_dump_version.clone(),
+        server_version_num: dest.server_version_num.max(dump_major * 10_000),
+    };
+    Ok(source::find_tool("pg_restore", &need).await?)
+}
+
+/// Streams the verified dump into `dest` and returns what was loaded.
+async fn restore_into(
+    strata: &Strata,
+    target: &dyn Target,
+    entry: &Entry,
+    dest: &DbUrl,
+    rewrite: &rewrite::Rewrite,
+    jobs: usize,
+    progress: &Arc<Progress>,
+) -> Result<load::Loaded, RestoreError> {
+    let manifest = &entry.manifest;
+    let (mut reader, check) = open_verified(
+        strata,
+        target,
+        entry,
+        &entry.object_key(),
+        Some(progress.clone()),
+    )
+    .await?;
+    let (tx, rx) = mpsc::channel::<load::Input>(4);
+    let mut child = None;
+    let (parsed, fed) = match manifest.format {
+        DumpFormat::Plain => (
+            spawn_parser(tokio_util::io::SyncIoBridge::new(reader), tx),
+            None,
+        ),
+        DumpFormat::Custom => {
+            let client = dest.connect().await?;
+            let info = source::database_info(dest, &client).await?;
+            drop(client);
+            let tool = pg_restore_tool(entry, &info).await?;
+            // pg_restore only turns the archive into SQL; it connects nowhere.
+            let mut cmd = Command::new(&tool.path);
+            cmd.args(["--file=-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            let mut c = cmd.spawn().map_err(|source| SourceError::Spawn {
+                tool: "pg_restore".into(),
+                source,
+            })?;
+            let mut stdin = c.stdin.take().expect("piped stdin");
+            let stdout = c.stdout.take().expect("piped stdout");
+            let stderr = source::capture_stderr(c.stderr.take().expect("piped stderr"));
+            let feeder = tokio::spawn(async move {
+                let n = tokio::io::copy_buf(&mut reader, &mut stdin).await;
+                drop(stdin);
+                n
+            });
+            child = Some((c, stderr));
+            (
+                spawn_parser(tokio_util::io::SyncIoBridge::new(stdout), tx),
+                Some(feeder),
+            )
+        }
+    };
+    let loaded = load::load(dest, rx, jobs, rewrite, progress).await;
+    if loaded.is_err() {
+        if let Some((c, _)) = &mut child {
+            let _ = c.kill().await;
+        }
+    }
+    let parsed = parsed
+        .await
+        .unwrap_or_else(|_| Err("the restore reader stopped".into()));
+    let verified = check
+        .await
+        .map_err(|e| RestoreError::Internal(format!("the verification task failed: {e}")))?;
+    // A bad backup explains everything after it: report it first.
+    verified?;
+    let raw = match fed {
+        Some(feeder) => {
+            let fed = feeder
+                .await
+                .map_err(|e| RestoreError::Internal(e.to_string()))?;
+            let (mut c, stderr) = child.expect("pg_restore child");
+            let status = c.wait().await.map_err(|source| SourceError::Spawn {
+                tool: "pg_restore".into(),
+                source,
+            })?;
+            let stderr = stderr.await.unwrap_or_default();
+            if !status.success() {
+                return Err(RestoreError::Tool {
+                    tool: "pg_restore".into(),
+                    message: format!("{status}: {}", source::one_line(&stderr)),
+                });
+            }
+            fed.map_err(|e| RestoreError::Tool {
+                tool: "pg_restore".into(),
+                message: format!("writing to pg_restore failed: {e}"),
+            })?
+        }
+        None => parsed
+            .clone()
+            .map_err(|e| RestoreError::Load(load::LoadError::Input(e)))?,
+    };
+    let loaded = loaded?;
+    parsed.map_err(|e| RestoreError::Load(load::LoadError::Input(e)))?;
+    if raw != manifest.raw_bytes {
+        return Err(RestoreError::RawSize {
+            expected: manifest.raw_bytes,
+            actual: raw,
+        });
+    }
+    Ok(loaded)
+}

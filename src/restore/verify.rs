@@ -1,0 +1,367 @@
+//! Verification: re-reading stored copies (hash, authentication, size, the
+//! globals beside them), restoring into a scratch database, and the scheduled
+//! restore tests that measure the real RTO.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+
+use super::thaw::{ThawOptions, ensure_readable};
+use super::{RestoreError, RestoreOptions, drop_database, find, open_verified};
+use crate::app::Strata;
+use crate::catalog::{self, Entry};
+use crate::manifest::{Verification, manifest_key_beside};
+use crate::source::DbUrl;
+use crate::storage::{StorageError, Target};
+
+/// Outcome of verifying one backup.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    pub backup_id: String,
+    /// Per target: `ok` or the failure.
+    pub targets: Vec<(String, String)>,
+    /// Copies (or the restore test) not checked because they are still thawing.
+    pub thawing: Vec<(String, String)>,
+    pub restore: Option<String>,
+}
+
+impl VerifyReport {
+    /// Every check passed.
+    pub fn ok(&self) -> bool {
+        self.targets.iter().all(|(_, r)| r == "ok")
+            && self.restore.as_deref().is_none_or(|r| r == "ok")
+    }
+}
+
+/// Re-reads a backup from every target that holds it (hash, authentication,
+/// decompressed size) and, with `restore_into`, restores it into a scratch
+/// database on that server, checks row counts and drops it.
+///
+/// # Errors
+/// The backup cannot be found; individual check failures are in the report.
+pub async fn verify(
+    strata: &Strata,
+    job: &str,
+    which: &str,
+    restore_into: Option<&DbUrl>,
+) -> Result<VerifyReport, RestoreError> {
+    verify_with(strata, job, which, restore_into, &ThawOptions::default()).await
+}
+
+/// [`verify`], thawing archived copies as `thaw` says. Copies still thawing are
+/// not checked and not recorded; [`VerifyReport::thawing`] lists them.
+///
+/// # Errors
+/// See [`verify`].
+pub async fn verify_with(
+    strata: &Strata,
+    job: &str,
+    which: &str,
+    restore_into: Option<&DbUrl>,
+    thaw: &ThawOptions,
+) -> Result<VerifyReport, RestoreError> {
+    let (_, entry) = find(strata, job, which, None).await?;
+    let mut targets = Vec::new();
+    let mut thawing = Vec::new();
+    for record in &entry.manifest.targets {
+        if !strata.config().targets.contains_key(&record.target) {
+            continue;
+        }
+        let target = strata.target(&record.target);
+        match ensure_readable(target.as_ref(), &record.key, thaw).await {
+            Err(e) if e.is_thawing() => {
+                thawing.push((record.target.clone(), e.to_string()));
+                continue;
+            }
+            Err(e) => {
+                targets.push((record.target.clone(), e.to_string()));
+                continue;
+            }
+            Ok(()) => {}
+        }
+        let result = read_back(strata, target.as_ref(), &entry, &record.key).await;
+        targets.push((
+            record.target.clone(),
+            result.map_or_else(|e| e.to_string(), |()| "ok".into()),
+        ));
+    }
+    let restore = match restore_into {
+        None => None,
+        Some(server) => {
+            let scratch = format!(
+                "strata_verify_{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            );
+            let dest = server.with_dbname(&scratch);
+            let opts = RestoreOptions {
+                backup: entry.manifest.backup_id.clone(),
+                thaw: thaw.clone(),
+                ..RestoreOptions::default()
+            };
+            let result = super::restore(strata, job, &dest, &opts).await;
+            if result.is_ok() {
+                let admin_url = server.with_dbname("postgres");
+                if let Ok(admin) = admin_url.connect().await {
+                    drop_database(&admin, &admin_url, &scratch).await;
+                }
+            }
+            match result {
+                Err(e) if e.is_thawing() => {
+                    thawing.push(("restore".into(), e.to_string()));
+                    None
+                }
+                other => Some(other.map_or_else(|e| e.to_string(), |_| "ok".into())),
+            }
+        }
+    };
+    let report = VerifyReport {
+        backup_id: entry.manifest.backup_id.clone(),
+        targets,
+        thawing,
+        restore,
+    };
+    record_verification(strata, &entry, &report).await;
+    Ok(report)
+}
+
+/// Appends the results to the manifest on every target that holds the backup. A
+/// failure to record is logged; it does not change the verdict.
+async fn record_verification(strata: &Strata, entry: &Entry, report: &VerifyReport) {
+    let now = chrono::Utc::now();
+    let mut results: Vec<Verification> = report
+        .targets
+        .iter()
+        .map(|(target, outcome)| Verification {
+            at: now,
+            kind: "read_back".into(),
+            target: target.clone(),
+            ok: outcome == "ok",
+            detail: outcome.clone(),
+        })
+        .collect();
+    if let Some(outcome) = &report.restore {
+        results.push(Verification {
+            at: now,
+            kind: "restore".into(),
+            target: String::new(),
+            ok: outcome == "ok",
+            detail: outcome.clone(),
+        });
+    }
+    for record in &entry.manifest.targets {
+        if !strata.config().targets.contains_key(&record.target) {
+            continue;
+        }
+        let target = strata.target(&record.target);
+        let key = manifest_key_beside(&record.key, &entry.manifest.backup_id);
+        let updated = async {
+            let bytes = crate::storage::read_all(target.as_ref(), &key).await?;
+            let mut manifest: crate::manifest::Manifest =
+                serde_json::from_slice(&bytes).map_err(|e| StorageError::S3 {
+                    target: record.target.clone(),
+                    key: key.clone(),
+                    message: format!("manifest is not valid JSON: {e}"),
+                })?;
+            manifest.verifications.extend(results.iter().cloned());
+            let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+            target.put_small(&key, json.into()).await
+        }
+        .await;
+        if let Err(e) = updated {
+            tracing::warn!(target_name = %record.target, error = %e, "could not record the verification in the manifest");
+        }
+    }
+}
+
+async fn read_back(
+    strata: &Strata,
+    target: &dyn Target,
+    entry: &Entry,
+    object_key: &str,
+) -> Result<(), RestoreError> {
+    if entry.manifest.globals.is_some() {
+        let key = manifest_key_beside(object_key, &entry.manifest.backup_id);
+        super::read_globals(strata, target, entry, &key, &ThawOptions::default()).await?;
+    }
+    let (mut reader, check) = open_verified(strata, target, entry, object_key, None).await?;
+    let copied = tokio::io::copy_buf(&mut reader, &mut tokio::io::sink()).await;
+    check
+        .await
+        .map_err(|e| RestoreError::Internal(format!("the verification task failed: {e}")))??;
+    let n = copied.map_err(|e| RestoreError::Tool {
+        tool: "decompress".into(),
+        message: e.to_string(),
+    })?;
+    if n != entry.manifest.raw_bytes {
+        return Err(RestoreError::RawSize {
+            expected: entry.manifest.raw_bytes,
+            actual: n,
+        });
+    }
+    Ok(())
+}
+
+/// Outcome of a restore test.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreTest {
+    pub job: String,
+    pub backup_id: Option<String>,
+    pub target: Option<String>,
+    pub started_at: DateTime<Utc>,
+    /// Time to restore and check it: the real RTO of this backup.
+    pub seconds: f64,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub tables: usize,
+    pub rows: u64,
+}
+
+/// The newest backup of `job` that can be read right now (not in an archive tier
+/// or already thawed), and the target to read it from.
+///
+/// # Errors
+/// No target can be listed, or nothing readable is found.
+pub async fn newest_readable(
+    strata: &Strata,
+    job: &str,
+) -> Result<(Arc<dyn Target>, Entry), RestoreError> {
+    let cfg = strata.job(job)?;
+    let mut all: Vec<(Arc<dyn Target>, Entry)> = Vec::new();
+    for name in &cfg.targets {
+        let target = strata.target(name);
+        match catalog::list(target.as_ref(), strata.prefix(name), job).await {
+            Ok(entries) => all.extend(entries.into_iter().map(|e| (target.clone(), e))),
+            Err(e) => tracing::warn!(target_name = %name, error = %e, "cannot list target"),
+        }
+    }
+    // Newest first; at equal times local disk (listed first) wins.
+    all.sort_by_key(|e| std::cmp::Reverse(e.1.started_at()));
+    for (target, entry) in all {
+        if target.as_s3().is_some() {
+            match target.head(&entry.object_key()).await {
+                Ok(meta) if meta.thaw.readable() => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(target_name = target.name(), error = %e, "skipping an unreadable copy");
+                    continue;
+                }
+            }
+        }
+        return Ok((target, entry));
+    }
+    Err(RestoreError::NotFound {
+        job: job.to_owned(),
+        which: "readable backup".into(),
+        searched: cfg.targets.join(", "),
+    })
+}
+
+/// Restores the newest readable backup of `job` into a fresh, uniquely named
+/// database on `server`, checks every table's row count against the manifest,
+/// runs the `sql` assertions (each must succeed, and when it returns a row its
+/// first column must not be false), records the result in the backup's
+/// manifests, and drops the database.
+pub async fn restore_test(
+    strata: &Strata,
+    job: &str,
+    server: &DbUrl,
+    sql: &[String],
+) -> RestoreTest {
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let mut test = RestoreTest {
+        job: job.to_owned(),
+        backup_id: None,
+        target: None,
+        started_at,
+        seconds: 0.0,
+        ok: false,
+        error: None,
+        tables: 0,
+        rows: 0,
+    };
+    let (target, entry) = match newest_readable(strata, job).await {
+        Ok(found) => found,
+        Err(e) => {
+            test.error = Some(e.to_string());
+            return test;
+        }
+    };
+    test.backup_id = Some(entry.manifest.backup_id.clone());
+    test.target = Some(target.name().to_owned());
+    test.tables = entry.manifest.tables.len();
+    test.rows = entry.manifest.total_rows();
+    let scratch = format!(
+        "strata_restore_test_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let dest = server.with_dbname(&scratch);
+    let result = async {
+        let opts = RestoreOptions {
+            backup: entry.manifest.backup_id.clone(),
+            from: Some(target.name().to_owned()),
+            ..RestoreOptions::default()
+        };
+        super::restore(strata, job, &dest, &opts).await?;
+        run_assertions(&dest, sql).await
+    }
+    .await;
+    test.seconds = clock.elapsed().as_secs_f64();
+    let admin_url = server.with_dbname("postgres");
+    if let Ok(admin) = admin_url.connect().await {
+        drop_database(&admin, &admin_url, &scratch).await;
+    }
+    test.ok = result.is_ok();
+    test.error = result.err().map(|e| e.to_string());
+    let report = VerifyReport {
+        backup_id: entry.manifest.backup_id.clone(),
+        targets: Vec::new(),
+        thawing: Vec::new(),
+        restore: Some(test.error.clone().unwrap_or_else(|| "ok".into())),
+    };
+    record_verification(strata, &entry, &report).await;
+    test
+}
+
+async fn run_assertions(dest: &DbUrl, sql: &[String]) -> Result<(), RestoreError> {
+    if sql.is_empty() {
+        return Ok(());
+    }
+    let client = dest.connect().await?;
+    for (i, stmt) in sql.iter().enumerate() {
+        let fail = |message: String| RestoreError::Tool {
+            tool: format!("verify.sql[{i}]"),
+            message,
+        };
+        let rows = client
+            .simple_query(stmt)
+            .await
+            .map_err(|e| fail(dest.query_error(&e).to_string()))?;
+        let first = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_owned)),
+            _ => None,
+        });
+        if let Some(Some(v)) = first {
+            if v == "f" || v == "false" {
+                return Err(fail(format!("assertion returned false: {stmt}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Re-reads a just-written backup from every target that holds it (hash,
+/// decryption, size) and records the checks in its manifests; returns the
+/// targets whose copy failed, with the reason.
+pub async fn read_back_new(strata: &Strata, job: &str, backup_id: &str) -> Vec<(String, String)> {
+    match verify(strata, job, backup_id, None).await {
+        Ok(report) => report
+            .targets
+            .into_iter()
+            .filter(|(_, r)| r != "ok")
+            .map(|(t, r)| (t, format!("read-back failed: {r}")))
+            .collect(),
+        Err(e) => vec![("*".into(), format!("read-back failed: {e}"))],
+    }
+}
