@@ -29,7 +29,7 @@ use super::script::{Event, Kind, Statement, excerpt};
 use crate::progress::Progress;
 use crate::source::DbUrl;
 
-/// Serial statements are sent in batches of about this size.
+/// Serial statements are sent (pipelined) in batches of about this size.
 const SQL_BATCH: usize = 1 << 20;
 /// Session settings that speed up loading and index builds; nothing persists.
 const SESSION: &str =
@@ -112,9 +112,27 @@ impl Conn {
             .batch_execute(sql)
             .await
             .map_err(|e| LoadError::Statement {
-                statement: failed_statement(sql, &e),
+                statement: excerpt(sql),
                 message: crate::source::pg_message(&e),
             })
+    }
+
+    /// Runs statements in order without waiting for each answer (tokio-postgres
+    /// pipelines them), so a long schema costs no round trip per statement;
+    /// the first failure is reported with its own statement.
+    async fn pipeline(&self, statements: &[String]) -> Result<(), LoadError> {
+        let results =
+            futures::future::join_all(statements.iter().map(|s| self.client.batch_execute(s)))
+                .await;
+        for (stmt, result) in statements.iter().zip(results) {
+            if let Err(e) = result {
+                return Err(LoadError::Statement {
+                    statement: excerpt(stmt),
+                    message: crate::source::pg_message(&e),
+                });
+            }
+        }
+        Ok(())
     }
 
     async fn copy(&self, table: &str, sql: &str, data: Vec<Bytes>) -> Result<u64, LoadError> {
@@ -129,22 +147,6 @@ impl Conn {
         }
         sink.as_mut().finish().await.map_err(fail)
     }
-}
-
-/// The statement a batch failed at, when the server says where.
-fn failed_statement(sql: &str, e: &tokio_postgres::Error) -> String {
-    if let Some(tokio_postgres::error::ErrorPosition::Original(pos)) =
-        e.as_db_error().and_then(|d| d.position())
-    {
-        // Position is 1-based, in characters.
-        let at: usize = sql
-            .char_indices()
-            .nth((*pos as usize).saturating_sub(1))
-            .map_or(0, |(i, _)| i);
-        let start = sql[..at].rfind(";\n").map_or(0, |i| i + 2);
-        return excerpt(&sql[start..]);
-    }
-    excerpt(sql)
 }
 
 /// One unit of parallel work and the tables it locks.
@@ -303,8 +305,9 @@ struct Loader<'a> {
     serial: Conn,
     pool: Pool,
     settings: Settings,
-    /// Serial statements not yet sent, and the settings they need.
-    pending: String,
+    /// Serial statements not yet sent, and their size.
+    pending: Vec<String>,
+    pending_bytes: usize,
     phase: Phase,
     run: Vec<Task>,
     run_kind: Option<RunKind>,
@@ -321,15 +324,16 @@ impl Loader<'_> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let sql = std::mem::take(&mut self.pending);
+        let statements = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
         self.serial.settle(&self.settings).await?;
-        self.serial.sql(&sql).await
+        self.serial.pipeline(&statements).await
     }
 
-    async fn queue_serial(&mut self, sql: &str) -> Result<(), LoadError> {
-        self.pending.push_str(sql);
-        self.pending.push('\n');
-        if self.pending.len() >= SQL_BATCH {
+    async fn queue_serial(&mut self, sql: String) -> Result<(), LoadError> {
+        self.pending_bytes += sql.len();
+        self.pending.push(sql);
+        if self.pending_bytes >= SQL_BATCH {
             self.flush().await?;
         }
         Ok(())
@@ -396,7 +400,7 @@ impl Loader<'_> {
                 if self.phase == Phase::PostData {
                     self.end_run().await?;
                 }
-                self.queue_serial(&sql).await?;
+                self.queue_serial(sql).await?;
             }
             Kind::Index { table } | Kind::Constraint { table } => {
                 self.parallel(RunKind::Indexes, sql, vec![table.clone()])
@@ -419,7 +423,7 @@ impl Loader<'_> {
                     self.enter(Phase::PostData).await?;
                 }
                 self.end_run().await?;
-                self.queue_serial(&sql).await?;
+                self.queue_serial(sql).await?;
             }
         }
         Ok(())
@@ -520,7 +524,8 @@ pub async fn load(
             retry: Vec::new(),
         },
         settings: Arc::new(BTreeMap::new()),
-        pending: String::new(),
+        pending: Vec::new(),
+        pending_bytes: 0,
         phase: Phase::Schema,
         run: Vec::new(),
         run_kind: None,

@@ -76,6 +76,20 @@ impl Rewrite {
         if self.no_owner && (session_auth || owner_to) {
             return None;
         }
+        let mut dropped = None;
+        if self.no_owner {
+            // Default privileges of the old owner become the restoring role's,
+            // who now owns the objects: `FOR ROLE …` goes.
+            dropped = for_role_clause(sql, &t);
+        }
+        if let Some((a, b)) = dropped {
+            let shorter = format!("{}{}", &sql[..a], &sql[b..]);
+            let stmt = Statement {
+                kind: stmt.kind.clone(),
+                sql: shorter,
+            };
+            return self.apply(&stmt).map(|c| Cow::Owned(c.into_owned()));
+        }
         if self.roles.is_empty() {
             return Some(Cow::Borrowed(sql));
         }
@@ -103,6 +117,16 @@ impl Rewrite {
         out.push_str(&sql[last..]);
         Some(Cow::Owned(out))
     }
+}
+
+/// The byte range of `FOR ROLE a, b ` in `ALTER DEFAULT PRIVILEGES`.
+fn for_role_clause(sql: &str, t: &[Token]) -> Option<(usize, usize)> {
+    let word = |i: usize, kw: &str| t.get(i).is_some_and(|x| x.is(sql, kw));
+    if !(word(0, "alter") && word(1, "default") && word(2, "privileges") && word(3, "for")) {
+        return None;
+    }
+    let end = (5..t.len()).find(|&i| word(i, "in") || word(i, "grant") || word(i, "revoke"))?;
+    Some((t[3].start, t[end].start))
 }
 
 /// The tokens of `sql` that name roles.
@@ -286,6 +310,14 @@ mod tests {
         assert_eq!(
             run(&r, "GRANT SELECT ON TABLE public.t TO app;").as_deref(),
             Some("GRANT SELECT ON TABLE public.t TO app;")
+        );
+        assert_eq!(
+            run(
+                &r,
+                "ALTER DEFAULT PRIVILEGES FOR ROLE app, \"x y\" IN SCHEMA s GRANT SELECT ON TABLES  TO ro;"
+            )
+            .as_deref(),
+            Some("ALTER DEFAULT PRIVILEGES IN SCHEMA s GRANT SELECT ON TABLES  TO ro;")
         );
         assert!(Rewrite::default().is_identity());
     }

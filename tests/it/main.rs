@@ -1,9 +1,11 @@
 //! Integration tests against real servers: PostgreSQL on 127.0.0.1:5432 and the moto
 //! and Garage S3 servers started by `scripts/test`.
 
+mod cluster;
 mod helpers;
 mod proxy;
 
+mod anywhere;
 mod cli;
 mod conformance;
 mod daemon;
@@ -12,4 +14,5 @@ mod failures;
 mod operations;
 mod retention;
 mod roundtrip;
+mod tls;
 mod walkthrough;
