@@ -5,6 +5,7 @@
 #   Garage (crates.io, `cargo install`, about 8 minutes the first time).
 # Everything listens on 127.0.0.1 only; servers stop when the calling shell exits.
 
+source "$(dirname "${BASH_SOURCE[0]}")/postgres.sh"
 CACHE=${STRATA_TEST_CACHE:-$HOME/.cache/strata-test}
 mkdir -p "$CACHE"
 log() { echo "test-services: $*" >&2; }
@@ -28,9 +29,7 @@ ensure_postgres() {
     # trust authentication for local test connections, as the test machines have it
     sed -i -E 's/^(local|host)(\s+all\s+all\s+\S*\s*)(peer|scram-sha-256|md5)$/\1\2trust/' "$conf/pg_hba.conf"
   fi
-  log "starting PostgreSQL"
-  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | tail -1)" main start
-  wait_for 30 pg_isready -h 127.0.0.1 -p 5432 -q || { log "PostgreSQL did not start"; return 1; }
+  ensure_local_postgres 127.0.0.1 5432
 }
 
 # Pinned: moto 5.2.x answers GetBucketVersioning with a root element the AWS SDKs

@@ -651,15 +651,20 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             if json {
                 print_json(&report);
             } else {
+                let t = &report.timings;
                 println!(
-                    "restored {} from {} into {}: {} tables, {} rows, verified, in {:.1} s ({} connections)",
+                    "restored {} from {} into {}: {} tables, {} rows, verified, in {:.1} s ({} connections: schema {:.1} s, data {:.1} s, indexes {:.1} s, rest {:.1} s)",
                     report.backup_id,
                     report.target,
                     report.database,
                     report.tables,
                     report.rows,
                     report.seconds,
-                    report.jobs
+                    report.jobs,
+                    t.schema,
+                    t.data,
+                    t.indexes,
+                    t.rest
                 );
                 if !report.roles_created.is_empty() {
                     println!("  roles created: {}", report.roles_created.join(", "));
@@ -679,14 +684,21 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         } => {
             let server = restore_into.map(|u| u.parse::<DbUrl>()).transpose()?;
             let strata = Strata::build(load(&cli.config)?).await;
+            let progress = crate::progress::Progress::new(format!("verify {job}"), None);
+            let reporter = crate::progress::Reporter::start(
+                progress.clone(),
+                crate::progress::Display::choose(json),
+            );
             let result = crate::restore::verify_with(
                 &strata,
                 &job,
                 &backup,
                 server.as_ref(),
                 &thaw.options(),
+                Some(progress),
             )
             .await;
+            reporter.finish().await;
             let detail = match &result {
                 Ok(r) => {
                     serde_json::json!({ "backup_id": r.backup_id, "ok": r.ok(), "targets": r.targets, "restore": r.restore })

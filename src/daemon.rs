@@ -207,12 +207,15 @@ impl Daemon {
         self.health.lock().expect("health").clone()
     }
 
-    /// Progress of the backups running now, by job.
+    /// Progress of the backups running now, by job (a run that finished its
+    /// backup and is only pruning or recording shows none).
     pub fn progress(&self) -> BTreeMap<String, crate::progress::Snapshot> {
+        let health = self.health();
         self.running
             .lock()
             .expect("running")
             .iter()
+            .filter(|(job, _)| health.get(*job).is_some_and(|h| h.running))
             .map(|(job, r)| (job.clone(), r.progress.snapshot()))
             .collect()
     }

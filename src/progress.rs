@@ -55,6 +55,14 @@ impl Progress {
         self.total.store(total, Ordering::Relaxed);
     }
 
+    /// Sets the estimate unless one is known (a caller doing more than this
+    /// step set it for the whole).
+    pub fn set_total_if_unknown(&self, total: u64) {
+        let _ = self
+            .total
+            .compare_exchange(0, total, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
     /// What is happening now.
     pub fn set_detail(&self, detail: impl Into<String>) {
         *self

@@ -242,6 +242,9 @@ pub async fn backup(
         }
     };
 
+    if let Some(p) = &ctl.progress {
+        p.set_detail("completing the uploads");
+    }
     let completions =
         futures::future::join_all(uploads.into_iter().map(|(name, upload)| async move {
             match upload {

@@ -56,6 +56,20 @@ pub struct Loaded {
     /// Rows per table, as the server counted them.
     pub rows: BTreeMap<String, u64>,
     pub statements: u64,
+    pub timings: Timings,
+}
+
+/// Where a restore's time went, in seconds.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Timings {
+    /// Before the first data (schema, on one connection).
+    pub schema: f64,
+    /// Table data, on every connection.
+    pub data: f64,
+    /// Index, constraint and foreign-key runs.
+    pub indexes: f64,
+    /// Everything else after the data (grants, policies, triggers, …).
+    pub rest: f64,
 }
 
 /// Settings in effect: variable → the `SET` statement that set it.
@@ -155,6 +169,9 @@ struct Task {
     settings: Settings,
     locks: Vec<String>,
     size: u64,
+    /// A foreign key waits until every index and constraint on the table it
+    /// references is built.
+    after: Option<String>,
 }
 
 enum Work {
@@ -192,9 +209,20 @@ struct Pool {
     idle: Vec<Conn>,
     running: JoinSet<Finished>,
     held: HashMap<String, usize>,
+    /// Tables with an index or constraint (not a foreign key) building now.
+    building: HashMap<String, usize>,
     rows: BTreeMap<String, u64>,
     /// Tasks that lost a deadlock: run again alone.
     retry: Vec<Task>,
+}
+
+fn release(counts: &mut HashMap<String, usize>, key: &str) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 fn is_deadlock(e: &LoadError) -> bool {
@@ -206,6 +234,9 @@ impl Pool {
         let mut conn = self.idle.pop().expect("an idle connection");
         for l in &task.locks {
             *self.held.entry(l.clone()).or_default() += 1;
+            if task.after.is_none() {
+                *self.building.entry(l.clone()).or_default() += 1;
+            }
         }
         self.running.spawn(async move {
             let result = execute(&mut conn, &mut task).await;
@@ -219,11 +250,9 @@ impl Pool {
         };
         let done = done.map_err(|e| LoadError::Worker(e.to_string()))?;
         for l in &done.task.locks {
-            if let Some(n) = self.held.get_mut(l) {
-                *n -= 1;
-                if *n == 0 {
-                    self.held.remove(l);
-                }
+            release(&mut self.held, l);
+            if done.task.after.is_none() {
+                release(&mut self.building, l);
             }
         }
         self.idle.push(done.conn);
@@ -259,8 +288,9 @@ impl Pool {
         Ok(())
     }
 
-    /// Runs independent tasks, never two on a common table at once, largest
-    /// first; returns when all are done.
+    /// Runs tasks, never two on a common table at once and no foreign key
+    /// before the indexes of the table it references, largest first; returns
+    /// when all are done.
     async fn run_all(&mut self, mut tasks: Vec<Task>) -> Result<(), LoadError> {
         tasks.sort_by_key(|t| std::cmp::Reverse(t.size));
         while !tasks.is_empty() {
@@ -268,12 +298,23 @@ impl Pool {
                 self.reap().await?;
                 continue;
             }
-            let free = tasks
-                .iter()
-                .position(|t| t.locks.iter().all(|l| !self.held.contains_key(l)));
+            let ready = |t: &Task| {
+                t.locks.iter().all(|l| !self.held.contains_key(l))
+                    && t.after.as_ref().is_none_or(|r| {
+                        !self.building.contains_key(r)
+                            && !tasks
+                                .iter()
+                                .any(|p| p.after.is_none() && p.locks.contains(r))
+                    })
+            };
+            let free = tasks.iter().position(ready);
             match free {
                 Some(i) => self.spawn(tasks.remove(i)),
-                None if self.running.is_empty() => self.spawn(tasks.remove(0)),
+                None if self.running.is_empty() => {
+                    // Nothing runs and nothing is ready: an index first.
+                    let i = tasks.iter().position(|t| t.after.is_none()).unwrap_or(0);
+                    self.spawn(tasks.remove(i));
+                }
                 None => self.reap().await?,
             }
         }
@@ -317,6 +358,9 @@ struct Loader<'a> {
     /// Data bytes per table (to start the largest index builds first).
     sizes: HashMap<String, u64>,
     statements: u64,
+    timings: Timings,
+    /// When the current phase began.
+    phase_started: std::time::Instant,
 }
 
 impl Loader<'_> {
@@ -352,7 +396,9 @@ impl Loader<'_> {
         self.progress
             .set_detail(format!("building {what} ({} statements)", tasks.len()));
         self.flush().await?;
+        let started = std::time::Instant::now();
         self.pool.run_all(tasks).await?;
+        self.timings.indexes += started.elapsed().as_secs_f64();
         self.run_kind = None;
         Ok(())
     }
@@ -364,6 +410,13 @@ impl Loader<'_> {
         // Everything before must be done: flush and wait for the pool.
         self.flush().await?;
         self.pool.drain().await?;
+        let spent = self.phase_started.elapsed().as_secs_f64();
+        match self.phase {
+            Phase::Schema => self.timings.schema += spent,
+            Phase::Data => self.timings.data += spent,
+            Phase::PostData => {}
+        }
+        self.phase_started = std::time::Instant::now();
         self.phase = phase;
         Ok(())
     }
@@ -403,7 +456,7 @@ impl Loader<'_> {
                 self.queue_serial(sql).await?;
             }
             Kind::Index { table } | Kind::Constraint { table } => {
-                self.parallel(RunKind::Indexes, sql, vec![table.clone()])
+                self.parallel(RunKind::Indexes, sql, vec![table.clone()], None)
                     .await?;
             }
             Kind::ForeignKey { table, references } => {
@@ -412,7 +465,8 @@ impl Loader<'_> {
                 } else {
                     vec![table.clone(), references.clone()]
                 };
-                self.parallel(RunKind::ForeignKeys, sql, locks).await?;
+                self.parallel(RunKind::ForeignKeys, sql, locks, Some(references.clone()))
+                    .await?;
             }
             Kind::Comment if self.phase == Phase::PostData && !self.run.is_empty() => {
                 let last = self.run.last_mut().expect("run not empty");
@@ -434,13 +488,18 @@ impl Loader<'_> {
         kind: RunKind,
         sql: String,
         locks: Vec<String>,
+        after: Option<String>,
     ) -> Result<(), LoadError> {
         self.enter(Phase::PostData).await?;
-        if self.run_kind != Some(kind) {
+        // Foreign keys right after indexes join their run (each waits for the
+        // table it references); anything else starts a new run.
+        let joins = self.run_kind == Some(kind)
+            || (self.run_kind == Some(RunKind::Indexes) && kind == RunKind::ForeignKeys);
+        if !joins {
             self.end_run().await?;
             self.flush().await?;
-            self.run_kind = Some(kind);
         }
+        self.run_kind = Some(kind);
         let size = locks
             .iter()
             .map(|t| self.sizes.get(t).copied().unwrap_or(0))
@@ -451,6 +510,7 @@ impl Loader<'_> {
             settings: self.settings.clone(),
             locks,
             size,
+            after,
         });
         Ok(())
     }
@@ -475,6 +535,7 @@ impl Loader<'_> {
             settings: self.settings.clone(),
             locks: Vec::new(),
             size: n,
+            after: None,
         };
         self.pool.submit(task).await
     }
@@ -520,6 +581,7 @@ pub async fn load(
             idle,
             running: JoinSet::new(),
             held: HashMap::new(),
+            building: HashMap::new(),
             rows: BTreeMap::new(),
             retry: Vec::new(),
         },
@@ -532,6 +594,8 @@ pub async fn load(
         copy: None,
         sizes: HashMap::new(),
         statements: 0,
+        timings: Timings::default(),
+        phase_started: std::time::Instant::now(),
     };
     progress.set_detail("creating the schema");
     while let Some(batch) = input.recv().await {
@@ -546,8 +610,23 @@ pub async fn load(
     l.end_run().await?;
     l.flush().await?;
     l.pool.drain().await?;
+    let spent = l.phase_started.elapsed().as_secs_f64();
+    match l.phase {
+        Phase::Schema => l.timings.schema += spent,
+        Phase::Data => l.timings.data += spent,
+        Phase::PostData => l.timings.rest += (spent - l.timings.indexes).max(0.0),
+    }
+    tracing::info!(
+        schema_s = l.timings.schema,
+        data_s = l.timings.data,
+        indexes_s = l.timings.indexes,
+        rest_s = l.timings.rest,
+        jobs,
+        "restore loaded"
+    );
     Ok(Loaded {
         rows: std::mem::take(&mut l.pool.rows),
         statements: l.statements,
+        timings: l.timings,
     })
 }

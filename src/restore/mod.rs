@@ -159,8 +159,12 @@ pub struct RestoreReport {
     pub jobs: usize,
     /// Roles this restore created on the destination.
     pub roles_created: Vec<String>,
+    /// Tablespaces this restore created on the destination.
+    pub tablespaces_created: Vec<String>,
     /// What the operator should know (roles without passwords, skipped grants).
     pub warnings: Vec<String>,
+    /// Where the loading time went.
+    pub timings: load::Timings,
 }
 
 /// Finds `which` (`latest` or an id) of `job`, on `from` or the first of the job's
@@ -325,7 +329,7 @@ pub async fn restore(
         let progress = opts.progress.clone().unwrap_or_else(|| {
             Progress::new(format!("restore {}", entry.manifest.backup_id), None)
         });
-        progress.set_total(entry.manifest.stored_bytes);
+        progress.set_total_if_unknown(entry.manifest.stored_bytes);
         let loaded = restore_into(
             strata,
             target.as_ref(),
@@ -349,11 +353,11 @@ pub async fn restore(
                 })?;
         }
         swap_in(&admin, &admin_url, &name, &scratch).await?;
-        Ok::<usize, RestoreError>(jobs)
+        Ok::<(usize, load::Timings), RestoreError>((jobs, loaded.timings))
     }
     .await;
-    let jobs = match result {
-        Ok(jobs) => jobs,
+    let (jobs, timings) = match result {
+        Ok(done) => done,
         Err(e) => {
             drop_database(&admin, &admin_url, &scratch).await;
             database::undo_globals(
@@ -378,7 +382,9 @@ pub async fn restore(
         seconds: clock.elapsed().as_secs_f64(),
         jobs,
         roles_created: plan.created_roles.clone(),
+        tablespaces_created: created_tablespaces,
         warnings: plan.warnings.clone(),
+        timings,
     })
 }
 

@@ -12,6 +12,7 @@ use super::{RestoreError, RestoreOptions, drop_database, find, open_verified};
 use crate::app::Strata;
 use crate::catalog::{self, Entry};
 use crate::manifest::{Verification, manifest_key_beside};
+use crate::progress::Progress;
 use crate::source::DbUrl;
 use crate::storage::{StorageError, Target};
 
@@ -46,11 +47,20 @@ pub async fn verify(
     which: &str,
     restore_into: Option<&DbUrl>,
 ) -> Result<VerifyReport, RestoreError> {
-    verify_with(strata, job, which, restore_into, &ThawOptions::default()).await
+    verify_with(
+        strata,
+        job,
+        which,
+        restore_into,
+        &ThawOptions::default(),
+        None,
+    )
+    .await
 }
 
 /// [`verify`], thawing archived copies as `thaw` says. Copies still thawing are
-/// not checked and not recorded; [`VerifyReport::thawing`] lists them.
+/// not checked and not recorded; [`VerifyReport::thawing`] lists them. Stored
+/// bytes read go to `progress`.
 ///
 /// # Errors
 /// See [`verify`].
@@ -60,8 +70,13 @@ pub async fn verify_with(
     which: &str,
     restore_into: Option<&DbUrl>,
     thaw: &ThawOptions,
+    progress: Option<Arc<Progress>>,
 ) -> Result<VerifyReport, RestoreError> {
     let (_, entry) = find(strata, job, which, None).await?;
+    if let Some(p) = &progress {
+        let reads = entry.manifest.targets.len() + usize::from(restore_into.is_some());
+        p.set_total(entry.manifest.stored_bytes * reads as u64);
+    }
     let mut targets = Vec::new();
     let mut thawing = Vec::new();
     for record in &entry.manifest.targets {
@@ -80,7 +95,17 @@ pub async fn verify_with(
             }
             Ok(()) => {}
         }
-        let result = read_back(strata, target.as_ref(), &entry, &record.key).await;
+        if let Some(p) = &progress {
+            p.set_detail(format!("reading the copy on {}", record.target));
+        }
+        let result = read_back(
+            strata,
+            target.as_ref(),
+            &entry,
+            &record.key,
+            progress.clone(),
+        )
+        .await;
         targets.push((
             record.target.clone(),
             result.map_or_else(|e| e.to_string(), |()| "ok".into()),
@@ -97,14 +122,12 @@ pub async fn verify_with(
             let opts = RestoreOptions {
                 backup: entry.manifest.backup_id.clone(),
                 thaw: thaw.clone(),
+                progress: progress.clone(),
                 ..RestoreOptions::default()
             };
             let result = super::restore(strata, job, &dest, &opts).await;
-            if result.is_ok() {
-                let admin_url = server.with_dbname("postgres");
-                if let Ok(admin) = admin_url.connect().await {
-                    drop_database(&admin, &admin_url, &scratch).await;
-                }
+            if let Ok(report) = &result {
+                clean_up(server, &scratch, report).await;
             }
             match result {
                 Err(e) if e.is_thawing() => {
@@ -179,12 +202,13 @@ async fn read_back(
     target: &dyn Target,
     entry: &Entry,
     object_key: &str,
+    progress: Option<Arc<Progress>>,
 ) -> Result<(), RestoreError> {
     if entry.manifest.globals.is_some() {
         let key = manifest_key_beside(object_key, &entry.manifest.backup_id);
         super::read_globals(strata, target, entry, &key, &ThawOptions::default()).await?;
     }
-    let (mut reader, check) = open_verified(strata, target, entry, object_key, None).await?;
+    let (mut reader, check) = open_verified(strata, target, entry, object_key, progress).await?;
     let copied = tokio::io::copy_buf(&mut reader, &mut tokio::io::sink()).await;
     check
         .await
@@ -297,21 +321,24 @@ pub async fn restore_test(
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
     let dest = server.with_dbname(&scratch);
-    let result = async {
-        let opts = RestoreOptions {
-            backup: entry.manifest.backup_id.clone(),
-            from: Some(target.name().to_owned()),
-            ..RestoreOptions::default()
-        };
-        super::restore(strata, job, &dest, &opts).await?;
-        run_assertions(&dest, sql).await
-    }
-    .await;
+    let opts = RestoreOptions {
+        backup: entry.manifest.backup_id.clone(),
+        from: Some(target.name().to_owned()),
+        ..RestoreOptions::default()
+    };
+    let restored = super::restore(strata, job, &dest, &opts).await;
+    let result = match &restored {
+        Ok(_) => run_assertions(&dest, sql).await,
+        Err(_) => Ok(()),
+    };
     test.seconds = clock.elapsed().as_secs_f64();
-    let admin_url = server.with_dbname("postgres");
-    if let Ok(admin) = admin_url.connect().await {
-        drop_database(&admin, &admin_url, &scratch).await;
-    }
+    let result = match restored {
+        Ok(report) => {
+            clean_up(server, &scratch, &report).await;
+            result
+        }
+        Err(e) => Err(e),
+    };
     test.ok = result.is_ok();
     test.error = result.err().map(|e| e.to_string());
     let report = VerifyReport {
@@ -322,6 +349,22 @@ pub async fn restore_test(
     };
     record_verification(strata, &entry, &report).await;
     test
+}
+
+/// Drops a scratch restore and the roles and tablespaces it created, so a
+/// verification leaves the server as it found it.
+async fn clean_up(server: &DbUrl, scratch: &str, report: &super::RestoreReport) {
+    let admin_url = server.with_dbname("postgres");
+    if let Ok(admin) = admin_url.connect().await {
+        drop_database(&admin, &admin_url, scratch).await;
+        super::database::undo_globals(
+            &admin,
+            &admin_url,
+            &report.roles_created,
+            &report.tablespaces_created,
+        )
+        .await;
+    }
 }
 
 async fn run_assertions(dest: &DbUrl, sql: &[String]) -> Result<(), RestoreError> {

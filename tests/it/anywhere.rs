@@ -582,3 +582,45 @@ async fn a_missing_tablespace_is_named_and_no_tablespaces_restores_anyway() {
         "0"
     );
 }
+
+#[tokio::test]
+async fn a_restore_test_on_another_server_leaves_nothing_behind() {
+    let app = AppDb::create();
+    let setup = Setup::new();
+    let bucket = Bucket::create(S3Kind::Moto).await;
+    let config = config(&setup, &bucket, &app.db.url());
+    let out = strata(&config, &["backup", "production"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let staging = Cluster::start(Options::default());
+    let roles = || {
+        staging.psql(
+            "postgres",
+            "SELECT string_agg(rolname, ',' ORDER BY rolname) FROM pg_roles",
+        )
+    };
+    let before = roles();
+    let out = strata(
+        &config,
+        &[
+            "verify",
+            "production",
+            "--restore-into",
+            &staging.url(ADMIN, "postgres", ""),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("restore test: ok"), "{}", text(&out));
+    assert_eq!(
+        roles(),
+        before,
+        "the scratch restore's roles were left on the server"
+    );
+    assert_eq!(
+        staging.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'strata_%'"
+        ),
+        "0"
+    );
+}

@@ -401,3 +401,80 @@ fn the_configuration_reference_is_a_valid_configuration() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// The last JSON progress event on stderr.
+fn done_event(out: &Output) -> serde_json::Value {
+    stderr(out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .rfind(|v| v["event"] == "done")
+        .unwrap_or_else(|| panic!("no done event in {}", stderr(out)))
+}
+
+#[test]
+fn long_commands_report_progress_on_a_terminal_or_as_json_and_stay_quiet_otherwise() {
+    let setup = Setup::new();
+    let db = TestDb::create();
+    db.exec("CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 20000) g");
+    setup.write_config("", &job("app", &db.url(), "local", ""));
+    let out = strata(&setup, &["backup", "app", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let done = done_event(&out);
+    assert_eq!(done["operation"], "backup app");
+    assert_eq!(done["bytes"], first["manifest"]["raw_bytes"], "{done}");
+    assert_eq!(
+        done["total_bytes"], 0,
+        "no estimate before the first backup"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = strata(&setup, &["backup", "app", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let done = done_event(&out);
+    assert_eq!(
+        done["total_bytes"], first["manifest"]["raw_bytes"],
+        "the previous backup is the estimate"
+    );
+
+    let dest = TestDb::reserve();
+    let restore = |json: bool| {
+        let mut c = Command::new(bin());
+        c.arg("-c")
+            .arg(setup.path().join("config.yaml"))
+            .args(["restore", "app"])
+            .args(json.then_some("--json"))
+            .env("STRATA_RESTORE_INTO", dest.url());
+        c
+    };
+    let out = restore(true).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let done = done_event(&out);
+    assert_eq!(done["operation"], "restore app");
+    assert_eq!(done["bytes"], done["total_bytes"], "{done}");
+    assert!(report["seconds"].as_f64().unwrap() > 0.0);
+    // Not a terminal, no --json: nothing but the result.
+    let dest2 = TestDb::reserve();
+    let out = restore(false)
+        .env("STRATA_RESTORE_INTO", dest2.url())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "", "progress written to a pipe");
+    // On a terminal (script(1) gives it one): the redrawn line.
+    let dest3 = TestDb::reserve();
+    let cmd = format!(
+        "STRATA_RESTORE_INTO={} {} -c {} restore app",
+        dest3.url(),
+        bin(),
+        setup.path().join("config.yaml").display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("\r\x1b[Krestore app: "), "{shown:?}");
+    assert!(shown.contains("MiB of ~"), "{shown:?}");
+}

@@ -1436,3 +1436,80 @@ async fn the_daemon_fixes_lifecycle_drift_and_alerts_on_cost_and_a_missed_rpo() 
     assert_eq!(rpo[2]["resolved"], false);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_running_backup_shows_its_progress_in_health_and_metrics() {
+    let bucket = Bucket::create(S3Kind::Moto).await;
+    let proxy = FaultProxy::start(bucket.settings.endpoint.as_deref().unwrap()).await;
+    // The first upload request waits: the backup is running, its dump done.
+    proxy.add(Rule {
+        method: "PUT",
+        query_has: "",
+        fault: Fault::Delay(3000),
+        times: Some(1),
+    });
+    let targets = bucket.yaml("s3", Some(&proxy.url()));
+    let app = App::spawn_opts(Opts {
+        targets: &targets,
+        job_targets: Some("local, s3"),
+        buckets: &[&bucket],
+        ..Opts::default()
+    })
+    .await;
+    let r = app.post("/backups/app").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let run_id = run_id_of(r).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (progress, metric) = loop {
+        let (_, h) = app.health().await;
+        let p = h["jobs"]["app"]["progress"].clone();
+        if p["bytes"].as_u64().unwrap_or(0) > 0 {
+            let metrics = app
+                .http
+                .get(format!("{}/metrics", app.url))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            break (p, metrics);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no progress seen while the backup ran: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(progress["operation"], "backup app");
+    let detail = progress["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("dumping") || detail == "completing the uploads",
+        "{progress}"
+    );
+    let line = metric
+        .lines()
+        .find(|l| l.starts_with("strata_backup_progress_bytes{job=\"app\"}"))
+        .unwrap_or_else(|| panic!("no progress metric in\n{metric}"));
+    let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(value > 0.0, "{line}");
+    let run = app.finished(&run_id).await;
+    assert_eq!(run["status"], "success", "{run}");
+    // Done: no progress in /health, the gauge back at 0.
+    let (_, h) = app.health().await;
+    assert!(h["jobs"]["app"]["progress"].is_null(), "{h}");
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("strata_backup_progress_bytes{job=\"app\"} 0"),
+        "{metrics}"
+    );
+    app.shutdown().await;
+}

@@ -188,3 +188,118 @@ async fn the_readme_walkthrough_backs_up_to_disk_and_a_bucket_and_restores_from_
         assert_eq!(mode & 0o077, 0, "{secret} is readable by others");
     }
 }
+
+/// A Debian PostgreSQL cluster made for one test, removed at the end.
+struct DebianCluster {
+    version: String,
+    name: String,
+}
+
+impl Drop for DebianCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("pg_dropcluster")
+            .args(["--stop", &self.version, &self.name])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn the_quick_start_starts_an_installed_but_stopped_postgresql() {
+    let version = String::from_utf8(
+        Command::new("bash")
+            .args(["-c", "ls /usr/lib/postgresql | sort -V | tail -1"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let port = free_port();
+    let cluster = DebianCluster {
+        version,
+        name: crate::helpers::unique("strata_qs_"),
+    };
+    // Created, not started: what a machine with PostgreSQL installed but down has.
+    let out = Command::new("pg_createcluster")
+        .args([
+            &cluster.version,
+            &cluster.name,
+            "-p",
+            &port.to_string(),
+            "--",
+            "--auth=trust",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ready = || {
+        Command::new("pg_isready")
+            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(
+        !ready(),
+        "the cluster should be down before the quick start"
+    );
+
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    for script in ["scripts/start", "scripts/postgres.sh"] {
+        copy_executable(&repo.join(script), &dir.path().join(script));
+    }
+    std::fs::copy(repo.join("config.yaml"), dir.path().join("config.yaml")).unwrap();
+    let out = Command::new(dir.path().join("scripts/start"))
+        .args(["list", "local"])
+        .current_dir(dir.path())
+        .env_remove("STRATA_CONFIG")
+        .env("STRATA_BIN", bin())
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        )
+        .env(
+            "STRATA_STATE_DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{port}/strata_state"),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "scripts/start failed: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "starting PostgreSQL cluster {} {}",
+            cluster.version, cluster.name
+        )),
+        "{stderr}"
+    );
+    assert!(ready(), "the quick start did not start PostgreSQL");
+    let exists = Command::new("psql")
+        .args([
+            "-X",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "strata_state",
+            "-c",
+            "SELECT 1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&exists.stdout).trim(),
+        "1",
+        "the state database was not created"
+    );
+}
