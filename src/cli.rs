@@ -640,7 +640,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             reporter.finish().await;
             let detail = match &result {
                 Ok(r) => {
-                    serde_json::json!({ "backup_id": r.backup_id, "into": r.database, "ok": true })
+                    serde_json::json!({ "backup_id": r.backup_id, "into": r.database, "ok": true, "seconds": r.seconds, "roles_created": r.roles_created })
                 }
                 Err(e) => {
                     serde_json::json!({ "backup": backup, "into": into.to_string(), "ok": false, "error": e.to_string() })
@@ -708,6 +708,20 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 }
             };
             audit_cli(strata.config(), "verify", Some(&job), detail).await;
+            // A restore into a scratch database by hand is a restore test too:
+            // its measured time goes where the scheduled ones go.
+            if let (Ok(Some(test)), Some(url)) = (
+                result.as_ref().map(|r| r.restore_test.as_ref()),
+                &strata.config().state_url,
+            ) {
+                let state = crate::state::StateDb::open(url.clone()).await;
+                if let Err(e) = state
+                    .save_restore_test(test, &crate::state::host_id())
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not record the restore test");
+                }
+            }
             let report = result?;
             if json {
                 print_json(&report);

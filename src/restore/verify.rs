@@ -25,6 +25,8 @@ pub struct VerifyReport {
     /// Copies (or the restore test) not checked because they are still thawing.
     pub thawing: Vec<(String, String)>,
     pub restore: Option<String>,
+    /// The scratch restore as a restore test (when one ran): its measured RTO.
+    pub restore_test: Option<RestoreTest>,
 }
 
 impl VerifyReport {
@@ -111,9 +113,12 @@ pub async fn verify_with(
             result.map_or_else(|e| e.to_string(), |()| "ok".into()),
         ));
     }
+    let mut restore_test = None;
     let restore = match restore_into {
         None => None,
         Some(server) => {
+            let started_at = Utc::now();
+            let clock = Instant::now();
             let scratch = format!(
                 "strata_verify_{}",
                 &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -129,6 +134,19 @@ pub async fn verify_with(
             if let Ok(report) = &result {
                 clean_up(server, &scratch, report).await;
             }
+            if !matches!(&result, Err(e) if e.is_thawing()) {
+                restore_test = Some(RestoreTest {
+                    job: job.to_owned(),
+                    backup_id: Some(entry.manifest.backup_id.clone()),
+                    target: result.as_ref().ok().map(|r| r.target.clone()),
+                    started_at,
+                    seconds: clock.elapsed().as_secs_f64(),
+                    ok: result.is_ok(),
+                    error: result.as_ref().err().map(ToString::to_string),
+                    tables: entry.manifest.tables.len(),
+                    rows: entry.manifest.total_rows(),
+                });
+            }
             match result {
                 Err(e) if e.is_thawing() => {
                     thawing.push(("restore".into(), e.to_string()));
@@ -140,6 +158,7 @@ pub async fn verify_with(
     };
     let report = VerifyReport {
         backup_id: entry.manifest.backup_id.clone(),
+        restore_test,
         targets,
         thawing,
         restore,
@@ -346,6 +365,7 @@ pub async fn restore_test(
         targets: Vec::new(),
         thawing: Vec::new(),
         restore: Some(test.error.clone().unwrap_or_else(|| "ok".into())),
+        restore_test: None,
     };
     record_verification(strata, &entry, &report).await;
     test

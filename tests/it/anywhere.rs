@@ -624,3 +624,78 @@ async fn a_restore_test_on_another_server_leaves_nothing_behind() {
         "0"
     );
 }
+
+#[tokio::test]
+async fn a_backup_role_without_superuser_takes_the_globals_and_passwords_need_one() {
+    let app = AppDb::create();
+    let setup = Setup::new();
+    // The application's owner role backs its own database up: no superuser.
+    let url = format!("postgres://{}@127.0.0.1:5432/{}", app.owner, app.db.name);
+    let config = setup.write_config("", &crate::helpers::job("app", &url, "local", ""));
+    let out = strata(&config, &["backup", "app", "--json"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let globals = &report["manifest"]["globals"];
+    assert!(globals["roles"].as_u64().unwrap() >= 3, "{globals}");
+    assert_eq!(globals["passwords"], false);
+    // Password hashes need a superuser: the run fails before dumping, saying so.
+    let config = setup.write_config(
+        "",
+        &crate::helpers::job("app", &url, "local", ", globals: { role_passwords: true }"),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = strata(&config, &["backup", "app"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("globals.role_passwords needs a superuser"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test]
+async fn role_passwords_come_back_when_the_job_stores_them() {
+    let app = AppDb::create();
+    psql(
+        "postgres",
+        &format!("ALTER ROLE {} PASSWORD 'the-app-secret'", app.owner),
+    );
+    let setup = Setup::new();
+    let config = setup.write_config(
+        "",
+        &crate::helpers::job(
+            "app",
+            &app.db.url(),
+            "local",
+            ", globals: { role_passwords: true }",
+        ),
+    );
+    let out = strata(&config, &["backup", "app"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The hash is in the encrypted globals file, never in the clear.
+    for f in crate::helpers::files(&setup.backups()) {
+        let bytes = std::fs::read(setup.backups().join(&f)).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("SCRAM-SHA-256$"),
+            "{f} holds a password hash in the clear"
+        );
+    }
+    let fresh = Cluster::start(Options::default());
+    let out = strata(
+        &config,
+        &["restore", "app"],
+        &[("STRATA_RESTORE_INTO", fresh.url(ADMIN, "app", ""))],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let note = text(&out)
+        .lines()
+        .find(|l| l.contains("without a password"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!note.contains(&app.owner), "{note}");
+    let hash = format!(
+        "SELECT rolpassword FROM pg_authid WHERE rolname = '{}'",
+        app.owner
+    );
+    assert_eq!(fresh.psql("postgres", &hash), psql("postgres", &hash));
+}

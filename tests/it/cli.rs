@@ -478,3 +478,80 @@ fn long_commands_report_progress_on_a_terminal_or_as_json_and_stay_quiet_otherwi
     assert!(shown.contains("\r\x1b[Krestore app: "), "{shown:?}");
     assert!(shown.contains("MiB of ~"), "{shown:?}");
 }
+
+#[test]
+fn status_shows_every_job_and_fails_when_one_is_not_ok() {
+    let setup = Setup::new();
+    let db = TestDb::create();
+    let state = TestDb::create();
+    db.exec("CREATE TABLE t AS SELECT g FROM generate_series(1, 500) g");
+    let top = format!("state: {{ database_url: \"{}\" }}\n", state.url());
+    let second = setup.path().join("second");
+    let targets = format!("  second: {{ kind: local, path: {} }}\n", second.display());
+    setup.write_config_with(
+        &top,
+        &targets,
+        &format!(
+            "{}{}",
+            job(
+                "app",
+                &db.url(),
+                "local, second",
+                ", schedule: \"0 3 * * *\""
+            ),
+            job("idle", &db.url(), "local", "")
+        ),
+    );
+    let out = strata(&setup, &["backup", "app"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let server = format!("{}/postgres", crate::helpers::PG);
+    let out = strata(&setup, &["verify", "app", "--restore-into", &server]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // `idle` has no backup yet: status says so and exits 1.
+    let out = strata(&setup, &["status", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("job(s) not ok: idle"),
+        "{}",
+        stderr(&out)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let app = s["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == "app")
+        .unwrap();
+    assert_eq!(app["status"], "ok", "{app}");
+    assert_eq!(app["backups"], 1);
+    assert!(app["within_rpo"].as_bool().unwrap());
+    assert!(app["next_run"].is_string(), "{app}");
+    assert_eq!(app["last_run"]["status"], "success");
+    assert!(
+        app["restore_test"]["seconds"].as_f64().is_some(),
+        "the RTO of the restore test: {app}"
+    );
+    assert_eq!(app["targets"].as_array().unwrap().len(), 2);
+    let idle = s["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == "idle")
+        .unwrap();
+    assert_eq!(idle["status"], "no backup");
+    // The second target loses its copy: the job is degraded, and the screen
+    // names the target.
+    std::fs::remove_dir_all(&second).unwrap();
+    std::fs::create_dir(&second).unwrap();
+    let out = strata(&setup, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("job app: degraded"), "{text}");
+    assert!(
+        text.contains("second missing the newest backup (0)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("restore test      ") && text.contains(" ok, RTO "),
+        "{text}"
+    );
+}

@@ -63,10 +63,9 @@ async fn the_readme_walkthrough_backs_up_to_disk_and_a_bucket_and_restores_from_
 
     // A copy of what the walk-through touches, so its ./var is this test's own.
     let dir = tempfile::tempdir().unwrap();
-    copy_executable(
-        &repo.join("scripts/start"),
-        &dir.path().join("scripts/start"),
-    );
+    for script in ["scripts/start", "scripts/postgres.sh"] {
+        copy_executable(&repo.join(script), &dir.path().join(script));
+    }
     std::fs::create_dir_all(dir.path().join("deploy")).unwrap();
     std::fs::copy(
         repo.join("deploy/config.local-s3.yaml"),
