@@ -5,14 +5,19 @@ Independent of the Rust code: it exists to prove the format is specified well
 enough to implement elsewhere, and the test suite runs it against real backups.
 
     python3 strata_decrypt.py KEY_FILE < backup.sql.gz.enc | gunzip | psql
+    python3 strata_decrypt.py --verify-manifest KEY_FILE backup.manifest.json
 
 Needs the `cryptography` package. Exits non-zero on any malformed, tampered or
-truncated input; only authenticated plaintext is ever written.
+truncated input; only authenticated plaintext is ever written. With
+--verify-manifest it checks a manifest's MAC and exits non-zero unless it
+verifies.
 """
 import base64
+import hmac as std_hmac
+import json
 import sys
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -72,13 +77,47 @@ def decrypt(master, data_in, data_out):
         buf = nxt
 
 
-def main():
-    if len(sys.argv) != 2:
-        sys.exit("usage: strata_decrypt.py KEY_FILE < in > out")
-    with open(sys.argv[1], "rb") as f:
+def manifest_mac(master, document):
+    """The MAC of a manifest (a parsed JSON object without its "mac" member)."""
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"strata/v1/manifest").derive(master)
+    h = hmac.HMAC(key, hashes.SHA256())
+    h.update(canonical)
+    return h.finalize().hex()
+
+
+def verify_manifest(master, path):
+    with open(path, "rb") as f:
+        document = json.loads(f.read())
+    mac = document.pop("mac", None)
+    if mac is None:
+        raise ValueError("no MAC: the manifest is not authenticated")
+    if mac.get("algorithm") != "HMAC-SHA256":
+        raise ValueError("unknown MAC algorithm %r" % mac.get("algorithm"))
+    if not std_hmac.compare_digest(manifest_mac(master, document), mac.get("value", "")):
+        raise ValueError("FORGED: the MAC does not verify with this key")
+    return mac["key_id"]
+
+
+def load_key(path):
+    with open(path, "rb") as f:
         master = base64.b64decode(f.read().strip())
     if len(master) != 32:
         sys.exit("key file does not hold 32 base64-encoded bytes")
+    return master
+
+
+def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--verify-manifest":
+        try:
+            key_id = verify_manifest(load_key(sys.argv[2]), sys.argv[3])
+        except ValueError as e:
+            sys.exit("strata_decrypt: %s" % e)
+        print("ok: authenticated (key %s)" % key_id)
+        return
+    if len(sys.argv) != 2:
+        sys.exit("usage: strata_decrypt.py KEY_FILE < in > out\n       strata_decrypt.py --verify-manifest KEY_FILE MANIFEST")
+    master = load_key(sys.argv[1])
     try:
         decrypt(master, sys.stdin.buffer, sys.stdout.buffer)
     except ValueError as e:

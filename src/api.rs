@@ -241,12 +241,15 @@ async fn list_backups(
         .await;
     let mut items = Vec::new();
     for t in &cfg.targets {
-        match crate::catalog::list(d.strata.target(t).as_ref(), d.strata.prefix(t), &job).await {
-            Ok(entries) => items.extend(
-                entries
-                    .into_iter()
-                    .map(|e| json!({ "target": t, "key": e.object_key(), "manifest": e.manifest })),
-            ),
+        match crate::catalog::list_all(&d.strata, t, &job).await {
+            Ok(listing) => {
+                items.extend(listing.entries.into_iter().map(
+                    |e| json!({ "target": t, "key": e.object_key(), "manifest": e.manifest }),
+                ));
+                items.extend(listing.refused.into_iter().map(|r| {
+                    json!({ "target": t, "manifest_key": r.manifest_key, "refused": r.error.to_string() })
+                }));
+            }
             Err(e) => items.push(json!({ "target": t, "error": e.to_string() })),
         }
     }

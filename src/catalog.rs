@@ -1,15 +1,22 @@
-//! Finding backups: a backup is whatever has a manifest on a target.
+//! Finding backups: a backup is whatever has a manifest on a target that
+//! passes [`manifest::open`]: its MAC verified (or, for jobs without
+//! encryption, accepted unsigned), every field in bounds, its keys inside the
+//! job's prefix. Manifests that fail are *refused*: never restored, counted or
+//! pruned; [`list_all`] reports them so `list`, `verify`, `status` and the
+//! compliance report can name them.
 
 use chrono::{DateTime, Utc};
 
-use crate::manifest::{MANIFEST_SUFFIX, Manifest, job_prefix};
-use crate::storage::{StorageError, Target, read_all};
+use crate::app::Strata;
+use crate::manifest::{self, MANIFEST_SUFFIX, Manifest, ManifestError, Trust, job_prefix};
+use crate::storage::{StorageError, read_all};
 
 /// One listed backup.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub manifest_key: String,
     pub manifest: Manifest,
+    pub trust: Trust,
 }
 
 impl Entry {
@@ -24,45 +31,107 @@ impl Entry {
     }
 }
 
-/// Every backup of `job` on `target`, oldest first (by the manifests' UTC start
-/// time, never by name). Unreadable manifests are skipped with a warning.
+/// A manifest that is not used, and why.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub manifest_key: String,
+    pub error: ManifestError,
+}
+
+/// What one target holds of a job.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// Usable backups, oldest first (by the manifests' UTC start time).
+    pub entries: Vec<Entry>,
+    pub refused: Vec<Refused>,
+}
+
+/// Every manifest of `job` on target `target`, usable or refused.
 ///
 /// # Errors
-/// Listing the target failed.
-pub async fn list(
-    target: &dyn Target,
-    prefix: &str,
-    job: &str,
-) -> Result<Vec<Entry>, StorageError> {
-    let objects = target.list(&job_prefix(prefix, job)).await?;
-    let mut out = Vec::new();
-    for obj in objects
+/// Listing or reading the target failed.
+pub async fn list_all(strata: &Strata, target: &str, job: &str) -> Result<Listing, StorageError> {
+    let config = strata.config();
+    let t = strata.target(target);
+    let prefix = job_prefix(strata.prefix(target), job);
+    let keys = config.encryption.as_ref().map(|e| e.keyring.as_ref());
+    let require = config.require_authenticated_manifests;
+    let mut out = Listing::default();
+    for obj in t
+        .list(&prefix)
+        .await?
         .into_iter()
         .filter(|o| o.key.ends_with(MANIFEST_SUFFIX))
     {
-        let bytes = read_all(target, &obj.key).await?;
-        match serde_json::from_slice::<Manifest>(&bytes) {
-            Ok(manifest) if manifest.job == job => out.push(Entry {
-                manifest_key: obj.key,
-                manifest,
-            }),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(target_name = target.name(), key = %obj.key, error = %e, "skipping unreadable manifest")
+        let bytes = read_all(t.as_ref(), &obj.key).await?;
+        let opened = manifest::open(&bytes, keys, require).and_then(|(m, trust)| {
+            if m.job != job {
+                return Err(ManifestError::Field {
+                    field: "job".into(),
+                    why: format!("'{}' under the prefix of job '{job}'", m.job),
+                });
+            }
+            // The copy it says is on this target must be where it was found.
+            if let Some(own) = m.targets.iter().find(|r| r.target == target) {
+                if own.key != m.object_key(&obj.key) {
+                    return Err(ManifestError::Field {
+                        field: "targets.key".into(),
+                        why: "does not match where the manifest is".into(),
+                    });
+                }
+            }
+            // Keys of the copies on other targets must be inside their prefixes.
+            for r in &m.targets {
+                if let Some(tc) = config.targets.get(&r.target) {
+                    if !r.key.starts_with(&job_prefix(&tc.prefix, job)) {
+                        return Err(ManifestError::Field {
+                            field: "targets.key".into(),
+                            why: format!("the key on '{}' is outside the job's prefix", r.target),
+                        });
+                    }
+                }
+            }
+            Ok((m, trust))
+        });
+        match opened {
+            Ok((manifest, trust)) => {
+                if trust == Trust::Unsigned && keys.is_some() {
+                    tracing::warn!(target_name = target, key = %obj.key, "manifest has no MAC (written before manifests were authenticated): read without authentication");
+                }
+                out.entries.push(Entry {
+                    manifest_key: obj.key,
+                    manifest,
+                    trust,
+                });
+            }
+            Err(error) => {
+                tracing::warn!(target_name = target, key = %obj.key, error = %error, "manifest refused");
+                out.refused.push(Refused {
+                    manifest_key: obj.key,
+                    error,
+                });
             }
         }
     }
-    out.sort_by_key(Entry::started_at);
+    out.entries.sort_by_key(Entry::started_at);
     Ok(out)
 }
 
-/// The newest backup of `job` on any of its targets (targets that cannot be
-/// listed are logged and skipped).
-pub async fn newest(strata: &crate::app::Strata, job: &str) -> Option<Entry> {
+/// The usable backups of `job` on `target`, oldest first.
+///
+/// # Errors
+/// Listing or reading the target failed.
+pub async fn list(strata: &Strata, target: &str, job: &str) -> Result<Vec<Entry>, StorageError> {
+    list_all(strata, target, job).await.map(|l| l.entries)
+}
+
+/// The newest usable backup of `job` on any of its targets (targets that
+/// cannot be listed are logged and skipped).
+pub async fn newest(strata: &Strata, job: &str) -> Option<Entry> {
     let cfg = strata.config().job(job)?;
     let mut newest: Option<Entry> = None;
     for t in &cfg.targets {
-        match list(strata.target(t).as_ref(), strata.prefix(t), job).await {
+        match list(strata, t, job).await {
             Ok(entries) => {
                 if let Some(e) = entries.into_iter().last() {
                     if newest

@@ -140,6 +140,10 @@ pub enum Command {
         /// Delete now even when the job's deletions need approval.
         #[arg(long)]
         approve: bool,
+        /// Also delete manifests strata refuses (forged, unauthenticated where
+        /// required, out of bounds), with the files beside them.
+        #[arg(long)]
+        force: bool,
     },
     /// Alert channels: `strata alert test` sends a test message to each.
     Alert {
@@ -437,7 +441,21 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             json,
             now,
             approve,
-        } => prune(&cli.config, &job, dry_run, json, now, approve).await,
+            force,
+        } => {
+            prune(
+                &cli.config,
+                &job,
+                PruneArgs {
+                    dry_run,
+                    json,
+                    now,
+                    approve,
+                    force,
+                },
+            )
+            .await
+        }
         Command::Lifecycle {
             action,
             target,
@@ -579,33 +597,57 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 None => job_cfg.targets.clone(),
             };
             let mut rows = Vec::new();
+            let mut refused = Vec::new();
             for name in names {
-                let entries =
-                    crate::catalog::list(strata.target(&name).as_ref(), strata.prefix(&name), &job)
-                        .await?;
-                for e in entries {
+                let listing = crate::catalog::list_all(&strata, &name, &job).await?;
+                for e in listing.entries {
                     rows.push((name.clone(), e));
+                }
+                for r in listing.refused {
+                    refused.push((name.clone(), r));
                 }
             }
             if json {
-                let items: Vec<_> = rows
+                let mut items: Vec<_> = rows
                     .iter()
-                    .map(|(t, e)| serde_json::json!({"target": t, "key": e.object_key(), "manifest": e.manifest}))
+                    .map(|(t, e)| serde_json::json!({"target": t, "key": e.object_key(), "manifest": e.manifest, "trust": trust_word(&e.trust)}))
                     .collect();
+                items.extend(refused.iter().map(|(t, r)| {
+                    serde_json::json!({"target": t, "manifest_key": r.manifest_key, "trust": if r.error.is_forgery() { "forged" } else { "refused" }, "error": r.error.to_string()})
+                }));
                 print_json(&items);
             } else {
                 for (t, e) in &rows {
                     let m = &e.manifest;
                     println!(
-                        "{}  {}  {:>10}  {:>10}  {}  {}",
+                        "{}  {}  {:>10}  {:>10}  {}  {}{}",
                         m.backup_id,
                         m.started_at.to_rfc3339(),
                         mib(m.raw_bytes),
                         mib(m.stored_bytes),
                         t,
-                        e.object_key()
+                        e.object_key(),
+                        if e.trust == crate::manifest::Trust::Unsigned
+                            && strata.config().encryption.is_some()
+                        {
+                            "  (unauthenticated: no MAC)"
+                        } else {
+                            ""
+                        }
                     );
                 }
+                for (t, r) in &refused {
+                    println!("REFUSED  {t}  {}: {}", r.manifest_key, r.error);
+                }
+            }
+            if refused.iter().any(|(_, r)| r.error.is_forgery()) {
+                return Err(Failure(
+                    1,
+                    format!(
+                        "{} manifest(s) of job '{job}' are forged or cannot be authenticated; they are never restored, counted or pruned (see above)",
+                        refused.iter().filter(|(_, r)| r.error.is_forgery()).count()
+                    ),
+                ));
             }
             Ok(())
         }
@@ -770,8 +812,7 @@ async fn status(config: &std::path::Path, json: bool) -> Result<(), Failure> {
     for (name, job) in &config.jobs {
         let mut per = std::collections::BTreeMap::new();
         for t in &job.targets {
-            let listed =
-                crate::catalog::list(strata.target(t).as_ref(), strata.prefix(t), name).await;
+            let listed = crate::catalog::list_all(&strata, t, name).await;
             per.insert(t.clone(), listed.map_err(|e| e.to_string()));
         }
         listings.insert(name.clone(), per);
@@ -810,7 +851,7 @@ async fn status(config: &std::path::Path, json: bool) -> Result<(), Failure> {
             let newest = per
                 .values()
                 .flatten()
-                .flatten()
+                .flat_map(|l| &l.entries)
                 .max_by_key(|e| e.started_at())?;
             Some((job.clone(), newest.manifest.stored_bytes))
         })
@@ -838,15 +879,24 @@ async fn status(config: &std::path::Path, json: bool) -> Result<(), Failure> {
     }
 }
 
-async fn prune(
-    config: &std::path::Path,
-    job: &str,
+/// Options of `strata prune`.
+struct PruneArgs {
     dry_run: bool,
     json: bool,
     now: Option<DateTime<chrono::FixedOffset>>,
     approve: bool,
-) -> Result<(), Failure> {
+    force: bool,
+}
+
+async fn prune(config: &std::path::Path, job: &str, args: PruneArgs) -> Result<(), Failure> {
     use crate::prune::{self, Recorder};
+    let PruneArgs {
+        dry_run,
+        json,
+        now,
+        approve,
+        force,
+    } = args;
     let config = load(config)?;
     let state = match &config.state_url {
         Some(url) => Some(crate::state::StateDb::open(url.clone()).await),
@@ -871,6 +921,27 @@ async fn prune(
         }
     }
     let deletions = plan.deletions();
+    if force && !dry_run {
+        let actor = cli_actor();
+        let rec = Recorder {
+            state: state.as_ref(),
+            metrics: None,
+            actor: &actor,
+        };
+        let purged = prune::purge_refused(&strata, job, &rec).await?;
+        for (target, key, result) in &purged {
+            match result {
+                Ok(()) => eprintln!("deleted refused manifest {key} from {target}"),
+                Err(e) => eprintln!("FAILED to delete refused manifest {key} from {target}: {e}"),
+            }
+        }
+        if purged.iter().any(|(_, _, r)| r.is_err()) {
+            return Err(Failure(
+                1,
+                "some refused manifests could not be deleted".into(),
+            ));
+        }
+    }
     if dry_run || deletions.is_empty() {
         eprintln!(
             "strata: {} backup(s), {} to delete{}",
@@ -1049,6 +1120,13 @@ async fn audit_cli(config: &Config, action: &str, job: Option<&str>, detail: ser
             detail,
         })
         .await;
+}
+
+fn trust_word(t: &crate::manifest::Trust) -> &'static str {
+    match t {
+        crate::manifest::Trust::Authenticated(_) => "authenticated",
+        crate::manifest::Trust::Unsigned => "unsigned",
+    }
 }
 
 fn cli_actor() -> String {

@@ -39,6 +39,54 @@ fn check(name: &str, results: Vec<(bool, String)>) -> Check {
     }
 }
 
+/// Every manifest on every target opens: none forged, none out of bounds.
+/// Manifests without a MAC (jobs without encryption, or written before
+/// manifests were authenticated) are named but do not fail the check.
+pub async fn manifests(strata: &Strata) -> Check {
+    let config = strata.config();
+    let mut results = Vec::new();
+    for (name, job) in &config.jobs {
+        for t in &job.targets {
+            match crate::catalog::list_all(strata, t, name).await {
+                Ok(listing) => {
+                    for r in &listing.refused {
+                        results.push((
+                            false,
+                            format!("job {name} on {t}: {}: {}", r.manifest_key, r.error),
+                        ));
+                    }
+                    let unsigned = listing
+                        .entries
+                        .iter()
+                        .filter(|e| e.trust == crate::manifest::Trust::Unsigned)
+                        .count();
+                    let why = if config.encryption.is_none() {
+                        "no encryption keys, so manifests cannot be authenticated"
+                    } else {
+                        "written before manifests were authenticated"
+                    };
+                    results.push((
+                        true,
+                        if unsigned > 0 {
+                            format!(
+                                "job {name} on {t}: {} manifest(s), {unsigned} without a MAC ({why})",
+                                listing.entries.len()
+                            )
+                        } else {
+                            format!(
+                                "job {name} on {t}: {} manifest(s), every one authenticated",
+                                listing.entries.len()
+                            )
+                        },
+                    ));
+                }
+                Err(e) => results.push((false, format!("job {name} on {t}: cannot list: {e}"))),
+            }
+        }
+    }
+    check("manifests", results)
+}
+
 /// 3-2-1: every job writes to at least two targets on two media, one of them
 /// offsite (marked `offsite: true`, or an S3 bucket in another region than
 /// another of the job's buckets).
@@ -218,6 +266,7 @@ pub async fn report(
     }
     checks.push(check("client_side_encryption", client_side));
     checks.push(server_side_encryption(config));
+    checks.push(manifests(strata).await);
 
     // Bucket-level controls.
     let mut versioning = Vec::new();

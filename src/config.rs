@@ -66,6 +66,7 @@ struct RawConfig {
     pricing: Option<BTreeMap<String, f64>>,
     alerts: Option<RawAlerts>,
     restore: Option<RawRestore>,
+    require_authenticated_manifests: Option<bool>,
     #[serde(default)]
     targets: BTreeMap<String, RawTarget>,
     #[serde(default)]
@@ -406,6 +407,9 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// Connections a restore loads with (`restore.jobs`, default: the cores).
     pub restore_jobs: usize,
+    /// Refuse manifests without a MAC (those written before manifests were
+    /// authenticated) instead of reading them with a warning.
+    pub require_authenticated_manifests: bool,
     pub targets: BTreeMap<String, TargetConfig>,
     pub jobs: BTreeMap<String, JobConfig>,
 }
@@ -719,6 +723,7 @@ fn validate(raw: RawConfig, path: &Path, p: &mut Problems) -> Option<Config> {
         pricing,
         alerts,
         restore_jobs,
+        require_authenticated_manifests: raw.require_authenticated_manifests.unwrap_or(false),
         targets,
         jobs,
     })

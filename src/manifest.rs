@@ -1,11 +1,20 @@
 //! The manifest: the JSON document written last next to each backup object. A backup
 //! exists only once its manifest does; everything else is debris of a failed run.
+//!
+//! Manifests of encrypted jobs carry a MAC: HMAC-SHA256 over the manifest's
+//! canonical JSON without its `mac` member (keys sorted, no whitespace), keyed
+//! with HKDF-SHA256 of the master key (empty salt, info `strata/v1/manifest`).
+//! Someone who can write to a bucket but holds no key cannot make one that
+//! strata restores, counts or prunes ([`open`]). Every field is also checked
+//! before use: names that become keys or paths, sizes, the format version.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
+use ring::{hkdf, hmac};
 use serde::{Deserialize, Serialize};
 
+use crate::keys::{Keyring, MasterKey};
 use crate::pipeline::compress::Compression;
 use crate::source::{DatabaseInfo, DumpFormat};
 
@@ -65,6 +74,17 @@ pub struct GlobalsRecord {
     pub passwords: bool,
 }
 
+/// The authentication of a manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Mac {
+    /// `HMAC-SHA256`.
+    pub algorithm: String,
+    /// The master key the MAC key was derived from.
+    pub key_id: String,
+    /// Hex of the MAC.
+    pub value: String,
+}
+
 /// Everything needed to trust and restore one backup.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Manifest {
@@ -91,6 +111,10 @@ pub struct Manifest {
     /// recorded have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub globals: Option<GlobalsRecord>,
+    /// Written by [`seal`]; absent on manifests of jobs without encryption and
+    /// on those written before manifests were authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
 }
 
 impl Manifest {
@@ -110,6 +134,257 @@ impl Manifest {
     pub fn total_rows(&self) -> u64 {
         self.tables.values().sum()
     }
+}
+
+/// HKDF `info` of the manifest MAC key.
+pub const MAC_INFO: &[u8] = b"strata/v1/manifest";
+
+/// Largest size or count accepted from a manifest (2^53: exact in JSON).
+const MAX_NUMBER: u64 = 1 << 53;
+
+/// How far a manifest read from storage can be trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// Its MAC verified with this configured key.
+    Authenticated(String),
+    /// No MAC (a job without encryption, or written before MACs): fields
+    /// validated, contents not authenticated.
+    Unsigned,
+}
+
+/// Why a manifest read from storage is not used.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ManifestError {
+    #[error("not valid JSON: {0}")]
+    Malformed(String),
+    #[error("format_version {0} is not one this strata reads (1); upgrade strata")]
+    UnknownVersion(u64),
+    #[error("FORGED: its MAC does not verify (it was changed without the key)")]
+    Forged,
+    #[error("cannot be authenticated: signed with key '{0}', which is not configured")]
+    UnknownKey(String),
+    #[error("unauthenticated: it has no MAC and require_authenticated_manifests is on")]
+    Unsigned,
+    #[error("invalid field {field}: {why}")]
+    Field { field: String, why: String },
+}
+
+impl ManifestError {
+    /// The manifest was changed by someone without the key (or cannot be
+    /// proven otherwise).
+    pub fn is_forgery(&self) -> bool {
+        matches!(self, Self::Forged | Self::UnknownKey(_))
+    }
+}
+
+/// The manifest as canonical JSON: object keys sorted, no whitespace, strings
+/// escaped as JSON requires (what `json.dumps(v, sort_keys=True,
+/// separators=(",", ":"), ensure_ascii=False)` writes).
+pub fn canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend(serde_json::to_vec(k).expect("a string serialises"));
+                out.push(b':');
+                canonical(&map[k], out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend(serde_json::to_vec(scalar).expect("a scalar serialises")),
+    }
+}
+
+fn mac_key(master: &MasterKey) -> hmac::Key {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(master.expose());
+    let okm = prk
+        .expand(&[MAC_INFO], hmac::HMAC_SHA256)
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    hmac::Key::from(okm)
+}
+
+fn unsigned_value(m: &Manifest) -> serde_json::Value {
+    let mut v = serde_json::to_value(m).expect("a manifest serialises");
+    if let Some(map) = v.as_object_mut() {
+        map.remove("mac");
+    }
+    v
+}
+
+/// The manifest as stored: with a MAC by `key` when there is one.
+pub fn seal(m: &Manifest, key: Option<&MasterKey>) -> Vec<u8> {
+    let mut m = m.clone();
+    m.mac = key.map(|key| {
+        let mut bytes = Vec::new();
+        canonical(&unsigned_value(&m), &mut bytes);
+        Mac {
+            algorithm: "HMAC-SHA256".into(),
+            key_id: key.id().to_owned(),
+            value: hex::encode(hmac::sign(&mac_key(key), &bytes).as_ref()),
+        }
+    });
+    serde_json::to_vec_pretty(&m).expect("a manifest serialises")
+}
+
+/// Reads a manifest from storage: parsed, its MAC checked against `keys`
+/// (refused when missing and `require`), every field validated.
+///
+/// # Errors
+/// Anything that makes it unusable; [`ManifestError::is_forgery`] for changes
+/// made without the key.
+pub fn open(
+    bytes: &[u8],
+    keys: Option<&Keyring>,
+    require: bool,
+) -> Result<(Manifest, Trust), ManifestError> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+    match value
+        .get("format_version")
+        .and_then(serde_json::Value::as_u64)
+    {
+        Some(1) => {}
+        Some(v) => return Err(ManifestError::UnknownVersion(v)),
+        None => return Err(field("format_version", "missing or not a number")),
+    }
+    let mac = value
+        .as_object_mut()
+        .and_then(|m| m.remove("mac"))
+        .map(serde_json::from_value::<Mac>)
+        .transpose()
+        .map_err(|e| field("mac", &e.to_string()))?;
+    let trust = match (mac, keys) {
+        (Some(mac), Some(keys)) => {
+            let key = keys
+                .get(&mac.key_id)
+                .ok_or_else(|| ManifestError::UnknownKey(mac.key_id.clone()))?;
+            let tag = hex::decode(&mac.value).map_err(|_| ManifestError::Forged)?;
+            let mut canon = Vec::new();
+            canonical(&value, &mut canon);
+            if mac.algorithm != "HMAC-SHA256" {
+                return Err(ManifestError::Forged);
+            }
+            hmac::verify(&mac_key(key), &canon, &tag).map_err(|_| ManifestError::Forged)?;
+            Trust::Authenticated(mac.key_id)
+        }
+        // Keys are configured: a missing MAC is tolerated only when allowed.
+        (None, Some(_)) if require => return Err(ManifestError::Unsigned),
+        (_, _) => Trust::Unsigned,
+    };
+    let manifest: Manifest =
+        serde_json::from_value(value).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+    validate(&manifest)?;
+    Ok((manifest, trust))
+}
+
+fn field(name: &str, why: &str) -> ManifestError {
+    ManifestError::Field {
+        field: name.to_owned(),
+        why: why.to_owned(),
+    }
+}
+
+/// A name strata itself makes: lowercase letters, digits, `-`, `_`, `.` (no `..`).
+pub fn plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && !s.contains("..")
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
+}
+
+/// A key within a bucket or directory: relative, no `..` segment, no NUL.
+pub fn safe_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with('/')
+        && !key.contains('\0')
+        && !key.contains('\\')
+        && key
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+}
+
+/// Checks every field that becomes a key, a path, a name or a size.
+///
+/// # Errors
+/// The first field that is out of bounds.
+pub fn validate(m: &Manifest) -> Result<(), ManifestError> {
+    if !plain_name(&m.backup_id) || m.backup_id.contains('.') {
+        return Err(field("backup_id", "not a strata backup id"));
+    }
+    if !plain_name(&m.job) || m.job.contains('.') {
+        return Err(field("job", "not a job name"));
+    }
+    let own_file = |name: &str, what: &str| {
+        if plain_name(name) && name.starts_with(&format!("{}.", m.backup_id)) {
+            Ok(())
+        } else {
+            Err(field(
+                what,
+                "must be a file name beside the manifest, starting with the backup id",
+            ))
+        }
+    };
+    own_file(&m.object, "object")?;
+    if let Some(g) = &m.globals {
+        own_file(&g.object, "globals.object")?;
+        if g.raw_bytes > MAX_NUMBER || g.stored_bytes > MAX_NUMBER {
+            return Err(field("globals", "size out of range"));
+        }
+    }
+    for (name, n) in [("raw_bytes", m.raw_bytes), ("stored_bytes", m.stored_bytes)] {
+        if n > MAX_NUMBER {
+            return Err(field(name, "out of range"));
+        }
+    }
+    if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(field("sha256", "not a SHA-256 in hex"));
+    }
+    if let Some(e) = &m.encryption {
+        if e.algorithm != "AES-256-GCM" || e.format != "STRATAE1" {
+            return Err(field("encryption", "unknown algorithm or format"));
+        }
+        if !(1024..=crate::pipeline::encrypt::MAX_CHUNK_SIZE).contains(&e.chunk_size) {
+            return Err(field("encryption.chunk_size", "out of range"));
+        }
+    }
+    for (table, rows) in &m.tables {
+        if table.is_empty() || table.len() > 1000 || table.contains('\0') {
+            return Err(field(
+                "tables",
+                "a table name is empty, too long or has NUL",
+            ));
+        }
+        if *rows > MAX_NUMBER {
+            return Err(field("tables", "a row count is out of range"));
+        }
+    }
+    for (i, t) in m.targets.iter().enumerate() {
+        if !safe_key(&t.key) {
+            return Err(field(
+                &format!("targets[{i}].key"),
+                "not a relative key inside the target",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Names and keys of one backup, derived from its start time in the job's zone.
@@ -264,9 +539,164 @@ mod tests {
             "development/2025/01/01/dev_backup_20250101_030000.dump.zst.enc"
         );
         assert_eq!(enc.backup_id, "dev_backup_20250101_030000");
+        assert!(is_archivable(&enc.object_key()));
+        assert!(!is_archivable(&enc.manifest_key()));
         assert_eq!(
             enc.key_of(&enc.globals_name(Compression::Zstd(3), true)),
             "development/2025/01/01/dev_backup_20250101_030000.globals.sql.zst.enc"
+        );
+    }
+
+    fn sample() -> Manifest {
+        let at = Utc.with_ymd_and_hms(2025, 1, 1, 8, 0, 0).unwrap();
+        Manifest {
+            format_version: FORMAT_VERSION,
+            backup_id: "prod_backup_20250101_030000".into(),
+            job: "production".into(),
+            started_at: at,
+            finished_at: at,
+            database: DatabaseInfo {
+                name: "prod".into(),
+                server_version: "15.4".into(),
+                server_version_num: 150_004,
+            },
+            pg_dump_version: "15.4".into(),
+            format: DumpFormat::Plain,
+            compression: Compression::Gzip(6),
+            encryption: None,
+            object: "prod_backup_20250101_030000.sql.gz.enc".into(),
+            raw_bytes: 100,
+            stored_bytes: 50,
+            sha256: "ab".repeat(32),
+            tables: BTreeMap::from([
+                ("public.t".to_owned(), 3),
+                ("données.événements".to_owned(), 2),
+            ]),
+            targets: vec![TargetRecord {
+                target: "local".into(),
+                key: "p/production/2025/01/01/prod_backup_20250101_030000.sql.gz.enc".into(),
+                version_id: None,
+                storage_class: None,
+            }],
+            verifications: Vec::new(),
+            globals: None,
+            mac: None,
+        }
+    }
+
+    fn ring(ids: &[&str]) -> Keyring {
+        let keys = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| MasterKey::from_bytes(*id, [u8::try_from(n).unwrap() + 1; 32]))
+            .collect();
+        Keyring::new(ids[0], keys).unwrap()
+    }
+
+    #[test]
+    fn sealed_manifests_open_authenticated_and_edits_are_forgeries() {
+        let keys = ring(&["k1"]);
+        let bytes = seal(&sample(), Some(keys.active()));
+        let (m, trust) = open(&bytes, Some(&keys), true).unwrap();
+        assert_eq!(trust, Trust::Authenticated("k1".into()));
+        assert_eq!(m.tables, sample().tables);
+        // Any edit without the key: a table name, a size, a removed field.
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        for edited in [
+            // (the name as JSON escapes it: `public.t"; CREATE TABLE pwned(x int); --`)
+            text.replace("public.t", "public.t\\\"; CREATE TABLE pwned(x int); --"),
+            text.replace("\"raw_bytes\": 100", "\"raw_bytes\": 101"),
+            text.replace("\"pg_dump_version\": \"15.4\",", ""),
+        ] {
+            assert_ne!(edited, text);
+            assert_eq!(
+                open(edited.as_bytes(), Some(&keys), false).unwrap_err(),
+                ManifestError::Forged,
+                "{edited}"
+            );
+        }
+        // Re-indenting changes nothing: the MAC is over canonical JSON.
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let compact = serde_json::to_vec(&v).unwrap();
+        assert!(open(&compact, Some(&keys), true).is_ok());
+        // A key that is not configured cannot vouch for it.
+        let other = ring(&["k2"]);
+        assert_eq!(
+            open(&bytes, Some(&other), false).unwrap_err(),
+            ManifestError::UnknownKey("k1".into())
+        );
+        // Rotation: an older configured key still verifies.
+        let rotated = ring(&["k2", "k1"]);
+        let old = seal(&sample(), Some(rotated.get("k1").unwrap()));
+        assert!(open(&old, Some(&rotated), true).is_ok());
+    }
+
+    #[test]
+    fn manifests_without_a_mac_are_read_only_when_allowed() {
+        let keys = ring(&["k1"]);
+        let bytes = seal(&sample(), None);
+        assert_eq!(open(&bytes, Some(&keys), false).unwrap().1, Trust::Unsigned);
+        assert_eq!(
+            open(&bytes, Some(&keys), true).unwrap_err(),
+            ManifestError::Unsigned
+        );
+        assert_eq!(open(&bytes, None, true).unwrap().1, Trust::Unsigned);
+    }
+
+    #[test]
+    fn fields_that_become_keys_paths_or_sizes_are_checked_even_unsigned() {
+        type Edit = Box<dyn Fn(&mut Manifest)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            (
+                "object",
+                Box::new(|m| m.object = "../../../etc/passwd".into()),
+            ),
+            (
+                "object",
+                Box::new(|m| m.object = "other_backup.sql.gz".into()),
+            ),
+            ("backup_id", Box::new(|m| m.backup_id = "a/b".into())),
+            (
+                "targets[0].key",
+                Box::new(|m| m.targets[0].key = "/etc/shadow".into()),
+            ),
+            (
+                "targets[0].key",
+                Box::new(|m| m.targets[0].key = "p/../../x".into()),
+            ),
+            ("raw_bytes", Box::new(|m| m.raw_bytes = u64::MAX)),
+            ("sha256", Box::new(|m| m.sha256 = "zz".into())),
+            (
+                "tables",
+                Box::new(|m| {
+                    m.tables.insert("x\0y".into(), 1);
+                }),
+            ),
+        ];
+        for (name, edit) in cases {
+            let mut m = sample();
+            edit(&mut m);
+            match open(&seal(&m, None), None, false) {
+                Err(ManifestError::Field { field, .. }) => assert_eq!(field, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        let mut v: serde_json::Value = serde_json::to_value(sample()).unwrap();
+        v["format_version"] = 2.into();
+        assert_eq!(
+            open(&serde_json::to_vec(&v).unwrap(), None, false).unwrap_err(),
+            ManifestError::UnknownVersion(2)
+        );
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_and_drops_whitespace() {
+        let v = serde_json::json!({"b": [1, {"z": "é\n", "a": null}], "a": true});
+        let mut out = Vec::new();
+        canonical(&v, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"a\":true,\"b\":[1,{\"a\":null,\"z\":\"é\\n\"}]}"
         );
     }
 

@@ -138,8 +138,7 @@ pub async fn gather(strata: &Strata, job: &str) -> Result<BTreeMap<String, Backu
     let cfg = strata.job(job)?;
     let mut backups: BTreeMap<String, Backup> = BTreeMap::new();
     for name in &cfg.targets {
-        let target = strata.target(name);
-        for entry in catalog::list(target.as_ref(), strata.prefix(name), job).await? {
+        for entry in catalog::list(strata, name, job).await? {
             let object_key = entry.object_key();
             let version_id = entry
                 .manifest
@@ -374,6 +373,70 @@ async fn delete_copy(
     Ok(None)
 }
 
+/// Files beside a refused manifest that may go with it: its object and
+/// globals, when the manifest parses and names them as strata would (a
+/// plain file name starting with the backup id), else nothing.
+fn beside_refused(manifest_key: &str, bytes: &[u8]) -> Vec<String> {
+    let Some((dir, file)) = manifest_key.rsplit_once('/') else {
+        return Vec::new();
+    };
+    let Some(id) = file.strip_suffix(crate::manifest::MANIFEST_SUFFIX) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Vec::new();
+    };
+    [
+        v.get("object"),
+        v.get("globals").and_then(|g| g.get("object")),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(serde_json::Value::as_str)
+    .filter(|n| crate::manifest::plain_name(n) && n.starts_with(&format!("{id}.")))
+    .map(|n| format!("{dir}/{n}"))
+    .collect()
+}
+
+/// `prune --force`: deletes the manifests of `job` that are refused (forged,
+/// unauthenticated where required, or out of bounds) on every target, with
+/// the object and globals beside each when their names are strata's own.
+/// Every deletion is audited. Returns (target, key, outcome) per manifest.
+pub async fn purge_refused(
+    strata: &Strata,
+    job: &str,
+    rec: &Recorder<'_>,
+) -> Result<Vec<(String, String, Result<(), String>)>, PruneError> {
+    let cfg = strata.job(job)?;
+    let mut out = Vec::new();
+    for name in &cfg.targets {
+        let target = strata.target(name);
+        for refused in catalog::list_all(strata, name, job).await?.refused {
+            let key = refused.manifest_key;
+            let bytes = crate::storage::read_all(target.as_ref(), &key)
+                .await
+                .unwrap_or_default();
+            let mut result = target.delete(&key).await.map_err(|e| e.to_string());
+            if result.is_ok() {
+                for other in beside_refused(&key, &bytes) {
+                    if let Err(e) = target.delete(&other).await {
+                        result = Err(e.to_string());
+                    }
+                }
+            }
+            record(
+                rec,
+                job,
+                "delete.refused",
+                serde_json::json!({ "target": name, "key": key, "why": refused.error.to_string(), "ok": result.is_ok(), "error": result.as_ref().err() }),
+            )
+            .await;
+            out.push((name.clone(), key, result));
+        }
+    }
+    Ok(out)
+}
+
 /// Runs retention for a job after one of its backups succeeded: deletes at once
 /// (`prune: automatic`) or records the plan for approval. Failures are logged;
 /// they never fail the backup.
@@ -481,6 +544,36 @@ pub async fn approve(
     .await;
     let out = execute(strata, &fresh, Some(&approved), rec).await;
     Ok((id, out))
+}
+
+#[cfg(test)]
+mod refused_tests {
+    use super::beside_refused;
+
+    #[test]
+    fn only_strata_named_files_beside_a_refused_manifest_go_with_it() {
+        let key = "p/app/2025/01/01/app_backup_20250101_030000.manifest.json";
+        let good = br#"{"object": "app_backup_20250101_030000.sql.gz.enc", "globals": {"object": "app_backup_20250101_030000.globals.sql.gz.enc"}}"#;
+        assert_eq!(
+            beside_refused(key, good),
+            vec![
+                "p/app/2025/01/01/app_backup_20250101_030000.sql.gz.enc",
+                "p/app/2025/01/01/app_backup_20250101_030000.globals.sql.gz.enc"
+            ]
+        );
+        for bad in [
+            &br#"{"object": "../../../../etc/passwd"}"#[..],
+            br#"{"object": "app_backup_20250101_030000/../../x"}"#,
+            br#"{"object": "another_backup.sql.gz"}"#,
+            b"not json",
+        ] {
+            assert!(
+                beside_refused(key, bad).is_empty(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -313,9 +313,12 @@ pub async fn backup(
         targets: records.clone(),
         verifications: Vec::new(),
         globals: Some(globals),
+        mac: None,
     };
-    let json =
-        bytes::Bytes::from(serde_json::to_vec_pretty(&manifest).expect("manifest serialises"));
+    let json = bytes::Bytes::from(crate::manifest::seal(
+        &manifest,
+        encryption.map(|e| e.keyring.active()),
+    ));
     let mut written = 0;
     for record in &records {
         let (target, layout) = plan

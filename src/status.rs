@@ -19,7 +19,7 @@ use crate::cost::CostReport;
 pub const TREND: usize = 7;
 
 /// What one target holds of a job, or why it could not be read.
-pub type Listing = Result<Vec<Entry>, String>;
+pub type Listing = Result<crate::catalog::Listing, String>;
 
 /// The newest restore test of a job, from the state database.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -129,8 +129,8 @@ pub fn report(
         let per_target = listings.get(name).unwrap_or(&empty);
         // One entry per backup id, the copy with every verification merged.
         let mut all: BTreeMap<String, Entry> = BTreeMap::new();
-        for entries in per_target.values().flatten() {
-            for e in entries {
+        for listing in per_target.values().flatten() {
+            for e in &listing.entries {
                 all.entry(e.manifest.backup_id.clone())
                     .and_modify(|kept| {
                         kept.manifest
@@ -168,19 +168,30 @@ pub fn report(
             .targets
             .iter()
             .map(|t| match per_target.get(t) {
-                Some(Ok(entries)) => {
+                Some(Ok(listing)) => {
+                    let entries = &listing.entries;
                     let has_newest = newest_id
                         .as_ref()
                         .is_none_or(|id| entries.iter().any(|e| &e.manifest.backup_id == id));
+                    let forged = listing
+                        .refused
+                        .iter()
+                        .filter(|r| r.error.is_forgery())
+                        .count();
+                    let state = if forged > 0 {
+                        format!("{forged} FORGED manifest(s)")
+                    } else if !listing.refused.is_empty() {
+                        format!("{} manifest(s) refused", listing.refused.len())
+                    } else if has_newest {
+                        "ok".into()
+                    } else {
+                        "missing the newest backup".into()
+                    };
                     TargetLine {
                         target: t.clone(),
                         backups: entries.len(),
-                        has_newest,
-                        state: if has_newest {
-                            "ok".into()
-                        } else {
-                            "missing the newest backup".into()
-                        },
+                        has_newest: has_newest && listing.refused.is_empty(),
+                        state,
                     }
                 }
                 Some(Err(e)) => TargetLine {
@@ -381,7 +392,15 @@ mod tests {
         Entry {
             manifest_key: format!("app/{id}.manifest.json"),
             manifest: serde_json::from_value(manifest).unwrap(),
+            trust: crate::manifest::Trust::Unsigned,
         }
+    }
+
+    fn ok(entries: Vec<Entry>) -> Listing {
+        Ok(crate::catalog::Listing {
+            entries,
+            refused: Vec::new(),
+        })
     }
 
     fn config() -> Config {
@@ -417,7 +436,7 @@ jobs:\n  app: { database_url: postgres://h/app, targets: [local, s3], schedule: 
         let b: Vec<Entry> = (1..=9)
             .map(|d| entry(&format!("b{d}"), at(d, 8), 100 * u64::from(d), None))
             .collect();
-        let j = run(vec![("local", Ok(b.clone())), ("s3", Ok(b))], at(9, 12));
+        let j = run(vec![("local", ok(b.clone())), ("s3", ok(b))], at(9, 12));
         assert_eq!(j.status, "ok");
         assert_eq!(j.backups, 9);
         assert_eq!(j.last_good.as_ref().unwrap().backup_id, "b9");
@@ -436,8 +455,8 @@ jobs:\n  app: { database_url: postgres://h/app, targets: [local, s3], schedule: 
         let bad = entry("new", at(5, 8), 100, Some(false));
         let j = run(
             vec![
-                ("local", Ok(vec![good.clone(), bad.clone()])),
-                ("s3", Ok(vec![good.clone()])),
+                ("local", ok(vec![good.clone(), bad.clone()])),
+                ("s3", ok(vec![good.clone()])),
             ],
             at(5, 9),
         );
@@ -447,7 +466,7 @@ jobs:\n  app: { database_url: postgres://h/app, targets: [local, s3], schedule: 
         assert!(j.text_line_of("s3").contains("missing the newest backup"));
         let j = run(
             vec![
-                ("local", Ok(vec![good.clone()])),
+                ("local", ok(vec![good.clone()])),
                 ("s3", Err("connection refused".into())),
             ],
             at(1, 9),
@@ -457,7 +476,7 @@ jobs:\n  app: { database_url: postgres://h/app, targets: [local, s3], schedule: 
             j.text_line_of("s3")
                 .contains("cannot be listed: connection refused")
         );
-        let j = run(vec![("local", Ok(vec![])), ("s3", Ok(vec![]))], at(1, 9));
+        let j = run(vec![("local", ok(vec![])), ("s3", ok(vec![]))], at(1, 9));
         assert_eq!(j.status, "no backup");
         assert!(j.last_good.is_none());
     }
@@ -478,8 +497,8 @@ jobs:\n  app: { database_url: postgres://h/app, targets: [local, s3], schedule: 
         let listings = BTreeMap::from([(
             "app".to_owned(),
             BTreeMap::from([
-                ("local".to_owned(), Ok(b.clone())),
-                ("s3".to_owned(), Ok(b)),
+                ("local".to_owned(), ok(b.clone())),
+                ("s3".to_owned(), ok(b)),
             ]),
         )]);
         let facts = BTreeMap::from([(

@@ -64,11 +64,13 @@ pub enum RestoreError {
     Storage(#[from] StorageError),
     #[error("backup verification failed: {0}")]
     Verify(#[from] VerifyError),
-    #[error("no backup '{which}' of job '{job}' on {searched}")]
+    #[error("no backup '{which}' of job '{job}' on {searched}{refused}")]
     NotFound {
         job: String,
         which: String,
         searched: String,
+        /// `; refused: …` when manifests were refused on the way, else empty.
+        refused: String,
     },
     #[error("target '{0}' is not one of this job's targets")]
     UnknownTarget(String),
@@ -102,6 +104,12 @@ pub enum RestoreError {
     Tablespace { name: String, message: String },
     #[error("creating the database failed: {0}")]
     CreateDatabase(String),
+    #[error("backup manifest {key} on target '{target}' is refused: {why}; it is never restored")]
+    Refused {
+        target: String,
+        key: String,
+        why: String,
+    },
     #[error(transparent)]
     Load(#[from] load::LoadError),
     #[error("{0}")]
@@ -168,16 +176,19 @@ pub struct RestoreReport {
 }
 
 /// Finds `which` (`latest` or an id) of `job`, on `from` or the first of the job's
-/// targets holding the newest match.
+/// targets holding the newest match. Manifests refused on the way (forged,
+/// out of bounds) are never chosen; they are returned as notes, and asking
+/// for one by id is an error naming why.
 ///
 /// # Errors
-/// Unknown job or target, listing failures on every target, or no such backup.
+/// Unknown job or target, listing failures on every target, no such backup,
+/// or the one asked for is refused.
 pub async fn find(
     strata: &Strata,
     job: &str,
     which: &str,
     from: Option<&str>,
-) -> Result<(Arc<dyn Target>, Entry), RestoreError> {
+) -> Result<(Arc<dyn Target>, Entry, Vec<String>), RestoreError> {
     let job = strata.job(job)?;
     let names: Vec<String> = match from {
         Some(t) if job.targets.iter().any(|n| n == t) => vec![t.to_owned()],
@@ -186,11 +197,26 @@ pub async fn find(
     };
     let mut best: Option<(Arc<dyn Target>, Entry)> = None;
     let mut last_err = None;
+    let mut notes = Vec::new();
+    let asked = format!("/{which}{}", crate::manifest::MANIFEST_SUFFIX);
     for name in &names {
         let target = strata.target(name);
-        match catalog::list(target.as_ref(), strata.prefix(name), &job.name).await {
-            Ok(entries) => {
-                if let Some(e) = catalog::select(&entries, which) {
+        match catalog::list_all(strata, name, &job.name).await {
+            Ok(listing) => {
+                for r in &listing.refused {
+                    if r.manifest_key.ends_with(&asked) {
+                        return Err(RestoreError::Refused {
+                            target: name.clone(),
+                            key: r.manifest_key.clone(),
+                            why: r.error.to_string(),
+                        });
+                    }
+                    notes.push(format!(
+                        "manifest {} on {name} was refused: {}",
+                        r.manifest_key, r.error
+                    ));
+                }
+                if let Some(e) = catalog::select(&listing.entries, which) {
                     if best
                         .as_ref()
                         .is_none_or(|(_, b)| e.started_at() > b.started_at())
@@ -206,12 +232,17 @@ pub async fn find(
         }
     }
     match (best, last_err) {
-        (Some(found), _) => Ok(found),
+        (Some((t, e)), _) => Ok((t, e, notes)),
         (None, Some(e)) if names.len() == 1 => Err(e.into()),
         (None, _) => Err(RestoreError::NotFound {
             job: job.name.clone(),
             which: which.to_owned(),
             searched: names.join(", "),
+            refused: if notes.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", notes.join("; "))
+            },
         }),
     }
 }
@@ -272,7 +303,7 @@ pub async fn restore(
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
     let clock = Instant::now();
-    let (target, entry) = find(strata, job, &opts.backup, opts.from.as_deref()).await?;
+    let (target, entry, notes) = find(strata, job, &opts.backup, opts.from.as_deref()).await?;
     // Before touching any database: an archived object cannot be read yet.
     ensure_readable(target.as_ref(), &entry.object_key(), &opts.thaw).await?;
     let globals = match &entry.manifest.globals {
@@ -370,7 +401,9 @@ pub async fn restore(
             return Err(e);
         }
     };
-    for w in &plan.warnings {
+    let mut warnings = notes;
+    warnings.extend(plan.warnings.iter().cloned());
+    for w in &warnings {
         tracing::warn!(warning = %w, "restore");
     }
     Ok(RestoreReport {
@@ -383,7 +416,7 @@ pub async fn restore(
         jobs,
         roles_created: plan.created_roles.clone(),
         tablespaces_created: created_tablespaces,
-        warnings: plan.warnings.clone(),
+        warnings,
         timings,
     })
 }

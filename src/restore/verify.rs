@@ -74,7 +74,7 @@ pub async fn verify_with(
     thaw: &ThawOptions,
     progress: Option<Arc<Progress>>,
 ) -> Result<VerifyReport, RestoreError> {
-    let (_, entry) = find(strata, job, which, None).await?;
+    let (_, entry, _) = find(strata, job, which, None).await?;
     if let Some(p) = &progress {
         let reads = entry.manifest.targets.len() + usize::from(restore_into.is_some());
         p.set_total(entry.manifest.stored_bytes * reads as u64);
@@ -199,15 +199,20 @@ async fn record_verification(strata: &Strata, entry: &Entry, report: &VerifyRepo
         let key = manifest_key_beside(&record.key, &entry.manifest.backup_id);
         let updated = async {
             let bytes = crate::storage::read_all(target.as_ref(), &key).await?;
-            let mut manifest: crate::manifest::Manifest =
-                serde_json::from_slice(&bytes).map_err(|e| StorageError::S3 {
-                    target: record.target.clone(),
-                    key: key.clone(),
-                    message: format!("manifest is not valid JSON: {e}"),
-                })?;
+            let config = strata.config();
+            let keys = config.encryption.as_ref().map(|e| e.keyring.as_ref());
+            // Only a manifest that opens is rewritten (a forged one stays as
+            // found, for the operator to see).
+            let (mut manifest, _) =
+                crate::manifest::open(&bytes, keys, config.require_authenticated_manifests)
+                    .map_err(|e| StorageError::S3 {
+                        target: record.target.clone(),
+                        key: key.clone(),
+                        message: format!("manifest refused: {e}"),
+                    })?;
             manifest.verifications.extend(results.iter().cloned());
-            let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-            target.put_small(&key, json.into()).await
+            let sealed = crate::manifest::seal(&manifest, keys.map(|k| k.active()));
+            target.put_small(&key, sealed.into()).await
         }
         .await;
         if let Err(e) = updated {
@@ -273,7 +278,7 @@ pub async fn newest_readable(
     let mut all: Vec<(Arc<dyn Target>, Entry)> = Vec::new();
     for name in &cfg.targets {
         let target = strata.target(name);
-        match catalog::list(target.as_ref(), strata.prefix(name), job).await {
+        match catalog::list(strata, name, job).await {
             Ok(entries) => all.extend(entries.into_iter().map(|e| (target.clone(), e))),
             Err(e) => tracing::warn!(target_name = %name, error = %e, "cannot list target"),
         }
@@ -297,6 +302,7 @@ pub async fn newest_readable(
         job: job.to_owned(),
         which: "readable backup".into(),
         searched: cfg.targets.join(", "),
+        refused: String::new(),
     })
 }
 
