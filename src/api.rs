@@ -121,6 +121,7 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
                 "last_error": h.last_error,
                 "next_run": h.next_run,
                 "running": h.running,
+                "queued": h.queued,
                 "progress": job_progress,
                 "restore_test": restore_test,
             }),
@@ -129,6 +130,7 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
     let state_db = match &d.state {
         None => "not configured",
         Some(s) if s.reachable() => "ok",
+        Some(s) if !s.tried() => "connecting",
         Some(_) => {
             healthy = false;
             "unreachable"
@@ -159,9 +161,15 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
             checks.compliance_failing.join(", ")
         ));
     }
+    let outbox = d.state.as_ref().map(|s| {
+        let (waiting, dropped) = s.outbox();
+        json!({ "waiting": waiting, "dropped": dropped })
+    });
     let body = json!({
         "status": if healthy { "ok" } else { "failing" },
+        "starting": !d.started(),
         "state_db": state_db,
+        "state_outbox": outbox,
         "jobs": jobs,
         "storage": {
             "usd_monthly": checks.usd_monthly,

@@ -324,10 +324,10 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Backup { job, json } => {
             let config = load(&cli.config)?;
-            let state = match &config.state_url {
-                Some(url) => Some(crate::state::StateDb::open(url.clone()).await),
-                None => None,
-            };
+            let state = config
+                .state_url
+                .as_ref()
+                .map(|url| crate::state::StateDb::open(url.clone()));
             let strata = Strata::build(config).await;
             strata.job(&job)?;
             // One run per job, whoever starts it: the daemon holds the same lock.
@@ -370,7 +370,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 }
             });
             if let Some(s) = &state {
-                s.save_run(&run).await;
+                s.save_run(&run);
             }
             // The previous backup's size is the estimate.
             let estimate = crate::catalog::newest(&strata, &job)
@@ -389,7 +389,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             reporter.finish().await;
             run.finish(&result, Utc::now());
             if let Some(s) = &state {
-                s.save_run(&run).await;
+                s.save_run(&run);
                 s.audit(crate::state::AuditEntry {
                     at: Utc::now(),
                     actor,
@@ -397,8 +397,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                     job: Some(job.clone()),
                     run_id: Some(run.id.clone()),
                     detail: serde_json::json!({ "status": run.status.as_str(), "backup_id": run.backup_id, "error": run.error }),
-                })
-                .await;
+                });
+                sync_state(s).await;
             }
             let report = result?;
             if json {
@@ -756,7 +756,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 result.as_ref().map(|r| r.restore_test.as_ref()),
                 &strata.config().state_url,
             ) {
-                let state = crate::state::StateDb::open(url.clone()).await;
+                let state = crate::state::StateDb::open(url.clone());
                 if let Err(e) = state
                     .save_restore_test(test, &crate::state::host_id())
                     .await
@@ -819,7 +819,7 @@ async fn status(config: &std::path::Path, json: bool) -> Result<(), Failure> {
     }
     let mut facts = std::collections::BTreeMap::new();
     if let Some(url) = &config.state_url {
-        let state = crate::state::StateDb::open(url.clone()).await;
+        let state = crate::state::StateDb::open(url.clone());
         let wait = std::time::Duration::from_secs(5);
         for name in config.jobs.keys() {
             let mut f = JobFacts::default();
@@ -889,6 +889,25 @@ struct PruneArgs {
 }
 
 async fn prune(config: &std::path::Path, job: &str, args: PruneArgs) -> Result<(), Failure> {
+    let config = load(config)?;
+    let state = config
+        .state_url
+        .as_ref()
+        .map(|url| crate::state::StateDb::open(url.clone()));
+    let result = prune_with(config, state.clone(), job, args).await;
+    // The deletions were audited: write that before exiting.
+    if let Some(s) = &state {
+        sync_state(s).await;
+    }
+    result
+}
+
+async fn prune_with(
+    config: Config,
+    state: Option<Arc<crate::state::StateDb>>,
+    job: &str,
+    args: PruneArgs,
+) -> Result<(), Failure> {
     use crate::prune::{self, Recorder};
     let PruneArgs {
         dry_run,
@@ -897,11 +916,6 @@ async fn prune(config: &std::path::Path, job: &str, args: PruneArgs) -> Result<(
         approve,
         force,
     } = args;
-    let config = load(config)?;
-    let state = match &config.state_url {
-        Some(url) => Some(crate::state::StateDb::open(url.clone()).await),
-        None => None,
-    };
     let strata = Strata::build(config).await;
     let mode = strata.job(job)?.prune;
     let now = now.map_or_else(Utc::now, |t| t.with_timezone(&Utc));
@@ -924,7 +938,7 @@ async fn prune(config: &std::path::Path, job: &str, args: PruneArgs) -> Result<(
     if force && !dry_run {
         let actor = cli_actor();
         let rec = Recorder {
-            state: state.as_ref(),
+            state: state.as_deref(),
             metrics: None,
             actor: &actor,
         };
@@ -955,10 +969,10 @@ async fn prune(config: &std::path::Path, job: &str, args: PruneArgs) -> Result<(
         );
         return Ok(());
     }
-    prune::check_latest_run(state.as_ref(), job).await?;
+    prune::check_latest_run(state.as_deref(), job).await?;
     let actor = cli_actor();
     let rec = Recorder {
-        state: state.as_ref(),
+        state: state.as_deref(),
         metrics: None,
         actor: &actor,
     };
@@ -1109,17 +1123,27 @@ fn not_yet(e: crate::restore::RestoreError) -> Failure {
 /// configured (a failure to record is logged, never fatal).
 async fn audit_cli(config: &Config, action: &str, job: Option<&str>, detail: serde_json::Value) {
     let Some(url) = &config.state_url else { return };
-    let state = crate::state::StateDb::open(url.clone()).await;
-    state
-        .audit(crate::state::AuditEntry {
-            at: Utc::now(),
-            actor: cli_actor(),
-            action: action.into(),
-            job: job.map(str::to_owned),
-            run_id: None,
-            detail,
-        })
-        .await;
+    let state = crate::state::StateDb::open(url.clone());
+    state.audit(crate::state::AuditEntry {
+        at: Utc::now(),
+        actor: cli_actor(),
+        action: action.into(),
+        job: job.map(str::to_owned),
+        run_id: None,
+        detail,
+    });
+    sync_state(&state).await;
+}
+
+/// Before a command exits: writes what it recorded, or says it could not (the
+/// state database did not answer within 15 s).
+async fn sync_state(state: &crate::state::StateDb) {
+    if !state.sync(std::time::Duration::from_secs(15)).await {
+        tracing::warn!(
+            waiting = state.outbox().0,
+            "the state database did not answer: this command's run and audit records are not stored"
+        );
+    }
 }
 
 fn trust_word(t: &crate::manifest::Trust) -> &'static str {

@@ -66,6 +66,7 @@ struct RawConfig {
     pricing: Option<BTreeMap<String, f64>>,
     alerts: Option<RawAlerts>,
     restore: Option<RawRestore>,
+    daemon: Option<RawDaemon>,
     require_authenticated_manifests: Option<bool>,
     #[serde(default)]
     targets: BTreeMap<String, RawTarget>,
@@ -76,6 +77,11 @@ struct RawConfig {
 #[derive(Deserialize)]
 struct RawRestore {
     jobs: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct RawDaemon {
+    max_concurrent_runs: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -168,6 +174,7 @@ struct RawJob {
     verify: Option<RawVerify>,
     refresh: Option<RawRefresh>,
     globals: Option<RawGlobals>,
+    timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -393,6 +400,8 @@ pub struct JobConfig {
     pub verify: VerifyConfig,
     pub refresh: Option<RefreshConfig>,
     pub globals: GlobalsConfig,
+    /// A run longer than this is cancelled like a shutdown (default 12h).
+    pub timeout: Duration,
 }
 
 /// The whole validated configuration.
@@ -407,6 +416,9 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// Connections a restore loads with (`restore.jobs`, default: the cores).
     pub restore_jobs: usize,
+    /// Runs at once across all jobs (`daemon.max_concurrent_runs`, default:
+    /// the cores); the rest wait in turn.
+    pub max_concurrent_runs: usize,
     /// Refuse manifests without a MAC (those written before manifests were
     /// authenticated) instead of reading them with a warning.
     pub require_authenticated_manifests: bool,
@@ -665,6 +677,14 @@ fn validate(raw: RawConfig, path: &Path, p: &mut Problems) -> Option<Config> {
     let alerts = raw
         .alerts
         .map_or_else(AlertsConfig::default, |a| validate_alerts(a, p));
+    let max_concurrent_runs = match raw.daemon.and_then(|d| d.max_concurrent_runs) {
+        None => cores(),
+        Some(n) if (1..=256).contains(&n) => n,
+        Some(_) => {
+            p.add("daemon.max_concurrent_runs", "must be between 1 and 256");
+            1
+        }
+    };
     let restore_jobs = match raw.restore.and_then(|r| r.jobs) {
         None => cores(),
         Some(n) if (1..=64).contains(&n) => n,
@@ -723,6 +743,7 @@ fn validate(raw: RawConfig, path: &Path, p: &mut Problems) -> Option<Config> {
         pricing,
         alerts,
         restore_jobs,
+        max_concurrent_runs,
         require_authenticated_manifests: raw.require_authenticated_manifests.unwrap_or(false),
         targets,
         jobs,
@@ -1090,6 +1111,20 @@ fn validate_job(
             None
         }
     };
+    let timeout = match humantime::parse_duration(j.timeout.as_deref().unwrap_or("12h")) {
+        Ok(d) if d >= Duration::from_secs(1) => Some(d),
+        Ok(_) => {
+            p.add(at("timeout"), "must be at least 1s");
+            None
+        }
+        Err(e) => {
+            p.add(
+                at("timeout"),
+                format!("'{}': {e}", j.timeout.clone().unwrap_or_default()),
+            );
+            None
+        }
+    };
     let prune = match j.prune.as_deref().unwrap_or("automatic") {
         "automatic" => Some(PruneMode::Automatic),
         "approval" => Some(PruneMode::Approval),
@@ -1172,6 +1207,7 @@ fn validate_job(
         globals: GlobalsConfig {
             role_passwords: j.globals.and_then(|g| g.role_passwords).unwrap_or(false),
         },
+        timeout: timeout?,
     })
 }
 
@@ -1241,6 +1277,7 @@ mod tests {
             ("jobs.*.refresh", fields::<RawRefresh>()),
             ("jobs.*.globals", fields::<RawGlobals>()),
             ("restore", fields::<RawRestore>()),
+            ("daemon", fields::<RawDaemon>()),
         ];
         let mut missing = Vec::new();
         for (at, names) in all {

@@ -25,6 +25,14 @@ use crate::state::{AuditEntry, JobLock, RunRecord, RunStatus, StateDb};
 
 /// Runs kept in memory for `GET /runs/{id}` when the state database is down.
 const RECENT_RUNS: usize = 500;
+/// Longest wait for a job's cross-process lock when a run is started.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Locks a mutex even when a thread panicked holding it: the daemon's maps
+/// stay usable after a panic in one run.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Why a run could not be started.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -57,6 +65,8 @@ pub struct JobHealth {
     pub last_error: Option<String>,
     pub next_run: Option<DateTime<Utc>>,
     pub running: bool,
+    /// Waiting for a free slot (`daemon.max_concurrent_runs`).
+    pub queued: bool,
     #[serde(skip)]
     pub last_stored_bytes: Option<u64>,
     /// The newest backup's raw size: the estimate for the next one's progress.
@@ -80,7 +90,29 @@ pub struct Checks {
 struct Running {
     cancel: CancellationToken,
     progress: Arc<crate::progress::Progress>,
-    _lock: Option<JobLock>,
+    /// Held until the entry goes: the job's cross-process lock.
+    lock: Option<JobLock>,
+}
+
+/// Releases a job when its run ends however it ends (finished, panicked,
+/// cancelled): the entry goes (and with it the cross-process lock), health
+/// and metrics stop saying it runs.
+struct RunGuard {
+    daemon: Arc<Daemon>,
+    job: String,
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        let d = &self.daemon;
+        if let Some(h) = lock(&d.health).get_mut(&self.job) {
+            h.running = false;
+            h.queued = false;
+        }
+        d.metrics.running.with_label_values(&[&self.job]).set(0);
+        d.metrics.queued.with_label_values(&[&self.job]).set(0);
+        lock(&d.running).remove(&self.job);
+    }
 }
 
 /// SHA-256 of a bearer token; compared in constant time.
@@ -103,6 +135,10 @@ pub struct Daemon {
     recheck: tokio::sync::Notify,
     recent: Mutex<(Vec<String>, HashMap<String, RunRecord>)>,
     running: Mutex<HashMap<String, Running>>,
+    /// Runs at once across all jobs (`daemon.max_concurrent_runs`); FIFO.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Start-up work (clean-up, history) is done and the schedules run.
+    started: std::sync::atomic::AtomicBool,
     tasks: TaskTracker,
     /// The main runtime: backups run here even when the API (on its own thread)
     /// starts them.
@@ -168,10 +204,10 @@ impl Daemon {
             .and_then(|h| h.admin_token_file.as_deref())
             .map(read_token)
             .transpose()?;
-        let state = match &config.state_url {
-            Some(url) => Some(Arc::new(StateDb::open(url.clone()).await)),
-            None => None,
-        };
+        // Connects in the background: a state database that does not answer
+        // never holds the daemon up.
+        let state = config.state_url.clone().map(StateDb::open);
+        let max_concurrent_runs = config.max_concurrent_runs;
         let host = crate::state::host_id();
         let health = config
             .jobs
@@ -196,15 +232,22 @@ impl Daemon {
             recheck: tokio::sync::Notify::new(),
             recent: Mutex::default(),
             running: Mutex::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(max_concurrent_runs)),
+            started: std::sync::atomic::AtomicBool::new(false),
             tasks: TaskTracker::new(),
             runtime: tokio::runtime::Handle::current(),
             stopping: CancellationToken::new(),
         }))
     }
 
+    /// Whether the start-up work (clean-up, reading the history) is done.
+    pub fn started(&self) -> bool {
+        self.started.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Per-job health, for `/health`.
     pub fn health(&self) -> BTreeMap<String, JobHealth> {
-        self.health.lock().expect("health").clone()
+        lock(&self.health).clone()
     }
 
     /// Progress of the backups running now, by job (a run that finished its
@@ -221,8 +264,19 @@ impl Daemon {
     }
 
     /// Sets `strata_backup_progress_bytes` from the running backups (0 for the
-    /// others); called before each scrape.
+    /// others) and the state database's outbox gauges; called before each scrape.
     pub fn update_progress_metrics(&self) {
+        if let Some(state) = &self.state {
+            let (waiting, dropped) = state.outbox();
+            self.metrics
+                .state_outbox
+                .with_label_values::<&str>(&[])
+                .set(waiting as f64);
+            self.metrics
+                .state_outbox_dropped
+                .with_label_values::<&str>(&[])
+                .set(dropped as f64);
+        }
         let running = self.progress();
         for job in self.strata.config().jobs.keys() {
             let bytes = running.get(job).map_or(0, |s| s.bytes);
@@ -235,7 +289,7 @@ impl Daemon {
 
     /// The latest periodic checks, for `/health`.
     pub fn checks(&self) -> Checks {
-        self.checks.lock().expect("checks").clone()
+        lock(&self.checks).clone()
     }
 
     /// Lifecycle drift (fixed when the target says `manage_lifecycle: true`),
@@ -351,7 +405,7 @@ impl Daemon {
                 self.alerter.raise(alert, m).await;
             }
         }
-        let mut checks = self.checks.lock().expect("checks");
+        let mut checks = lock(&self.checks);
         *checks = Checks {
             checked_at: Some(self.clock.now()),
             lifecycle,
@@ -368,7 +422,7 @@ impl Daemon {
 
     /// A run from memory or the state database.
     pub async fn run(&self, id: &str) -> Option<RunRecord> {
-        if let Some(r) = self.recent.lock().expect("recent").1.get(id) {
+        if let Some(r) = lock(&self.recent).1.get(id) {
             return Some(r.clone());
         }
         match &self.state {
@@ -378,7 +432,7 @@ impl Daemon {
     }
 
     fn remember(&self, run: &RunRecord) {
-        let mut recent = self.recent.lock().expect("recent");
+        let mut recent = lock(&self.recent);
         if !recent.1.contains_key(&run.id) {
             recent.0.push(run.id.clone());
         }
@@ -398,32 +452,42 @@ impl Daemon {
         run_id: Option<&str>,
         detail: serde_json::Value,
     ) {
+        self.audit_now(actor, action, job, run_id, detail);
+    }
+
+    fn audit_now(
+        &self,
+        actor: &str,
+        action: &str,
+        job: Option<&str>,
+        run_id: Option<&str>,
+        detail: serde_json::Value,
+    ) {
         tracing::info!(actor, action, job, run_id, %detail, "audit");
         if let Some(state) = &self.state {
-            state
-                .audit(AuditEntry {
-                    at: self.clock.now(),
-                    actor: actor.to_owned(),
-                    action: action.to_owned(),
-                    job: job.map(str::to_owned),
-                    run_id: run_id.map(str::to_owned),
-                    detail,
-                })
-                .await;
+            state.audit(AuditEntry {
+                at: self.clock.now(),
+                actor: actor.to_owned(),
+                action: action.to_owned(),
+                job: job.map(str::to_owned),
+                run_id: run_id.map(str::to_owned),
+                detail,
+            });
         }
     }
 
-    /// Stores the run (when a state database is configured) and audits `action`.
-    async fn record(&self, run: &RunRecord, actor: &str, action: &str, detail: serde_json::Value) {
+    /// Stores the run (when a state database is configured) and audits
+    /// `action`; never waits for the database.
+    fn record(&self, run: &RunRecord, actor: &str, action: &str, detail: serde_json::Value) {
         if let Some(state) = &self.state {
-            state.save_run(run).await;
+            state.save_run(run);
         }
-        self.audit(actor, action, Some(&run.job), Some(&run.id), detail)
-            .await;
+        self.audit_now(actor, action, Some(&run.job), Some(&run.id), detail);
     }
 
     /// Starts a backup of `job` unless one is running anywhere; returns the run id
-    /// at once, the backup goes on in the background.
+    /// at once, the backup goes on in the background (waiting for a free slot
+    /// of `daemon.max_concurrent_runs` first).
     ///
     /// # Errors
     /// Unknown job, a run already in progress (here or in another process), or the
@@ -435,21 +499,28 @@ impl Daemon {
         scheduled_for: Option<DateTime<Utc>>,
         actor: &str,
     ) -> Result<String, TriggerError> {
+        self.start_run(job, trigger, scheduled_for, actor, None)
+            .await
+    }
+
+    async fn start_run(
+        self: &Arc<Self>,
+        job: &str,
+        trigger: &str,
+        scheduled_for: Option<DateTime<Utc>>,
+        actor: &str,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<String, TriggerError> {
         if self.strata.config().job(job).is_none() {
             return Err(TriggerError::UnknownJob(job.to_owned()));
         }
         if self.stopping.is_cancelled() {
             return Err(TriggerError::Stopping);
         }
-        let estimate = self
-            .health
-            .lock()
-            .expect("health")
-            .get(job)
-            .and_then(|h| h.last_raw_bytes);
+        let estimate = lock(&self.health).get(job).and_then(|h| h.last_raw_bytes);
         let progress = crate::progress::Progress::new(format!("backup {job}"), estimate);
         let cancel = {
-            let mut running = self.running.lock().expect("running");
+            let mut running = lock(&self.running);
             if running.contains_key(job) {
                 return Err(TriggerError::AlreadyRunning(job.to_owned()));
             }
@@ -459,50 +530,96 @@ impl Daemon {
                 Running {
                     cancel: cancel.clone(),
                     progress: progress.clone(),
-                    _lock: None,
+                    lock: None,
                 },
             );
             cancel
         };
-        // Across processes: the job's advisory lock in the state database.
+        // Across processes: the job's advisory lock, on the shared lock
+        // connection, asked for at most LOCK_WAIT so an unreachable state
+        // database never holds the run up (see `execute` for what happens then).
+        let mut needs_lock = false;
         if let Some(state) = &self.state {
-            match state.try_lock_job(job).await {
-                Ok(Some(lock)) => {
-                    if let Some(r) = self.running.lock().expect("running").get_mut(job) {
-                        r._lock = Some(lock);
+            match tokio::time::timeout(LOCK_WAIT, state.try_lock_job(job)).await {
+                Ok(Ok(Some(held))) => {
+                    if let Some(r) = lock(&self.running).get_mut(job) {
+                        r.lock = Some(held);
                     }
                 }
-                Ok(None) => {
-                    self.running.lock().expect("running").remove(job);
+                Ok(Ok(None)) => {
+                    lock(&self.running).remove(job);
                     return Err(TriggerError::AlreadyRunning(job.to_owned()));
                 }
-                Err(e) => {
-                    tracing::warn!(job, error = %e, "state database unreachable: running without the cross-process lock")
-                }
+                Ok(Err(_)) | Err(_) => needs_lock = true,
             }
         }
         let run = RunRecord::start(job, trigger, scheduled_for, self.clock.now(), &self.host);
         let id = run.id.clone();
         self.remember(&run);
-        if let Some(h) = self.health.lock().expect("health").get_mut(job) {
+        if let Some(h) = lock(&self.health).get_mut(job) {
             h.running = true;
         }
         self.metrics.running.with_label_values(&[job]).set(1);
         let me = self.clone();
         let actor = actor.to_owned();
+        let guard = RunGuard {
+            daemon: self.clone(),
+            job: job.to_owned(),
+        };
         self.tasks.spawn_on(
-            async move { me.execute(run, cancel, progress, actor).await },
+            async move {
+                me.execute(guard, run, cancel, progress, actor, permit, needs_lock)
+                    .await;
+            },
             &self.runtime,
         );
         Ok(id)
     }
 
+    /// Takes the job's lock when `start_run` could not: with replicas sharing
+    /// the state database the run waits (and says so) until it can; alone, it
+    /// goes on without.
+    async fn take_lock_late(&self, job: &str, cancel: &CancellationToken) {
+        let Some(state) = &self.state else { return };
+        let mut said = false;
+        loop {
+            if let Ok(Some(held)) = state.try_lock_job(job).await {
+                if let Some(r) = lock(&self.running).get_mut(job) {
+                    r.lock = Some(held);
+                }
+                return;
+            }
+            if !state.replicas_seen() {
+                tracing::warn!(
+                    job,
+                    "state database unreachable and no other daemon seen on it: running without the cross-process lock"
+                );
+                return;
+            }
+            if !said {
+                said = true;
+                tracing::warn!(
+                    job,
+                    "waiting for the state database to take the job's lock (other daemons share it, so the run does not go without)"
+                );
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // one run's parts, handed over once
     async fn execute(
         self: Arc<Self>,
-        mut run: RunRecord,
+        guard: RunGuard,
+        run: RunRecord,
         cancel: CancellationToken,
         progress: Arc<crate::progress::Progress>,
         actor: String,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        needs_lock: bool,
     ) {
         let job = run.job.clone();
         self.record(
@@ -510,10 +627,10 @@ impl Daemon {
             &actor,
             "backup.start",
             serde_json::json!({ "trigger": run.trigger }),
-        )
-        .await;
+        );
         // A development refresh restores the source job's newest backup: when that
-        // job is being backed up right now, wait for it to finish first.
+        // job is queued or being backed up right now, wait for it first (before
+        // taking a slot, so the two can never wait for each other).
         if let Some(from) = self
             .strata
             .config()
@@ -521,19 +638,123 @@ impl Daemon {
             .and_then(|j| j.refresh.as_ref())
             .map(|r| r.from.clone())
         {
-            while self.running.lock().expect("running").contains_key(&from)
-                && !cancel.is_cancelled()
-            {
+            while lock(&self.running).contains_key(&from) && !cancel.is_cancelled() {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        let started = std::time::Instant::now();
+        let _permit = match permit {
+            Some(p) => Some(p),
+            None => {
+                self.set_queued(&job, true);
+                let p = tokio::select! {
+                    p = self.slots.clone().acquire_owned() => p.ok(),
+                    () = cancel.cancelled() => None,
+                };
+                self.set_queued(&job, false);
+                p
+            }
+        };
+        if needs_lock {
+            self.take_lock_late(&job, &cancel).await;
+        }
+        let timeout = self
+            .strata
+            .config()
+            .job(&job)
+            .map_or(Duration::from_secs(12 * 3600), |j| j.timeout);
+        let result = self
+            .run_guarded(&job, &run, &cancel, progress, timeout)
+            .await;
+        self.finish_run(guard, run, result, actor).await;
+    }
+
+    /// The run itself on a task of its own, so a panic in it becomes a failed
+    /// run instead of a job marked running for ever; past `timeout` it is
+    /// cancelled like a shutdown and fails.
+    async fn run_guarded(
+        &self,
+        job: &str,
+        run: &RunRecord,
+        cancel: &CancellationToken,
+        progress: Arc<crate::progress::Progress>,
+        timeout: Duration,
+    ) -> Result<crate::runner::BackupReport, crate::runner::RunError> {
+        if cancel.is_cancelled() {
+            return Err(crate::runner::RunError::Pipeline(
+                crate::pipeline::PipelineError::Cancelled,
+            ));
+        }
         let ctl = crate::runner::RunControl {
             cancel: cancel.clone(),
             progress: Some(progress),
         };
-        let result = crate::runner::run_job(&self.strata, &job, run.started_at, &ctl).await;
-        let duration = started.elapsed().as_secs_f64();
+        let strata = self.strata.clone();
+        let name = job.to_owned();
+        let started_at = run.started_at;
+        let mut task = tokio::spawn(async move {
+            #[cfg(debug_assertions)]
+            if std::env::var("STRATA_TEST_PANIC_JOB").is_ok_and(|j| j == name) {
+                panic!("injected panic (STRATA_TEST_PANIC_JOB) in a run of {name}");
+            }
+            crate::runner::run_job(&strata, &name, started_at, &ctl).await
+        });
+        let joined = tokio::select! {
+            joined = &mut task => joined,
+            () = tokio::time::sleep(timeout) => {
+                tracing::error!(job, timeout = %humantime::format_duration(timeout), "run past its deadline: cancelling it");
+                cancel.cancel();
+                match tokio::time::timeout(Duration::from_secs(60), &mut task).await {
+                    // It completed its last step as the deadline passed.
+                    Ok(Ok(Ok(report))) => return Ok(report),
+                    Ok(_) => {}
+                    Err(_) => task.abort(),
+                }
+                return Err(crate::runner::RunError::TimedOut(timeout));
+            }
+        };
+        match joined {
+            Ok(result) => result,
+            Err(e) => {
+                let message = if e.is_panic() {
+                    let payload = e.into_panic();
+                    payload
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic without a message".to_owned())
+                } else {
+                    "the run's task was cancelled".to_owned()
+                };
+                tracing::error!(job, error = %message, "a run panicked; it is recorded as failed");
+                Err(crate::runner::RunError::Panicked(message))
+            }
+        }
+    }
+
+    fn set_queued(&self, job: &str, queued: bool) {
+        self.metrics
+            .queued
+            .with_label_values(&[job])
+            .set(i64::from(queued));
+        if let Some(h) = lock(&self.health).get_mut(job) {
+            h.queued = queued;
+        }
+    }
+
+    /// Bookkeeping after a run: metrics, health, the state database, alerts,
+    /// retention; then the guard releases the job.
+    async fn finish_run(
+        &self,
+        guard: RunGuard,
+        mut run: RunRecord,
+        result: Result<crate::runner::BackupReport, crate::runner::RunError>,
+        actor: String,
+    ) {
+        let job = run.job.clone();
+        let duration = (self.clock.now() - run.started_at)
+            .to_std()
+            .unwrap_or_default()
+            .as_secs_f64();
         if let Some(r) = self
             .strata
             .config()
@@ -564,10 +785,9 @@ impl Daemon {
                 .set(report.manifest.raw_bytes as f64);
         }
         m.runs.with_label_values(&[&job, run.status.as_str()]).inc();
-        m.running.with_label_values(&[&job]).set(0);
         let previous_size;
         {
-            let mut health = self.health.lock().expect("health");
+            let mut health = lock(&self.health);
             let h = health.entry(job.clone()).or_default();
             h.running = false;
             h.last_result = Some(run.status.as_str().to_owned());
@@ -590,6 +810,7 @@ impl Daemon {
                 }
             }
         }
+        m.running.with_label_values(&[&job]).set(0);
         tracing::info!(
             job = %job,
             run_id = %run.id,
@@ -603,7 +824,11 @@ impl Daemon {
         );
         self.remember(&run);
         let detail = serde_json::json!({ "status": run.status.as_str(), "backup_id": run.backup_id, "error": run.error });
-        self.record(&run, &actor, "backup.finish", detail).await;
+        self.record(&run, &actor, "backup.finish", detail);
+        if let Some(state) = &self.state {
+            // Written now when the database answers; kept for later when not.
+            state.sync(Duration::from_secs(5)).await;
+        }
         self.alert_on_run(&run, &result, previous_size).await;
         // Retention only after a complete backup, still under the job's lock.
         if run.status == RunStatus::Success {
@@ -616,8 +841,7 @@ impl Daemon {
         }
         // Storage, cost and compliance changed: refresh them soon.
         self.recheck.notify_one();
-        // Dropping the entry releases the cross-process lock.
-        self.running.lock().expect("running").remove(&job);
+        drop(guard);
     }
 
     /// Alerts (or resolves) backup failure, degraded targets and size anomalies
@@ -836,7 +1060,7 @@ impl Daemon {
     /// The last restore test of each job (this process's, or the state
     /// database's newest success at start-up).
     pub fn restore_tests(&self) -> BTreeMap<String, RestoreTest> {
-        self.restore_tests.lock().expect("restore tests").clone()
+        lock(&self.restore_tests).clone()
     }
 
     /// Reads the newest backup of every job from its targets (health, metrics,
@@ -858,7 +1082,7 @@ impl Daemon {
                 }
             }
             if let Some(e) = newest {
-                let mut health = self.health.lock().expect("health");
+                let mut health = lock(&self.health);
                 let h = health.entry(name.clone()).or_default();
                 h.last_success = Some(e.started_at());
                 h.last_stored_bytes = Some(e.manifest.stored_bytes);
@@ -892,7 +1116,7 @@ impl Daemon {
                     | crate::source::SourceError::ToolMissing { .. }
             ) {
                 tracing::error!(job = %name, error = %e, "backups of this job cannot run");
-                if let Some(h) = self.health.lock().expect("health").get_mut(name) {
+                if let Some(h) = lock(&self.health).get_mut(name) {
                     h.last_error = Some(e.to_string());
                 }
                 self.alerter
@@ -1003,13 +1227,22 @@ impl Daemon {
     }
 
     fn set_next(&self, job: &str, next: Option<DateTime<Utc>>) {
-        if let Some(h) = self.health.lock().expect("health").get_mut(job) {
+        if let Some(h) = lock(&self.health).get_mut(job) {
             h.next_run = next;
         }
     }
 
     /// Runs the slot unless another daemon sharing the state database claimed it.
+    /// A free run slot comes first: a daemon that is busy leaves the claim to a
+    /// replica that can run it now.
     async fn fire(self: &Arc<Self>, job: &str, slot: DateTime<Utc>, trigger: &str) {
+        self.set_queued(job, true);
+        let permit = tokio::select! {
+            p = self.slots.clone().acquire_owned() => p.ok(),
+            () = self.stopping.cancelled() => None,
+        };
+        self.set_queued(job, false);
+        let Some(permit) = permit else { return };
         if let Some(state) = &self.state {
             match state
                 .claim(job, slot, &uuid::Uuid::new_v4().to_string(), &self.host)
@@ -1025,7 +1258,10 @@ impl Daemon {
                 }
             }
         }
-        match self.trigger(job, trigger, Some(slot), "scheduler").await {
+        match self
+            .start_run(job, trigger, Some(slot), "scheduler", Some(permit))
+            .await
+        {
             Ok(id) => tracing::info!(job, run_id = %id, %slot, trigger, "backup started"),
             Err(e) => tracing::warn!(job, %slot, error = %e, "scheduled backup skipped"),
         }
@@ -1067,7 +1303,12 @@ impl Daemon {
             .last();
             if let Some(slot) = slot {
                 tracing::info!(job = %name, %slot, "past its RPO at start-up: one catch-up run");
-                self.fire(name, slot, "catch-up").await;
+                // Each waits for a free slot on its own, oldest job first.
+                let me = self.clone();
+                let name = name.clone();
+                self.tasks
+                    .spawn(async move { me.fire(&name, slot, "catch-up").await });
+                tokio::task::yield_now().await;
             }
         }
     }
@@ -1083,15 +1324,28 @@ impl Daemon {
         listener: TcpListener,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), DaemonError> {
-        self.cleanup().await;
-        self.load_history().await;
+        // Start-up work that reads targets and the state database runs in the
+        // background: a dependency that never answers must not keep the API or
+        // the schedules from starting.
+        {
+            let me = self.clone();
+            self.tasks.spawn(async move {
+                if let Some(state) = &me.state {
+                    state.look_for_replicas(&me.host).await;
+                }
+                me.cleanup().await;
+                me.load_history().await;
+                me.spawn_schedules();
+                me.catch_up().await;
+                me.started.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!("start-up checks done; schedules running");
+            });
+        }
         {
             // In the background: an unreachable server must not delay start-up.
             let me = self.clone();
             self.tasks.spawn(async move { me.check_tools().await });
         }
-        self.spawn_schedules();
-        self.catch_up().await;
         if let Some(state) = self.state.clone() {
             let stopping = self.stopping.clone();
             self.tasks.spawn(async move {
@@ -1195,13 +1449,18 @@ impl Daemon {
             .is_err()
         {
             tracing::warn!("grace period over: aborting running backups");
-            for r in self.running.lock().expect("running").values() {
+            for r in lock(&self.running).values() {
                 r.cancel.cancel();
             }
             let _ = tokio::time::timeout(Duration::from_secs(60), self.tasks.wait()).await;
         }
         if let Some(state) = &self.state {
-            let _ = state.ensure().await;
+            if !state.sync(Duration::from_secs(10)).await {
+                tracing::warn!(
+                    waiting = state.outbox().0,
+                    "state database unreachable at exit: the records kept in memory are lost"
+                );
+            }
         }
         tracing::info!("strata daemon stopped");
         served

@@ -13,7 +13,10 @@ pub struct Metrics {
     pub size_change_ratio: GaugeVec,
     pub runs: IntCounterVec,
     pub running: IntGaugeVec,
+    pub queued: IntGaugeVec,
     pub progress_bytes: GaugeVec,
+    pub state_outbox: GaugeVec,
+    pub state_outbox_dropped: GaugeVec,
     pub upload_failures: IntCounterVec,
     pub retention_deleted: IntCounterVec,
     pub storage_bytes: GaugeVec,
@@ -59,6 +62,17 @@ impl Metrics {
         registry
             .register(Box::new(running.clone()))
             .expect("unique metric");
+        let queued = IntGaugeVec::new(
+            Opts::new(
+                "strata_backup_queued",
+                "1 while a run of the job waits for a free slot (daemon.max_concurrent_runs).",
+            ),
+            &["job"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(queued.clone()))
+            .expect("unique metric");
         let upload_failures = counter(
             &registry,
             "strata_target_upload_failures_total",
@@ -98,6 +112,19 @@ impl Metrics {
             ),
             runs,
             running,
+            queued,
+            state_outbox: gauge(
+                &registry,
+                "strata_state_outbox_records",
+                "Runs and audit entries kept in memory until the state database answers.",
+                &[],
+            ),
+            state_outbox_dropped: gauge(
+                &registry,
+                "strata_state_outbox_dropped_total",
+                "Records dropped because the state database stayed unreachable with the outbox full.",
+                &[],
+            ),
             progress_bytes: gauge(
                 &registry,
                 "strata_backup_progress_bytes",

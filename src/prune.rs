@@ -333,16 +333,14 @@ fn json_detail(
 
 async fn record(rec: &Recorder<'_>, job: &str, action: &str, detail: serde_json::Value) {
     if let Some(state) = rec.state {
-        state
-            .audit(AuditEntry {
-                at: Utc::now(),
-                actor: rec.actor.to_owned(),
-                action: action.into(),
-                job: Some(job.to_owned()),
-                run_id: None,
-                detail,
-            })
-            .await;
+        state.audit(AuditEntry {
+            at: Utc::now(),
+            actor: rec.actor.to_owned(),
+            action: action.into(),
+            job: Some(job.to_owned()),
+            run_id: None,
+            detail,
+        });
     }
 }
 

@@ -44,6 +44,10 @@ pub enum RunError {
     NoTarget(Vec<String>),
     #[error("refresh before the backup failed (the database is unchanged): {0}")]
     Refresh(String),
+    #[error("the run took longer than its timeout of {} and was cancelled (jobs.*.timeout)", humantime::format_duration(*.0))]
+    TimedOut(std::time::Duration),
+    #[error("the run panicked: {0}")]
+    Panicked(String),
 }
 
 impl RunError {
@@ -242,6 +246,11 @@ pub async fn backup(
         }
     };
 
+    if cancel.is_cancelled() {
+        // Stopped (shutdown, deadline) after streaming: nothing is completed.
+        abort_all(uploads).await;
+        return Err(PipelineError::Cancelled.into());
+    }
     if let Some(p) = &ctl.progress {
         p.set_detail("completing the uploads");
     }

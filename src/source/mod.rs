@@ -16,6 +16,9 @@ pub mod copy_counter;
 pub mod globals;
 pub mod tls;
 
+/// Longest wait for a connection when the URL names no `connect_timeout`.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Keep at most this much of a child's stderr for error messages.
 const STDERR_CAP: usize = 64 * 1024;
 
@@ -187,6 +190,27 @@ impl DbUrl {
     /// # Errors
     /// The server is unreachable or refuses the login.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, SourceError> {
+        // A server that accepts the connection and never answers must not
+        // hold anything up: the whole handshake is bounded (the URL's
+        // connect_timeout, else 30 s).
+        let limit = self
+            .config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(CONNECT_TIMEOUT);
+        match tokio::time::timeout(limit, self.connect_unbounded()).await {
+            Ok(result) => result,
+            Err(_) => Err(SourceError::Connect {
+                url: self.shown.clone(),
+                message: format!(
+                    "no answer within {}s (the server accepts connections but does not respond)",
+                    limit.as_secs()
+                ),
+            }),
+        }
+    }
+
+    async fn connect_unbounded(&self) -> Result<tokio_postgres::Client, SourceError> {
         let failed = |message: String| SourceError::Connect {
             url: self.shown.clone(),
             message,

@@ -7,8 +7,10 @@
 //! dies releases its locks with its connection.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex as StdMutex;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -166,41 +168,90 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
+#[derive(Debug, Clone)]
 enum Pending {
     Run(RunRecord),
     Audit(AuditEntry),
 }
 
+/// Records waiting for the database, oldest first; bounded.
+#[derive(Default)]
+struct Outbox {
+    items: std::collections::VecDeque<Pending>,
+    dropped: u64,
+}
+
+/// Records kept while the database is unreachable, at most.
+pub const OUTBOX_LIMIT: usize = 10_000;
+/// Longest wait for one state-database operation (connecting included).
+pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connection to the state database with an outbox for when it is down.
+///
+/// Nothing waits for it: [`StateDb::open`] returns at once and connects (and
+/// migrates) in the background, writes go to the outbox and a writer task
+/// sends them, and every query gives up after [`OP_TIMEOUT`].
 pub struct StateDb {
     url: DbUrl,
     client: Mutex<Option<tokio_postgres::Client>>,
-    outbox: StdMutex<Vec<Pending>>,
+    outbox: StdMutex<Outbox>,
     reachable: AtomicBool,
+    /// The first attempt to connect has ended (either way).
+    tried: AtomicBool,
+    wake: Arc<tokio::sync::Notify>,
+    locks: locks::LockPool,
+    /// Another daemon was seen claiming slots: runs must not go without the
+    /// cross-process lock.
+    replicas_seen: AtomicBool,
 }
 
-/// A per-job lock held on its own connection; dropping it releases the lock.
-pub struct JobLock {
-    _client: tokio_postgres::Client,
-}
+/// A per-job lock held on the shared lock connection; dropping it releases
+/// the lock (and a dead process releases all of its locks with its connection).
+pub use locks::JobLock;
+
+mod locks;
 
 fn lock_key(job: &str) -> String {
     format!("strata:job:{job}")
 }
 
 impl StateDb {
-    /// Connects and applies migrations; when the database is unreachable the value
-    /// still works and keeps trying on every write.
-    pub async fn open(url: DbUrl) -> Self {
-        let db = Self {
+    /// Starts connecting and migrating in the background; the value works at
+    /// once and keeps records in memory until the database answers.
+    pub fn open(url: DbUrl) -> Arc<Self> {
+        let db = Arc::new(Self {
+            locks: locks::LockPool::start(url.clone()),
             url,
             client: Mutex::new(None),
-            outbox: StdMutex::new(Vec::new()),
+            outbox: StdMutex::new(Outbox::default()),
             reachable: AtomicBool::new(false),
-        };
-        if let Err(e) = db.ensure().await {
-            tracing::warn!(error = %e, "state database unreachable; runs are kept in memory until it answers");
-        }
+            tried: AtomicBool::new(false),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            replicas_seen: AtomicBool::new(false),
+        });
+        let writer = Arc::downgrade(&db);
+        tokio::spawn(async move {
+            let mut warned = false;
+            loop {
+                let Some(db) = writer.upgrade() else { return };
+                let tried = db.bounded(db.ensure()).await;
+                db.tried.store(true, Ordering::Relaxed);
+                match tried {
+                    Ok(()) => warned = false,
+                    Err(e) if !warned => {
+                        warned = true;
+                        tracing::warn!(error = %e, "state database unreachable; runs and audit entries are kept in memory until it answers");
+                    }
+                    Err(_) => {}
+                }
+                let wake = db.wake.clone();
+                drop(db);
+                tokio::select! {
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        });
         db
     }
 
@@ -220,6 +271,42 @@ impl StateDb {
         self.reachable.load(Ordering::Relaxed)
     }
 
+    /// Whether a first attempt to connect has ended (before it, the database
+    /// is neither reachable nor known to be unreachable).
+    pub fn tried(&self) -> bool {
+        self.tried.load(Ordering::Relaxed)
+    }
+
+    /// Whether another daemon shares this database (seen claiming slots).
+    pub fn replicas_seen(&self) -> bool {
+        self.replicas_seen.load(Ordering::Relaxed)
+    }
+
+    /// Records waiting to be written, and how many were dropped because the
+    /// outbox was full.
+    pub fn outbox(&self) -> (usize, u64) {
+        let o = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        (o.items.len(), o.dropped)
+    }
+
+    /// Runs one operation within [`OP_TIMEOUT`]; a database that does not
+    /// answer counts as unreachable and its connection is dropped.
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T, StateError>>,
+    ) -> Result<T, StateError> {
+        match tokio::time::timeout(OP_TIMEOUT, op).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.reachable.store(false, Ordering::Relaxed);
+                if let Ok(mut guard) = self.client.try_lock() {
+                    *guard = None;
+                }
+                Err(self.err(format!("no answer within {}s", OP_TIMEOUT.as_secs())))
+            }
+        }
+    }
+
     /// Connects (and migrates) if not connected; then writes the outbox.
     ///
     /// # Errors
@@ -237,23 +324,29 @@ impl StateDb {
             *guard = Some(connected?);
         }
         let client = guard.as_ref().expect("connected");
-        let pending: Vec<Pending> = std::mem::take(&mut *self.outbox.lock().expect("outbox"));
-        let mut rest = pending.into_iter();
-        while let Some(item) = rest.next() {
+        loop {
+            let next = self
+                .outbox
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .items
+                .front()
+                .cloned();
+            let Some(item) = next else { break };
             let written = match &item {
                 Pending::Run(run) => write_run(client, run).await,
                 Pending::Audit(entry) => write_audit(client, entry).await,
             };
             if let Err(e) = written {
-                let mut outbox = self.outbox.lock().expect("outbox");
-                let newer = std::mem::take(&mut *outbox);
-                outbox.push(item);
-                outbox.extend(rest);
-                outbox.extend(newer);
                 self.reachable.store(false, Ordering::Relaxed);
                 *guard = None;
                 return Err(self.pg(&e));
             }
+            self.outbox
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .items
+                .pop_front();
         }
         self.reachable.store(true, Ordering::Relaxed);
         Ok(())
@@ -286,38 +379,62 @@ impl StateDb {
 
     /// Checks the connection now (for `/health`).
     pub async fn ping(&self) -> bool {
-        if self.ensure().await.is_err() {
-            return false;
-        }
-        let guard = self.client.lock().await;
-        let ok = match guard.as_ref() {
-            Some(c) => c.simple_query("SELECT 1").await.is_ok(),
-            None => false,
-        };
+        let ok = self
+            .bounded(async {
+                self.ensure().await?;
+                let guard = self.client.lock().await;
+                match guard.as_ref() {
+                    Some(c) => c.simple_query("SELECT 1").await.map_err(|e| self.pg(&e)),
+                    None => Err(self.err("not connected")),
+                }
+            })
+            .await
+            .is_ok();
         self.reachable.store(ok, Ordering::Relaxed);
         ok
     }
 
-    /// Stores (inserts or updates) a run; kept in the outbox if the database is down.
-    pub async fn save_run(&self, run: &RunRecord) {
-        self.outbox
-            .lock()
-            .expect("outbox")
-            .push(Pending::Run(run.clone()));
-        if let Err(e) = self.ensure().await {
-            tracing::warn!(run_id = %run.id, error = %e, "run kept in memory until the state database answers");
+    fn enqueue(&self, item: Pending) {
+        let mut o = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        // A run saved again (started, then finished) replaces its older record.
+        if let Pending::Run(run) = &item {
+            o.items
+                .retain(|p| !matches!(p, Pending::Run(r) if r.id == run.id));
         }
+        o.items.push_back(item);
+        if o.items.len() > OUTBOX_LIMIT {
+            o.items.pop_front();
+            o.dropped += 1;
+            if o.dropped == 1 || o.dropped % 1000 == 0 {
+                tracing::warn!(
+                    dropped = o.dropped,
+                    limit = OUTBOX_LIMIT,
+                    "state database unreachable too long: the oldest records kept in memory are dropped"
+                );
+            }
+        }
+        drop(o);
+        self.wake.notify_one();
     }
 
-    /// Appends to the audit log; kept in the outbox if the database is down.
-    pub async fn audit(&self, entry: AuditEntry) {
-        self.outbox
-            .lock()
-            .expect("outbox")
-            .push(Pending::Audit(entry));
-        if let Err(e) = self.ensure().await {
-            tracing::warn!(error = %e, "audit entry kept in memory until the state database answers");
-        }
+    /// Stores (inserts or updates) a run; never waits for the database (the
+    /// writer task sends it, see [`StateDb::sync`]).
+    pub fn save_run(&self, run: &RunRecord) {
+        self.enqueue(Pending::Run(run.clone()));
+    }
+
+    /// Appends to the audit log; never waits for the database.
+    pub fn audit(&self, entry: AuditEntry) {
+        self.enqueue(Pending::Audit(entry));
+    }
+
+    /// Waits up to `within` for the records kept so far to be written; `false`
+    /// when some are still waiting (the writer goes on trying).
+    pub async fn sync(&self, within: Duration) -> bool {
+        tokio::time::timeout(within, self.ensure())
+            .await
+            .is_ok_and(|r| r.is_ok())
+            && self.outbox().0 == 0
     }
 
     /// Claims a scheduled slot; `Ok(false)` when another daemon already did.
@@ -331,36 +448,56 @@ impl StateDb {
         run_id: &str,
         host: &str,
     ) -> Result<bool, StateError> {
-        let client = self.connected().await?;
-        let n = client
-            .execute(
-                "INSERT INTO schedule_claims (job, slot, run_id, claimed_by) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                &[&job, &slot, &run_id, &host],
-            )
-            .await
-            .map_err(|e| self.pg(&e))?;
-        Ok(n == 1)
+        let won = self
+            .bounded(async {
+                let client = self.connected().await?;
+                client
+                    .execute(
+                        "INSERT INTO schedule_claims (job, slot, run_id, claimed_by) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                        &[&job, &slot, &run_id, &host],
+                    )
+                    .await
+                    .map_err(|e| self.pg(&e))
+            })
+            .await?
+            == 1;
+        if !won {
+            self.replicas_seen.store(true, Ordering::Relaxed);
+        }
+        Ok(won)
     }
 
-    /// Takes the job's lock if nobody holds it, on a connection of its own.
+    /// Whether another daemon claimed slots in the last two days (read once at
+    /// start-up; a conflict on a claim also counts).
+    pub async fn look_for_replicas(&self, host: &str) {
+        let seen = self
+            .bounded(async {
+                let client = self.connected().await?;
+                let row = client
+                    .query_one(
+                        "SELECT count(*) FROM schedule_claims WHERE claimed_by <> $1 AND slot > now() - interval '2 days'",
+                        &[&host],
+                    )
+                    .await
+                    .map_err(|e| self.pg(&e))?;
+                Ok(row.get::<_, i64>(0) > 0)
+            })
+            .await;
+        if let Ok(true) = seen {
+            self.replicas_seen.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the job's lock if nobody holds it, on the shared lock connection.
+    /// Fails at once when the database is known to be unreachable.
     ///
     /// # Errors
-    /// The database is unreachable.
+    /// The database is unreachable or does not answer within [`OP_TIMEOUT`].
     pub async fn try_lock_job(&self, job: &str) -> Result<Option<JobLock>, StateError> {
-        let client = self
-            .url
-            .connect()
+        self.locks
+            .try_lock(&lock_key(job))
             .await
-            .map_err(|e| self.err(e.to_string()))?;
-        let got: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                &[&lock_key(job)],
-            )
-            .await
-            .map_err(|e| self.pg(&e))?
-            .get(0);
-        Ok(got.then_some(JobLock { _client: client }))
+            .map_err(|m| self.err(m))
     }
 
     /// Status of the job's newest finished run, if any.
@@ -371,15 +508,18 @@ impl StateDb {
         &self,
         job: &str,
     ) -> Result<Option<(String, RunStatus)>, StateError> {
-        let client = self.connected().await?;
-        let row = client
-            .query_opt(
-                "SELECT id, status FROM runs WHERE job = $1 AND status <> 'running' ORDER BY started_at DESC LIMIT 1",
-                &[&job],
-            )
-            .await
-            .map_err(|e| self.pg(&e))?;
-        Ok(row.map(|r| (r.get(0), RunStatus::parse(r.get(1)))))
+        self.bounded(async {
+            let client = self.connected().await?;
+            let row = client
+                .query_opt(
+                    "SELECT id, status FROM runs WHERE job = $1 AND status <> 'running' ORDER BY started_at DESC LIMIT 1",
+                    &[&job],
+                )
+                .await
+                .map_err(|e| self.pg(&e))?;
+            Ok(row.map(|r| (r.get(0), RunStatus::parse(r.get(1)))))
+        })
+        .await
     }
 
     /// Records a deletion plan waiting for approval, superseding older pending
@@ -393,24 +533,27 @@ impl StateDb {
         by: &str,
         plan: &serde_json::Value,
     ) -> Result<i64, StateError> {
-        let mut client = self.connected().await?;
-        let tx = client.transaction().await.map_err(|e| self.pg(&e))?;
-        tx.execute(
-            "UPDATE prune_plans SET status = 'superseded', decided_at = now() WHERE job = $1 AND status = 'pending'",
-            &[&job],
-        )
-        .await
-        .map_err(|e| self.pg(&e))?;
-        let id: i64 = tx
-            .query_one(
-                "INSERT INTO prune_plans (job, created_by, status, plan) VALUES ($1, $2, 'pending', $3) RETURNING id",
-                &[&job, &by, plan],
+        self.bounded(async {
+            let mut client = self.connected().await?;
+            let tx = client.transaction().await.map_err(|e| self.pg(&e))?;
+            tx.execute(
+                "UPDATE prune_plans SET status = 'superseded', decided_at = now() WHERE job = $1 AND status = 'pending'",
+                &[&job],
             )
             .await
-            .map_err(|e| self.pg(&e))?
-            .get(0);
-        tx.commit().await.map_err(|e| self.pg(&e))?;
-        Ok(id)
+            .map_err(|e| self.pg(&e))?;
+            let id: i64 = tx
+                .query_one(
+                    "INSERT INTO prune_plans (job, created_by, status, plan) VALUES ($1, $2, 'pending', $3) RETURNING id",
+                    &[&job, &by, plan],
+                )
+                .await
+                .map_err(|e| self.pg(&e))?
+                .get(0);
+            tx.commit().await.map_err(|e| self.pg(&e))?;
+            Ok(id)
+        })
+        .await
     }
 
     /// The job's pending deletion plan: its id and plan.
@@ -421,15 +564,18 @@ impl StateDb {
         &self,
         job: &str,
     ) -> Result<Option<(i64, serde_json::Value)>, StateError> {
-        let client = self.connected().await?;
-        let row = client
-            .query_opt(
-                "SELECT id, plan FROM prune_plans WHERE job = $1 AND status = 'pending' ORDER BY id DESC LIMIT 1",
-                &[&job],
-            )
-            .await
-            .map_err(|e| self.pg(&e))?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
+        self.bounded(async {
+            let client = self.connected().await?;
+            let row = client
+                .query_opt(
+                    "SELECT id, plan FROM prune_plans WHERE job = $1 AND status = 'pending' ORDER BY id DESC LIMIT 1",
+                    &[&job],
+                )
+                .await
+                .map_err(|e| self.pg(&e))?;
+            Ok(row.map(|r| (r.get(0), r.get(1))))
+        })
+        .await
     }
 
     /// Marks a pending plan approved; `false` when it was no longer pending
@@ -438,15 +584,18 @@ impl StateDb {
     /// # Errors
     /// The database is unreachable.
     pub async fn approve_prune_plan(&self, id: i64, by: &str) -> Result<bool, StateError> {
-        let client = self.connected().await?;
-        let n = client
-            .execute(
-                "UPDATE prune_plans SET status = 'approved', decided_at = now(), decided_by = $2 WHERE id = $1 AND status = 'pending'",
-                &[&id, &by],
-            )
-            .await
-            .map_err(|e| self.pg(&e))?;
-        Ok(n == 1)
+        self.bounded(async {
+            let client = self.connected().await?;
+            let n = client
+                .execute(
+                    "UPDATE prune_plans SET status = 'approved', decided_at = now(), decided_by = $2 WHERE id = $1 AND status = 'pending'",
+                    &[&id, &by],
+                )
+                .await
+                .map_err(|e| self.pg(&e))?;
+            Ok(n == 1)
+        })
+        .await
     }
 
     /// Records a restore test.
@@ -458,18 +607,21 @@ impl StateDb {
         t: &crate::restore::RestoreTest,
         host: &str,
     ) -> Result<(), StateError> {
-        let client = self.connected().await?;
-        let tables = i32::try_from(t.tables).unwrap_or(i32::MAX);
-        let rows = i64::try_from(t.rows).unwrap_or(i64::MAX);
-        client
-            .execute(
-                "INSERT INTO restore_tests (job, backup_id, target, started_at, seconds, ok, error, tables, rows, host) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                &[&t.job, &t.backup_id, &t.target, &t.started_at, &t.seconds, &t.ok, &t.error, &tables, &rows, &host],
-            )
-            .await
-            .map_err(|e| self.pg(&e))?;
-        Ok(())
+        self.bounded(async {
+            let client = self.connected().await?;
+            let tables = i32::try_from(t.tables).unwrap_or(i32::MAX);
+            let rows = i64::try_from(t.rows).unwrap_or(i64::MAX);
+            client
+                .execute(
+                    "INSERT INTO restore_tests (job, backup_id, target, started_at, seconds, ok, error, tables, rows, host) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    &[&t.job, &t.backup_id, &t.target, &t.started_at, &t.seconds, &t.ok, &t.error, &tables, &rows, &host],
+                )
+                .await
+                .map_err(|e| self.pg(&e))?;
+            Ok(())
+        })
+        .await
     }
 
     /// The job's newest successful restore test: when it started and how long it took.
@@ -480,15 +632,18 @@ impl StateDb {
         &self,
         job: &str,
     ) -> Result<Option<(DateTime<Utc>, f64)>, StateError> {
-        let client = self.connected().await?;
-        let row = client
-            .query_opt(
-                "SELECT started_at, seconds FROM restore_tests WHERE job = $1 AND ok ORDER BY started_at DESC LIMIT 1",
-                &[&job],
-            )
-            .await
-            .map_err(|e| self.pg(&e))?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
+        self.bounded(async {
+            let client = self.connected().await?;
+            let row = client
+                .query_opt(
+                    "SELECT started_at, seconds FROM restore_tests WHERE job = $1 AND ok ORDER BY started_at DESC LIMIT 1",
+                    &[&job],
+                )
+                .await
+                .map_err(|e| self.pg(&e))?;
+            Ok(row.map(|r| (r.get(0), r.get(1))))
+        })
+        .await
     }
 
     /// The newest restore test of `job`, passed or not: when, ok, seconds, error.
@@ -499,15 +654,18 @@ impl StateDb {
         &self,
         job: &str,
     ) -> Result<Option<(DateTime<Utc>, bool, f64, Option<String>)>, StateError> {
-        let client = self.connected().await?;
-        let row = client
-            .query_opt(
-                "SELECT started_at, ok, seconds, error FROM restore_tests WHERE job = $1 ORDER BY started_at DESC LIMIT 1",
-                &[&job],
-            )
-            .await
-            .map_err(|e| self.pg(&e))?;
-        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
+        self.bounded(async {
+            let client = self.connected().await?;
+            let row = client
+                .query_opt(
+                    "SELECT started_at, ok, seconds, error FROM restore_tests WHERE job = $1 ORDER BY started_at DESC LIMIT 1",
+                    &[&job],
+                )
+                .await
+                .map_err(|e| self.pg(&e))?;
+            Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
+        })
+        .await
     }
 
     /// One run by id.
@@ -515,29 +673,32 @@ impl StateDb {
     /// # Errors
     /// The database is unreachable.
     pub async fn run(&self, id: &str) -> Result<Option<RunRecord>, StateError> {
-        let client = self.connected().await?;
-        let row = client
-            .query_opt(
-                "SELECT id, job, trigger, scheduled_for, started_at, finished_at, status, backup_id, raw_bytes, stored_bytes, error, targets, host FROM runs WHERE id = $1",
-                &[&id],
-            )
-            .await
-            .map_err(|e| self.pg(&e))?;
-        Ok(row.map(|r| RunRecord {
-            id: r.get(0),
-            job: r.get(1),
-            trigger: r.get(2),
-            scheduled_for: r.get(3),
-            started_at: r.get(4),
-            finished_at: r.get(5),
-            status: RunStatus::parse(r.get(6)),
-            backup_id: r.get(7),
-            raw_bytes: r.get::<_, Option<i64>>(8).map(|n| n as u64),
-            stored_bytes: r.get::<_, Option<i64>>(9).map(|n| n as u64),
-            error: r.get(10),
-            targets: serde_json::from_value(r.get(11)).unwrap_or_default(),
-            host: r.get(12),
-        }))
+        self.bounded(async {
+            let client = self.connected().await?;
+            let row = client
+                .query_opt(
+                    "SELECT id, job, trigger, scheduled_for, started_at, finished_at, status, backup_id, raw_bytes, stored_bytes, error, targets, host FROM runs WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(|e| self.pg(&e))?;
+            Ok(row.map(|r| RunRecord {
+                id: r.get(0),
+                job: r.get(1),
+                trigger: r.get(2),
+                scheduled_for: r.get(3),
+                started_at: r.get(4),
+                finished_at: r.get(5),
+                status: RunStatus::parse(r.get(6)),
+                backup_id: r.get(7),
+                raw_bytes: r.get::<_, Option<i64>>(8).map(|n| n as u64),
+                stored_bytes: r.get::<_, Option<i64>>(9).map(|n| n as u64),
+                error: r.get(10),
+                targets: serde_json::from_value(r.get(11)).unwrap_or_default(),
+                host: r.get(12),
+            }))
+        })
+        .await
     }
 }
 

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::helpers::{Bucket, S3Kind, Setup, TestDb, bin, files, free_port, job, psql};
 use crate::proxy::{Fault, FaultProxy, Rule};
 
-const TOKEN: &str = "test-token-0123456789abcdef";
+pub(crate) const TOKEN: &str = "test-token-0123456789abcdef";
 const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 
 fn write_token(dir: &Path) -> std::path::PathBuf {
@@ -163,6 +163,19 @@ impl App {
                 .run_until_stopped(listener, stop.clone().cancelled_owned())
                 .map_unit(),
         );
+        // Start-up work runs in the background: wait for it (and for a state
+        // database that exists to be connected) so tests start from a settled
+        // daemon.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !daemon.started()
+            || (state_db.is_some() && daemon.state.as_ref().is_some_and(|s| !s.reachable()))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon's start-up did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         Self {
             daemon,
             url,
@@ -231,7 +244,7 @@ impl App {
     }
 }
 
-async fn run_id_of(r: reqwest::Response) -> String {
+pub(crate) async fn run_id_of(r: reqwest::Response) -> String {
     r.json::<Value>().await.unwrap()["run_id"]
         .as_str()
         .unwrap()
@@ -548,14 +561,22 @@ async fn runs_kept_while_the_state_database_was_down_are_written_when_it_returns
 }
 
 /// A `strata run` process.
-struct Proc {
+/// A `strata run` process on a free port.
+pub(crate) struct Proc {
     child: Child,
-    url: String,
-    log: std::path::PathBuf,
+    pub(crate) url: String,
+    pub(crate) log: std::path::PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Proc {
-    fn spawn(
+    pub(crate) fn spawn(
         setup: &Setup,
         name: &str,
         top_extra: &str,
@@ -590,7 +611,7 @@ impl Proc {
         }
     }
 
-    async fn ready(&self) {
+    pub(crate) async fn ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while reqwest::get(format!("{}/health", self.url)).await.is_err() {
             assert!(
@@ -602,7 +623,7 @@ impl Proc {
         }
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -611,7 +632,7 @@ impl Proc {
 
     /// Waits for the process to exit without blocking the runtime (the fault
     /// proxy runs on it).
-    async fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+    pub(crate) async fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

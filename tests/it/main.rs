@@ -13,6 +13,7 @@ mod deploy;
 mod failures;
 mod hostile;
 mod operations;
+mod resilience;
 mod retention;
 mod roundtrip;
 mod tls;
