@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::{Bytes, BytesMut};
 use ring::digest::{Context as Sha, SHA256};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::progress::Progress;
@@ -22,6 +21,7 @@ use crate::source::{PgDump, SourceError};
 use crate::storage::{StorageError, Upload};
 
 pub mod compress;
+pub mod cpu;
 pub mod encrypt;
 pub mod restore_stream;
 pub mod small;
@@ -47,6 +47,8 @@ pub enum PipelineError {
     AllTargetsFailed(Vec<String>),
     #[error("cancelled (the daemon is stopping)")]
     Cancelled,
+    #[error(transparent)]
+    Stopped(#[from] cpu::Stopped),
 }
 
 /// What went into the targets.
@@ -78,14 +80,10 @@ pub async fn backup_stream(
     let (tee_tx, tee_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let tee = tokio::spawn(tee(tee_rx, uploads, cancel.clone()));
     let (seal_tx, seal_rx) = mpsc::channel::<Option<Bytes>>(CHANNEL_DEPTH);
-    let sealer = tokio::task::spawn_blocking(move || {
-        background_priority();
-        seal(seal_rx, encryptor, &tee_tx)
-    });
+    let sealer = cpu::thread("seal", move || seal(seal_rx, encryptor, &tee_tx));
     let (count_tx, counter) = if count_rows {
         let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH * 2);
-        let handle = tokio::task::spawn_blocking(move || {
-            background_priority();
+        let handle = cpu::thread("count", move || {
             let mut counter = RowCounter::default();
             while let Some(block) = rx.blocking_recv() {
                 counter.feed(&block);
@@ -100,10 +98,23 @@ pub async fn backup_stream(
     let read = read_and_compress(dump, compression, &seal_tx, count_tx, cancel, progress).await;
     let ended = read.is_ok() && seal_tx.send(None).await.is_ok();
     drop(seal_tx);
-    let sealed = sealer.await.expect("seal thread panicked");
-    let uploads = tee.await.expect("tee task panicked");
+    let sealed = sealer.await;
+    let uploads = match tee.await {
+        Ok(uploads) => uploads,
+        Err(e) => {
+            // The uploads are lost with the task; start-up clean-up removes them.
+            tracing::error!(error = %e, "the upload task stopped unexpectedly");
+            return (
+                Err(PipelineError::Stopped(cpu::Stopped("upload"))),
+                Vec::new(),
+            );
+        }
+    };
     let tables = match counter {
-        Some(h) => Some(h.await.expect("row counter panicked")),
+        Some(h) => match h.await {
+            Ok(t) => Some(t),
+            Err(e) => return (Err(e.into()), uploads),
+        },
         None => None,
     };
     let failures = || {
@@ -121,7 +132,7 @@ pub async fn backup_stream(
             Err(Downstream::Closed) => return Err(PipelineError::AllTargetsFailed(failures())),
             Err(Downstream::Failed(e)) => return Err(e),
         };
-        let (stored_bytes, sha256) = match sealed? {
+        let (stored_bytes, sha256) = match sealed?? {
             Some(done) if ended => done,
             _ => return Err(PipelineError::AllTargetsFailed(failures())),
         };
@@ -144,29 +155,10 @@ enum Downstream {
     Failed(PipelineError),
 }
 
-/// Puts the calling thread (once) in the background: SCHED_BATCH at the lowest
-/// nice value, so compression, sealing and row counting take whatever CPU is
-/// left while `/health`, the async workers and PostgreSQL answer first on a
-/// saturated machine. Lowering one's own priority needs no privilege; a failure
-/// only costs responsiveness, so it is logged once and ignored.
-fn background_priority() {
-    use std::cell::Cell;
-    use thread_priority::unix::{
-        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
-        thread_native_id,
-    };
-    thread_local!(static DONE: Cell<bool> = const { Cell::new(false) });
-    if DONE.with(|d| d.replace(true)) {
-        return;
-    }
-    if let Err(e) = set_thread_priority_and_policy(
-        thread_native_id(),
-        thread_priority::ThreadPriority::Min,
-        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch),
-    ) {
-        tracing::debug!(error = ?e, "could not lower the priority of a pipeline thread");
-    }
-}
+/// A block being compressed on the CPU pool.
+type Compressing = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<std::io::Result<Vec<u8>>, cpu::Stopped>> + Send>,
+>;
 
 /// Reads pg_dump, feeds the row counter, compresses blocks in parallel and sends
 /// them on in order. Returns the raw byte count.
@@ -179,16 +171,18 @@ async fn read_and_compress(
     progress: Option<&Progress>,
 ) -> Result<u64, Downstream> {
     let parallel = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) + 1;
-    let mut queue: VecDeque<JoinHandle<std::io::Result<Vec<u8>>>> = VecDeque::new();
+    let mut queue: VecDeque<Compressing> = VecDeque::new();
     let mut raw = 0u64;
     async fn forward(
-        queue: &mut VecDeque<JoinHandle<std::io::Result<Vec<u8>>>>,
+        queue: &mut VecDeque<Compressing>,
         out: &mpsc::Sender<Option<Bytes>>,
     ) -> Result<(), Downstream> {
-        let job = queue.pop_front().expect("queue not empty");
+        let Some(job) = queue.pop_front() else {
+            return Ok(());
+        };
         let block = job
             .await
-            .expect("compression task panicked")
+            .map_err(|e| Downstream::Failed(e.into()))?
             .map_err(|e| Downstream::Failed(PipelineError::Compress(e)))?;
         out.send(Some(block.into()))
             .await
@@ -221,13 +215,12 @@ async fn read_and_compress(
         if queue.len() >= parallel {
             forward(&mut queue, out).await?;
         }
-        queue.push_back(tokio::task::spawn_blocking(move || {
-            background_priority();
+        queue.push_back(Box::pin(cpu::spawn("compression", move || {
             let mut packed = Vec::with_capacity(block.len() / 2);
             compression
                 .compress_block(&block, &mut packed)
                 .map(|()| packed)
-        }));
+        })));
     }
     while !queue.is_empty() {
         forward(&mut queue, out).await?;

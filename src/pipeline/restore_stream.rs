@@ -40,6 +40,8 @@ pub enum VerifyError {
     NoKeys,
     #[error("decompression failed: {0}")]
     Decompress(String),
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// What the stored object is expected to be.
@@ -96,58 +98,80 @@ pub fn open(
     Ok(Opened { reader, check })
 }
 
+/// Reads the stored object (async: network and disk) and hands its chunks to
+/// the checking thread; the two results make the verdict.
 async fn pump(
     mut stream: ByteStream,
-    mut decryptor: Option<Decryptor>,
+    decryptor: Option<Decryptor>,
     expected: Expected,
     tx: mpsc::Sender<std::io::Result<Bytes>>,
     progress: Option<Arc<Progress>>,
 ) -> Result<(), VerifyError> {
-    let result = verify_into(
-        &mut stream,
-        &mut decryptor,
-        &expected,
-        &tx,
-        progress.as_deref(),
-    )
-    .await;
+    let (raw_tx, raw_rx) = mpsc::channel::<Bytes>(8);
+    let out = tx.clone();
+    let checker = super::cpu::thread("verify", move || {
+        check_chunks(raw_rx, decryptor, &expected, &out)
+    });
+    let mut read = Ok(());
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => {
+                if let Some(p) = &progress {
+                    p.add(chunk.len() as u64);
+                }
+                if raw_tx.send(chunk).await.is_err() {
+                    // The checker stopped: its own result says why.
+                    break;
+                }
+            }
+            Err(e) => {
+                read = Err(VerifyError::from(e));
+                break;
+            }
+        }
+    }
+    // End of input for the checker: a stream cut short fails its size, hash
+    // or final-chunk check there, so its end is never released.
+    drop(raw_tx);
+    let checked = checker
+        .await
+        .map_err(|e| VerifyError::Internal(e.to_string()))
+        .and_then(|r| r);
+    let result = read.and(checked);
     if let Err(e) = &result {
         let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
     }
     result
 }
 
-async fn verify_into(
-    stream: &mut ByteStream,
-    decryptor: &mut Option<Decryptor>,
+/// Hashes and decrypts chunk by chunk on its own thread; the end of the
+/// plaintext is released only after every check passed.
+fn check_chunks(
+    mut rx: mpsc::Receiver<Bytes>,
+    mut decryptor: Option<Decryptor>,
     expected: &Expected,
     tx: &mpsc::Sender<std::io::Result<Bytes>>,
-    progress: Option<&Progress>,
 ) -> Result<(), VerifyError> {
     let mut sha = Sha::new(&SHA256);
     let mut size = 0u64;
     // Network frames are small; hand the decompressor ~1 MiB at a time.
     let mut plain = Vec::with_capacity(BATCH + 65_536);
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
+    while let Some(chunk) = rx.blocking_recv() {
         sha.update(&chunk);
         size += chunk.len() as u64;
-        if let Some(p) = progress {
-            p.add(chunk.len() as u64);
-        }
-        match decryptor {
+        match &mut decryptor {
             Some(dec) => dec.update(&chunk, &mut plain)?,
             None => plain.extend_from_slice(&chunk),
         }
         if plain.len() >= BATCH {
             let batch = std::mem::replace(&mut plain, Vec::with_capacity(BATCH + 65_536));
-            if tx.send(Ok(Bytes::from(batch))).await.is_err() {
+            if tx.blocking_send(Ok(Bytes::from(batch))).is_err() {
                 // The consumer stopped reading; its own error explains why.
                 return Ok(());
             }
         }
     }
-    if let Some(dec) = decryptor {
+    if let Some(dec) = &mut decryptor {
         dec.finish(&mut plain)?;
     }
     if size != expected.stored_bytes {
@@ -165,7 +189,7 @@ async fn verify_into(
     }
     // Only now, with everything verified, may the consumer see the end.
     if !plain.is_empty() {
-        let _ = tx.send(Ok(Bytes::from(plain))).await;
+        let _ = tx.blocking_send(Ok(Bytes::from(plain)));
     }
     Ok(())
 }

@@ -587,7 +587,7 @@ async fn restore_into(
     progress: &Arc<Progress>,
 ) -> Result<load::Loaded, RestoreError> {
     let manifest = &entry.manifest;
-    let (mut reader, check) = open_verified(
+    let (reader, check) = open_verified(
         strata,
         target,
         entry,
@@ -618,13 +618,16 @@ async fn restore_into(
                 tool: "pg_restore".into(),
                 source,
             })?;
-            let mut stdin = c.stdin.take().expect("piped stdin");
+            let stdin = c.stdin.take().expect("piped stdin");
             let stdout = c.stdout.take().expect("piped stdout");
             let stderr = source::capture_stderr(c.stderr.take().expect("piped stderr"));
-            let feeder = tokio::spawn(async move {
-                let n = tokio::io::copy_buf(&mut reader, &mut stdin).await;
-                drop(stdin);
-                n
+            // Decompression happens inside the reader: on a thread of its own.
+            let mut from = tokio_util::io::SyncIoBridge::new(reader);
+            let mut to = tokio_util::io::SyncIoBridge::new(stdin);
+            let feeder = crate::pipeline::cpu::thread("restore-feed", move || {
+                let n = std::io::copy(&mut from, &mut to);
+                use std::io::Write;
+                n.and_then(|n| to.flush().map(|()| n))
             });
             child = Some((c, stderr));
             (

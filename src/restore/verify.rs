@@ -232,8 +232,14 @@ async fn read_back(
         let key = manifest_key_beside(object_key, &entry.manifest.backup_id);
         super::read_globals(strata, target, entry, &key, &ThawOptions::default()).await?;
     }
-    let (mut reader, check) = open_verified(strata, target, entry, object_key, progress).await?;
-    let copied = tokio::io::copy_buf(&mut reader, &mut tokio::io::sink()).await;
+    let (reader, check) = open_verified(strata, target, entry, object_key, progress).await?;
+    // Decompression happens inside the reader: on a thread of its own.
+    let mut from = tokio_util::io::SyncIoBridge::new(reader);
+    let copied = crate::pipeline::cpu::thread("read-back", move || {
+        std::io::copy(&mut from, &mut std::io::sink())
+    })
+    .await
+    .map_err(|e| RestoreError::Internal(e.to_string()))?;
     check
         .await
         .map_err(|e| RestoreError::Internal(format!("the verification task failed: {e}")))??;
