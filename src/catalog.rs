@@ -113,7 +113,9 @@ pub async fn list_all(strata: &Strata, target: &str, job: &str) -> Result<Listin
             }
         }
     }
-    out.entries.sort_by_key(Entry::started_at);
+    // Same start (two backups in one second): the one that finished later is newer.
+    out.entries
+        .sort_by_key(|e| (e.started_at(), e.manifest.finished_at));
     Ok(out)
 }
 

@@ -443,6 +443,18 @@ impl Layout {
         }
     }
 
+    /// The `n`th backup started in the same second (`n` ≥ 2 appends `-n` to
+    /// the id; 1 leaves it as it is).
+    #[must_use]
+    pub fn sequence(mut self, n: u32) -> Self {
+        if n > 1 {
+            let id = format!("{}-{n}", self.backup_id);
+            self.object_name = self.object_name.replacen(&self.backup_id, &id, 1);
+            self.backup_id = id;
+        }
+        self
+    }
+
     /// Key of the data object.
     pub fn object_key(&self) -> String {
         format!("{}/{}", self.dir, self.object_name)
@@ -539,6 +551,12 @@ mod tests {
             "development/2025/01/01/dev_backup_20250101_030000.dump.zst.enc"
         );
         assert_eq!(enc.backup_id, "dev_backup_20250101_030000");
+        let second = enc.clone().sequence(2);
+        assert_eq!(second.backup_id, "dev_backup_20250101_030000-2");
+        assert_eq!(
+            second.object_key(),
+            "development/2025/01/01/dev_backup_20250101_030000-2.dump.zst.enc"
+        );
         assert!(is_archivable(&enc.object_key()));
         assert!(!is_archivable(&enc.manifest_key()));
         assert_eq!(

@@ -38,7 +38,7 @@ pub enum RunError {
     Pipeline(#[from] PipelineError),
     #[error("encryption failed: {0}")]
     Crypto(#[from] CryptoError),
-    #[error("backup {backup_id} already exists on target '{target}'; wait a second and run again")]
+    #[error("backup {backup_id} and 99 more of the same second already exist on target '{target}'")]
     Exists { backup_id: String, target: String },
     #[error("no target holds the backup: {}", .0.join("; "))]
     NoTarget(Vec<String>),
@@ -127,34 +127,52 @@ pub async fn backup(
     let config = strata.config();
     let local = now.with_timezone(&config.timezone);
     let encryption = config.encryption.as_ref();
-    let plan: Vec<(Arc<dyn Target>, Layout)> = job
-        .targets
-        .iter()
-        .map(|name| {
-            let t = &config.targets[name];
-            let layout = Layout::new(
-                &t.prefix,
-                &job.name,
-                &job.file_prefix,
-                &local,
-                job.format,
-                job.compression,
-                encryption.is_some(),
-            );
-            (strata.target(name), layout)
-        })
-        .collect();
+    let layouts = |sequence: u32| -> Vec<(Arc<dyn Target>, Layout)> {
+        job.targets
+            .iter()
+            .map(|name| {
+                let t = &config.targets[name];
+                let layout = Layout::new(
+                    &t.prefix,
+                    &job.name,
+                    &job.file_prefix,
+                    &local,
+                    job.format,
+                    job.compression,
+                    encryption.is_some(),
+                )
+                .sequence(sequence);
+                (strata.target(name), layout)
+            })
+            .collect()
+    };
+    // Two backups started in the same second get distinct ids: the second is
+    // `…_HHMMSS-2`, and so on (a manifest or a data object under the name on
+    // any target means it is taken).
+    let mut sequence = 1;
+    let plan = loop {
+        let plan = layouts(sequence);
+        let mut taken = None;
+        for (target, layout) in &plan {
+            for key in [layout.manifest_key(), layout.object_key()] {
+                if target.head(&key).await.is_ok() {
+                    taken = Some(target.name().to_owned());
+                }
+            }
+        }
+        match taken {
+            None => break plan,
+            Some(target) if sequence >= 100 => {
+                return Err(RunError::Exists {
+                    backup_id: plan[0].1.backup_id.clone(),
+                    target,
+                });
+            }
+            Some(_) => sequence += 1,
+        }
+    };
     let backup_id = plan[0].1.backup_id.clone();
     tracing::Span::current().record("backup_id", &backup_id);
-
-    for (target, layout) in &plan {
-        if target.head(&layout.manifest_key()).await.is_ok() {
-            return Err(RunError::Exists {
-                backup_id,
-                target: target.name().to_owned(),
-            });
-        }
-    }
 
     let url = &job.database_url;
     let client = url.connect().await?;

@@ -223,3 +223,34 @@ async fn s3_objects_carry_encryption_storage_class_and_tags() {
         ]
     );
 }
+
+#[tokio::test]
+async fn two_backups_in_the_same_second_get_distinct_ids_and_both_restore() {
+    let source = TestDb::create();
+    source.exec("CREATE TABLE t AS SELECT g FROM generate_series(1, 10) g");
+    let setup = Setup::new();
+    let strata = setup
+        .strata("", &job("app", &source.url(), "local", ""), &[])
+        .await;
+    let now = Utc::now();
+    let first = runner::backup(&strata, "app", now, &Default::default())
+        .await
+        .unwrap();
+    source.exec("INSERT INTO t VALUES (11)");
+    let second = runner::backup(&strata, "app", now, &Default::default())
+        .await
+        .unwrap();
+    let (a, b) = (&first.manifest.backup_id, &second.manifest.backup_id);
+    assert_eq!(b, &format!("{a}-2"));
+    for (id, rows) in [(a, "10"), (b, "11"), (&"latest".to_owned(), "11")] {
+        let dest = TestDb::reserve();
+        let opts = restore::RestoreOptions {
+            backup: id.clone(),
+            ..Default::default()
+        };
+        restore::restore(&strata, "app", &dest.url().parse().unwrap(), &opts)
+            .await
+            .unwrap();
+        assert_eq!(dest.exec("SELECT count(*) FROM t"), rows, "{id}");
+    }
+}
