@@ -16,7 +16,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream as SdkBody, DateTime as SdkDateTime};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockMode,
@@ -201,19 +201,58 @@ impl S3Target {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        s3_error(&self.name, key, e)
+        let at = match &self.settings.endpoint {
+            Some(endpoint) => endpoint.clone(),
+            None => format!("AWS S3 in {}", self.settings.region),
+        };
+        let where_ = format!("bucket {} at {at}", self.settings.bucket);
+        match s3_error(&self.name, key, e) {
+            StorageError::S3 {
+                target,
+                key,
+                message,
+            } => StorageError::S3 {
+                target,
+                key,
+                message: format!("{message} ({where_})"),
+            },
+            other => other,
+        }
     }
 }
 
-/// Turns an SDK error into a [`StorageError`] naming the target and key.
+/// The innermost cause of an error, for "connection refused" rather than a
+/// chain of wrappers.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let text = cause.to_string();
+    // io::Error prints "Connection refused (os error 111)".
+    text.split(" (os error").next().unwrap_or(&text).to_lowercase()
+}
+
+/// Turns an SDK error into a [`StorageError`] naming the target and key, with
+/// one line of cause: HTTP status and S3 error code, "access denied", "no such
+/// bucket", "connection refused", "no answer". The SDK's full error goes to
+/// the debug log.
 pub(crate) fn s3_error<E>(target: &str, key: &str, e: SdkError<E>) -> StorageError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    tracing::debug!(target_name = target, key, error = ?e, "S3 request failed");
     let code = e
         .as_service_error()
         .and_then(|s| s.code().map(str::to_owned));
     let status = e.raw_response().map(|r| r.status().as_u16());
+    if code.as_deref() == Some("NoSuchBucket") {
+        return StorageError::S3 {
+            target: target.to_owned(),
+            key: key.to_owned(),
+            message: "the bucket does not exist (NoSuchBucket)".into(),
+        };
+    }
     if status == Some(404) || matches!(code.as_deref(), Some("NoSuchKey" | "NotFound")) {
         return StorageError::NotFound {
             target: target.to_owned(),
@@ -227,14 +266,46 @@ where
             class: "an archive tier".into(),
         };
     }
-    let message = match (
-        code,
-        e.as_service_error()
-            .and_then(|s| s.message().map(str::to_owned)),
-    ) {
-        (Some(code), Some(msg)) => format!("{code}: {msg}"),
-        (Some(code), None) => code,
-        _ => DisplayErrorContext(&e).to_string(),
+    let detail = e
+        .as_service_error()
+        .and_then(|s| s.message().map(str::to_owned));
+    let message = match &e {
+        SdkError::DispatchFailure(d) => {
+            let cause = root_cause(&e);
+            if d.is_timeout() {
+                format!("no answer (timed out): {cause}")
+            } else {
+                format!("cannot reach the endpoint: {cause}")
+            }
+        }
+        SdkError::TimeoutError(_) => "no answer within the request timeout".into(),
+        SdkError::ResponseError(_) => format!(
+            "unreadable response{}: {}",
+            status.map(|s| format!(" (HTTP {s})")).unwrap_or_default(),
+            root_cause(&e)
+        ),
+        SdkError::ConstructionFailure(_) => format!("the request could not be built: {}", root_cause(&e)),
+        _ => {
+            let denied = status == Some(403) || code.as_deref() == Some("AccessDenied");
+            let mut m = String::new();
+            if denied {
+                m.push_str("access denied: ");
+            }
+            if let Some(st) = status {
+                m.push_str(&format!("HTTP {st}"));
+            }
+            if let Some(c) = &code {
+                m.push_str(&format!(" {c}"));
+            }
+            if let Some(d) = &detail {
+                m.push_str(&format!(": {d}"));
+            }
+            if m.trim().is_empty() {
+                root_cause(&e)
+            } else {
+                m.trim().to_owned()
+            }
+        }
     };
     StorageError::S3 {
         target: target.to_owned(),

@@ -428,3 +428,32 @@ async fn restore_refuses_a_non_empty_database_unless_replacing() {
         "0"
     );
 }
+
+#[test]
+fn s3_failures_are_one_line_naming_the_cause() {
+    let db = TestDb::create();
+    let setup = Setup::new();
+    let dead = format!("http://127.0.0.1:{}", crate::helpers::free_port());
+    let moto = std::env::var("STRATA_TEST_MOTO").unwrap();
+    let targets = format!(
+        "  refused: {{ kind: s3, bucket: strata-t-nowhere, region: us-east-1, endpoint: \"{dead}\", server_side_encryption: none }}\n  \
+missing: {{ kind: s3, bucket: strata-t-no-such-bucket-{}, region: us-east-1, endpoint: \"{moto}\" }}\n",
+        crate::helpers::unique("")
+    );
+    setup.write_config(&targets, &job("app", &db.url(), "local, refused, missing", ""));
+    let out = std::process::Command::new(crate::helpers::bin())
+        .arg("-c")
+        .arg(setup.path().join("config.yaml"))
+        .args(["backup", "app"])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let refused = text.lines().find(|l| l.contains("refused: FAILED")).unwrap_or_else(|| panic!("{text}"));
+    assert!(refused.contains("connection refused") && refused.contains(&dead), "{refused}");
+    assert!(!refused.contains("ConnectorError") && refused.len() < 300, "{refused}");
+    let missing = text.lines().find(|l| l.contains("missing: FAILED")).unwrap_or_else(|| panic!("{text}"));
+    assert!(missing.contains("the bucket does not exist (NoSuchBucket)"), "{missing}");
+    assert!(!missing.contains("not found"), "{missing}");
+}
