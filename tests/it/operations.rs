@@ -315,3 +315,59 @@ async fn a_mail_server_that_stops_answering_cannot_hold_up_the_other_channels() 
     // Cut off by strata's deadline, not by the server's 5-minute idle timeout.
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
 }
+
+#[test]
+fn long_non_ascii_database_names_survive_replace_refresh_and_restore_tests() {
+    // 59 bytes, a two-byte character across byte 40 (where names used to be cut).
+    let name = format!("{}{}", "d".repeat(39), "é".repeat(10));
+    assert!(!name.is_char_boundary(40) && name.len() == 59);
+    let quoted = format!("\"{name}\"");
+    psql("postgres", &format!("DROP DATABASE IF EXISTS {quoted}"));
+    psql("postgres", &format!("CREATE DATABASE {quoted}"));
+    struct Drop_(String);
+    impl Drop for Drop_ {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("psql")
+                .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
+                .arg(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.0))
+                .output();
+        }
+    }
+    let _guard = Drop_(name.clone());
+    let encoded: String = percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC).collect();
+    let url = format!("{}/{encoded}", crate::helpers::PG);
+    let setup = Setup::new();
+    let prod = production();
+    let jobs = format!(
+        "  prod: {{ database_url: \"{}\", targets: [local], file_prefix: prod }}\n  dev: {{ database_url: \"{url}\", targets: [local], file_prefix: dev, refresh: {{ from: prod, trim_sql: {TRIM} }} }}\n",
+        prod.url(),
+    );
+    setup.write_config("", &jobs);
+    let out = strata(&setup, &["backup", "prod"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The refresh restores beside the long name and swaps it in.
+    let out = strata(&setup, &["backup", "dev"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let in_dev = |sql: &str| psql(&name, sql);
+    assert_eq!(in_dev("SELECT count(*) FROM events"), "500");
+    // restore --replace into it (not empty now).
+    let out = std::process::Command::new(crate::helpers::bin())
+        .arg("-c")
+        .arg(setup.path().join("config.yaml"))
+        .args(["restore", "prod", "--replace"])
+        .env("STRATA_RESTORE_INTO", &url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(in_dev("SELECT count(*) FROM events"), "600");
+    // A restore test of the job whose database has the long name.
+    let server = format!("{}/postgres", crate::helpers::PG);
+    let out = strata(&setup, &["verify", "dev", "--restore-into", &server]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("restore test: ok"));
+    let left = psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname LIKE '{}%' AND datname <> '{name}'", &name[..39]),
+    );
+    assert_eq!(left, "0", "a scratch or old database was left behind");
+}
