@@ -1279,13 +1279,52 @@ mod tests {
             ("restore", fields::<RawRestore>()),
             ("daemon", fields::<RawDaemon>()),
         ];
+        // Every key path the reference has, user-chosen names as `*`.
+        fn paths(v: &Value, at: &str, out: &mut std::collections::BTreeSet<String>) {
+            const NAMED: [&str; 5] = [
+                "targets",
+                "jobs",
+                "encryption.keys",
+                "pricing",
+                "targets.*.tags",
+            ];
+            match v {
+                Value::Mapping(map) => {
+                    for (k, child) in map {
+                        let key = k.as_str().unwrap_or_default();
+                        let path = if NAMED.contains(&at) {
+                            format!("{at}.*")
+                        } else if at.is_empty() {
+                            key.to_owned()
+                        } else {
+                            format!("{at}.{key}")
+                        };
+                        out.insert(path.clone());
+                        paths(child, &path, out);
+                    }
+                }
+                Value::Sequence(items) => {
+                    for item in items {
+                        paths(item, &format!("{at}[]"), out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let tree: Value = serde_yaml::from_str(&reference).unwrap();
+        let mut documented = std::collections::BTreeSet::new();
+        paths(&tree, "", &mut documented);
         let mut missing = Vec::new();
         for (at, names) in all {
             assert!(!names.is_empty(), "no fields read for {at}");
             for name in names {
-                let documented = reference.contains(&format!("{name}:"));
-                if !documented {
-                    missing.push(format!("{at}.{name}"));
+                let path = if at.is_empty() {
+                    (*name).to_owned()
+                } else {
+                    format!("{at}.{name}")
+                };
+                if !documented.contains(&path) {
+                    missing.push(path);
                 }
             }
         }

@@ -1248,8 +1248,11 @@ impl Daemon {
                 .claim(job, slot, &uuid::Uuid::new_v4().to_string(), &self.host)
                 .await
             {
-                Ok(true) => {}
+                Ok(true) => {
+                    self.metrics.claims.with_label_values(&[job, "won"]).inc();
+                }
                 Ok(false) => {
+                    self.metrics.claims.with_label_values(&[job, "lost"]).inc();
                     tracing::debug!(job, %slot, "slot claimed by another daemon");
                     return;
                 }

@@ -14,6 +14,7 @@ pub struct Metrics {
     pub runs: IntCounterVec,
     pub running: IntGaugeVec,
     pub queued: IntGaugeVec,
+    pub claims: IntCounterVec,
     pub progress_bytes: GaugeVec,
     pub state_outbox: GaugeVec,
     pub state_outbox_dropped: GaugeVec,
@@ -25,6 +26,7 @@ pub struct Metrics {
     pub restore_test_last_success: GaugeVec,
     pub restore_test_duration: GaugeVec,
     pub alerts_sent: IntCounterVec,
+    pub alerts_suppressed: IntCounterVec,
     pub alert_failures: IntCounterVec,
 }
 
@@ -113,6 +115,12 @@ impl Metrics {
             runs,
             running,
             queued,
+            claims: counter(
+                &registry,
+                "strata_schedule_claims_total",
+                "Scheduled slots this daemon claimed (won) or found claimed by a replica (lost).",
+                &["job", "result"],
+            ),
             state_outbox: gauge(
                 &registry,
                 "strata_state_outbox_records",
@@ -173,6 +181,12 @@ impl Metrics {
                 "strata_alerts_sent_total",
                 "Alerts delivered, by channel and kind.",
                 &["channel", "kind"],
+            ),
+            alerts_suppressed: counter(
+                &registry,
+                "strata_alerts_suppressed_total",
+                "Alerts not sent again because the same one is active (within alerts.repeat_interval).",
+                &["kind"],
             ),
             alert_failures: counter(
                 &registry,

@@ -201,6 +201,11 @@ impl Alerter {
                 let since = (alert.at - *last).to_std().unwrap_or_default();
                 if since < self.repeat {
                     tracing::debug!(key, "alert still active; not repeated yet");
+                    if let Some(m) = metrics {
+                        m.alerts_suppressed
+                            .with_label_values(&[alert.kind.as_str()])
+                            .inc();
+                    }
                     return;
                 }
             }

@@ -230,7 +230,10 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     }
     let text = cause.to_string();
     // io::Error prints "Connection refused (os error 111)".
-    text.split(" (os error").next().unwrap_or(&text).to_lowercase()
+    text.split(" (os error")
+        .next()
+        .unwrap_or(&text)
+        .to_lowercase()
 }
 
 /// Turns an SDK error into a [`StorageError`] naming the target and key, with
@@ -284,7 +287,9 @@ where
             status.map(|s| format!(" (HTTP {s})")).unwrap_or_default(),
             root_cause(&e)
         ),
-        SdkError::ConstructionFailure(_) => format!("the request could not be built: {}", root_cause(&e)),
+        SdkError::ConstructionFailure(_) => {
+            format!("the request could not be built: {}", root_cause(&e))
+        }
         _ => {
             let denied = status == Some(403) || code.as_deref() == Some("AccessDenied");
             let mut m = String::new();

@@ -668,7 +668,41 @@ async fn replicas_sharing_a_state_database_run_each_slot_once() {
     for r in &replicas {
         r.ready().await;
     }
-    tokio::time::sleep(Duration::from_secs(9)).await;
+    // Until five slots were claimed (one every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while state
+        .exec("SELECT count(*) FROM schedule_claims")
+        .parse::<u32>()
+        .unwrap()
+        < 5
+    {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than 5 slots claimed in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // They competed: some replica found a slot already claimed by another.
+    let mut lost = 0u64;
+    for r in &replicas {
+        let text = reqwest::get(format!("{}/metrics", r.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        lost += text
+            .lines()
+            .filter(|l| {
+                l.starts_with("strata_schedule_claims_total{") && l.contains("result=\"lost\"")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum::<u64>();
+    }
+    assert!(
+        lost > 0,
+        "no replica ever lost a claim: they did not compete"
+    );
     for r in &replicas {
         r.signal("-TERM");
     }
@@ -693,7 +727,7 @@ async fn replicas_sharing_a_state_database_run_each_slot_once() {
         manifests.to_string(),
         state.exec("SELECT count(*) FROM runs WHERE status = 'success'")
     );
-    assert!(hosts.parse::<u32>().unwrap() >= 1);
+    assert!(hosts.parse::<u32>().unwrap() >= 1, "no run recorded");
 }
 
 /// A `strata run` process in the middle of a backup: a 40 MiB database going to
@@ -1099,10 +1133,19 @@ async fn failures_and_size_anomalies_reach_email_and_webhook_and_recovery_is_ann
         "{failed:?}"
     );
     smtp.wait_for("[strata ALERT] backup failed: app").await;
-    // A second failure within the repeat interval is not sent again.
+    // A second failure within the repeat interval is not sent again: the
+    // alerter says it held it back, and nothing more arrived.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(app.backup_now().await["status"], "failed");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !app
+        .metrics()
+        .await
+        .contains("strata_alerts_suppressed_total{kind=\"backup_failed\"} 1")
+    {
+        assert!(Instant::now() < deadline, "{}", app.metrics().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(hook.of_kind("backup_failed").len(), 1);
 
     // Recovery sends one resolved message.

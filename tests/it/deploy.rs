@@ -1,6 +1,6 @@
 //! Deployment artifacts checked against what strata really does: the IAM
-//! policies in deploy/aws allow exactly the S3 calls strata makes (the writer
-//! never deletes), seen through a recording proxy in front of moto.
+//! policies in deploy/aws allow every S3 call strata makes in each role (the
+//! writer never deletes), seen through a recording proxy in front of moto.
 
 use chrono::Utc;
 use serde_json::Value;
@@ -89,7 +89,7 @@ fn check(requests: &[String], policy: &str) -> Vec<&'static str> {
 }
 
 #[tokio::test]
-async fn iam_policies_allow_exactly_what_strata_calls_and_the_writer_never_deletes() {
+async fn iam_policies_allow_every_s3_call_strata_makes_and_the_writer_never_deletes() {
     let bucket = Bucket::create_locked().await;
     let proxy = FaultProxy::start(bucket.settings.endpoint.as_deref().unwrap()).await;
     let setup = Setup::new();

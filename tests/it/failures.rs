@@ -440,7 +440,10 @@ fn s3_failures_are_one_line_naming_the_cause() {
 missing: {{ kind: s3, bucket: strata-t-no-such-bucket-{}, region: us-east-1, endpoint: \"{moto}\" }}\n",
         crate::helpers::unique("")
     );
-    setup.write_config(&targets, &job("app", &db.url(), "local, refused, missing", ""));
+    setup.write_config(
+        &targets,
+        &job("app", &db.url(), "local, refused, missing", ""),
+    );
     let out = std::process::Command::new(crate::helpers::bin())
         .arg("-c")
         .arg(setup.path().join("config.yaml"))
@@ -450,10 +453,25 @@ missing: {{ kind: s3, bucket: strata-t-no-such-bucket-{}, region: us-east-1, end
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let refused = text.lines().find(|l| l.contains("refused: FAILED")).unwrap_or_else(|| panic!("{text}"));
-    assert!(refused.contains("connection refused") && refused.contains(&dead), "{refused}");
-    assert!(!refused.contains("ConnectorError") && refused.len() < 300, "{refused}");
-    let missing = text.lines().find(|l| l.contains("missing: FAILED")).unwrap_or_else(|| panic!("{text}"));
-    assert!(missing.contains("the bucket does not exist (NoSuchBucket)"), "{missing}");
+    let refused = text
+        .lines()
+        .find(|l| l.contains("refused: FAILED"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        refused.contains("connection refused") && refused.contains(&dead),
+        "{refused}"
+    );
+    assert!(
+        !refused.contains("ConnectorError") && refused.len() < 300,
+        "{refused}"
+    );
+    let missing = text
+        .lines()
+        .find(|l| l.contains("missing: FAILED"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        missing.contains("the bucket does not exist (NoSuchBucket)"),
+        "{missing}"
+    );
     assert!(!missing.contains("not found"), "{missing}");
 }

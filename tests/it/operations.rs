@@ -328,13 +328,27 @@ fn long_non_ascii_database_names_survive_replace_refresh_and_restore_tests() {
     impl Drop for Drop_ {
         fn drop(&mut self) {
             let _ = std::process::Command::new("psql")
-                .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
-                .arg(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.0))
+                .args([
+                    "-X",
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-c",
+                ])
+                .arg(format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.0
+                ))
                 .output();
         }
     }
     let _guard = Drop_(name.clone());
-    let encoded: String = percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC).collect();
+    let encoded: String =
+        percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC).collect();
     let url = format!("{}/{encoded}", crate::helpers::PG);
     let setup = Setup::new();
     let prod = production();
@@ -367,7 +381,10 @@ fn long_non_ascii_database_names_survive_replace_refresh_and_restore_tests() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("restore test: ok"));
     let left = psql(
         "postgres",
-        &format!("SELECT count(*) FROM pg_database WHERE datname LIKE '{}%' AND datname <> '{name}'", &name[..39]),
+        &format!(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE '{}%' AND datname <> '{name}'",
+            &name[..39]
+        ),
     );
     assert_eq!(left, "0", "a scratch or old database was left behind");
 }

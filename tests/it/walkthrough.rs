@@ -156,7 +156,7 @@ async fn the_readme_walkthrough_backs_up_to_disk_and_a_bucket_and_restores_from_
         assert!(
             names
                 .iter()
-                .all(|n| n.contains("database-backups/local/") && !n.contains(".staging")),
+                .all(|n| n.contains("database-backups/local/") && !n.contains(".strata-partial-")),
             "{place}: {names:?}"
         );
     }
