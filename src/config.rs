@@ -144,6 +144,7 @@ struct RawTarget {
     tags: Option<BTreeMap<String, String>>,
     part_size_mib: Option<usize>,
     parts_in_flight: Option<usize>,
+    request_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -891,6 +892,7 @@ fn validate_target(name: &str, t: RawTarget, p: &mut Problems) -> Option<TargetC
                 ("tags", t.tags.is_some()),
                 ("part_size_mib", t.part_size_mib.is_some()),
                 ("parts_in_flight", t.parts_in_flight.is_some()),
+                ("request_timeout", t.request_timeout.is_some()),
             ];
             for (key, set) in s3_only {
                 if set {
@@ -957,6 +959,13 @@ fn validate_target(name: &str, t: RawTarget, p: &mut Problems) -> Option<TargetC
                     settings.part_size = mib * 1024 * 1024;
                 } else {
                     p.add(at("part_size_mib"), "must be between 5 and 5120");
+                }
+            }
+            if let Some(text) = &t.request_timeout {
+                match humantime::parse_duration(text) {
+                    Ok(d) if d >= Duration::from_secs(1) => settings.request_timeout = d,
+                    Ok(_) => p.add(at("request_timeout"), "must be at least 1s"),
+                    Err(e) => p.add(at("request_timeout"), format!("'{text}': {e}")),
                 }
             }
             if let Some(n) = t.parts_in_flight {

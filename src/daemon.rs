@@ -27,6 +27,8 @@ use crate::state::{AuditEntry, JobLock, RunRecord, RunStatus, StateDb};
 const RECENT_RUNS: usize = 500;
 /// Longest wait for a job's cross-process lock when a run is started.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
+/// Longest wait for one start-up step on one target (clean-up, history).
+const STARTUP_STEP: Duration = Duration::from_secs(60);
 
 /// Locks a mutex even when a thread panicked holding it: the daemon's maps
 /// stay usable after a panic in one run.
@@ -829,7 +831,19 @@ impl Daemon {
             // Written now when the database answers; kept for later when not.
             state.sync(Duration::from_secs(5)).await;
         }
-        self.alert_on_run(&run, &result, previous_size).await;
+        // Alerts go out on their own: a channel that does not answer must not
+        // hold the job (its 30 s deadline would) before it is released.
+        {
+            let me = guard.daemon.clone();
+            let run = run.clone();
+            let outcome = result
+                .as_ref()
+                .map(Clone::clone)
+                .map_err(ToString::to_string);
+            self.tasks.spawn(async move {
+                me.alert_on_run(&run, &outcome, previous_size).await;
+            });
+        }
         // Retention only after a complete backup, still under the job's lock.
         if run.status == RunStatus::Success {
             let rec = prune::Recorder {
@@ -849,14 +863,14 @@ impl Daemon {
     async fn alert_on_run(
         &self,
         run: &RunRecord,
-        result: &Result<crate::runner::BackupReport, crate::runner::RunError>,
+        result: &Result<crate::runner::BackupReport, String>,
         previous_size: Option<u64>,
     ) {
         let job = run.job.as_str();
         let m = Some(&self.metrics);
         let a = &self.alerter;
         match result {
-            Err(e) if e.is_cancelled() => {}
+            Err(_) if run.status == RunStatus::Aborted => {}
             Err(e) => {
                 a.raise(
                     Alert::new(
@@ -1068,7 +1082,19 @@ impl Daemon {
     async fn load_history(&self) {
         let config = self.strata.config();
         for name in config.jobs.keys() {
-            let newest = catalog::newest(&self.strata, name).await;
+            // A target that does not answer must not hold up the start.
+            let newest = match tokio::time::timeout(
+                STARTUP_STEP,
+                catalog::newest(&self.strata, name),
+            )
+            .await
+            {
+                Ok(newest) => newest,
+                Err(_) => {
+                    tracing::warn!(job = %name, "reading the job's backups took too long at start-up; health will show them after the next run");
+                    None
+                }
+            };
             if let Some(state) = &self.state {
                 if let Ok(Some((at, seconds))) = state.last_restore_test_success(name).await {
                     self.metrics
@@ -1135,13 +1161,17 @@ impl Daemon {
         let age = env_duration("STRATA_STALE_AFTER", Duration::from_secs(6 * 3600));
         let config = self.strata.config();
         for (name, t) in &config.targets {
-            match self.strata.target(name).cleanup_stale(&t.prefix, age).await {
-                Ok(0) => {}
-                Ok(n) => {
+            let target = self.strata.target(name);
+            match tokio::time::timeout(STARTUP_STEP, target.cleanup_stale(&t.prefix, age)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => {
                     tracing::info!(target_name = %name, removed = n, "removed debris of interrupted runs")
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(target_name = %name, error = %e, "start-up cleanup failed")
+                }
+                Err(_) => {
+                    tracing::warn!(target_name = %name, "start-up cleanup gave up: the target did not answer in time")
                 }
             }
         }
@@ -1333,12 +1363,13 @@ impl Daemon {
         {
             let me = self.clone();
             self.tasks.spawn(async move {
+                // Regular slots need nothing read first.
+                me.spawn_schedules();
                 if let Some(state) = &me.state {
                     state.look_for_replicas(&me.host).await;
                 }
                 me.cleanup().await;
                 me.load_history().await;
-                me.spawn_schedules();
                 me.catch_up().await;
                 me.started.store(true, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!("start-up checks done; schedules running");

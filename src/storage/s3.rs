@@ -54,6 +54,8 @@ pub struct S3Settings {
     pub part_size: usize,
     pub parts_in_flight: usize,
     pub max_attempts: u32,
+    /// Longest wait for an answer to one request (`request_timeout`).
+    pub request_timeout: Duration,
     /// Object Lock retention put on every upload (the bucket must have Object Lock
     /// enabled); uploads then carry the CRC32 checksum S3 requires.
     pub object_lock: Option<crate::config::ObjectLock>,
@@ -80,6 +82,7 @@ impl S3Settings {
             part_size: 8 * 1024 * 1024,
             parts_in_flight: 4,
             max_attempts: 5,
+            request_timeout: Duration::from_secs(120),
             object_lock: None,
             tag_backups: false,
         }
@@ -174,7 +177,7 @@ impl S3Target {
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(Duration::from_secs(120))
+                    .read_timeout(settings.request_timeout)
                     .build(),
             );
         if let Some(endpoint) = &settings.endpoint {

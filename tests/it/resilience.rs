@@ -402,3 +402,43 @@ async fn two_replicas_share_forty_due_jobs_and_no_slot_runs_twice() {
     assert_eq!(counts.len(), 2, "one replica ran everything: {per_host}");
     assert!(counts.iter().all(|n| *n >= 5), "{per_host}");
 }
+
+#[tokio::test]
+async fn an_s3_endpoint_and_a_webhook_that_never_answer_cost_only_their_own_target_and_alert() {
+    let silent = Silent::start().await;
+    let setup = Setup::new();
+    let source = TestDb::create();
+    source.exec("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    let endpoint = format!("http://127.0.0.1:{}", silent.port);
+    let targets = format!(
+        "  s3: {{ kind: s3, bucket: strata-t-silent, region: us-east-1, endpoint: \"{endpoint}\", server_side_encryption: none, request_timeout: 2s }}\n"
+    );
+    let top = format!("alerts: {{ webhook: {{ url: \"{endpoint}/hook\" }} }}\n");
+    let started = Instant::now();
+    let daemon = Proc::spawn(
+        &setup,
+        "silent",
+        &top,
+        &targets,
+        &job("app", &source.url(), "local, s3", ""),
+        &[("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "y")],
+    );
+    daemon.ready().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "/health took {:?}",
+        started.elapsed()
+    );
+    let r = post(&daemon.url, "app").await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let run = finished(&daemon.url, &run_id_of(r).await, Duration::from_secs(120)).await;
+    assert_eq!(run["status"], "degraded", "{run}");
+    assert_eq!(run["targets"]["local"], "ok", "{run}");
+    assert!(
+        run["targets"]["s3"].as_str().unwrap().contains("no answer"),
+        "{run}"
+    );
+    // The job is free at once, whatever the webhook does.
+    let again = post(&daemon.url, "app").await;
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+}
