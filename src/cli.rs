@@ -305,6 +305,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 config.jobs.len(),
                 config.targets.len()
             );
+            for w in config.warnings() {
+                println!("warning: {w}");
+            }
             Ok(())
         }
         Command::Next { job, from, count } => {

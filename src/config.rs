@@ -497,6 +497,20 @@ impl Config {
     pub fn job(&self, name: &str) -> Option<&JobConfig> {
         self.jobs.get(name)
     }
+
+    /// What is allowed but weakens the backups (`strata check` prints these,
+    /// the daemon logs them at start-up).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.encryption.is_none() {
+            let jobs: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
+            out.push(format!(
+                "no encryption is configured: the backups of {} are stored readable and their manifests are unauthenticated (anyone who can write a target can alter them unnoticed)",
+                jobs.join(", ")
+            ));
+        }
+        out
+    }
 }
 
 /// Replaces `${VAR}` and `${VAR:-default}` in every string value of the tree.
@@ -721,6 +735,12 @@ fn validate(raw: RawConfig, path: &Path, p: &mut Problems) -> Option<Config> {
     }
     if jobs.is_empty() && p.0.is_empty() {
         p.add("jobs", "no jobs are configured");
+    }
+    if raw.require_authenticated_manifests == Some(true) && encryption.is_none() {
+        p.add(
+            "require_authenticated_manifests",
+            "manifests are authenticated with the encryption key; configure encryption",
+        );
     }
     if let Some(state) = &state_url {
         for job in jobs.values() {

@@ -1510,6 +1510,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .http
         .as_ref()
         .map_or_else(|| "127.0.0.1:9187".parse().expect("address"), |h| h.listen);
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
     let daemon = Daemon::build(config, Arc::new(SystemClock)).await?;
     let listener = TcpListener::bind(listen)
         .await

@@ -555,3 +555,45 @@ fn status_shows_every_job_and_fails_when_one_is_not_ok() {
         "{text}"
     );
 }
+
+#[test]
+fn check_warns_that_unencrypted_backups_have_unauthenticated_manifests() {
+    let setup = Setup::new();
+    let db = TestDb::create();
+    setup.write_config("", &job("app", &db.url(), "local", ""));
+    let out = strata(&setup, &["check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("warning:"),
+        "an encrypted config has nothing to warn about: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let plain = |extra: &str| {
+        std::fs::write(
+            setup.path().join("config.yaml"),
+            format!(
+                "timezone: UTC\n{extra}targets:\n  local: {{ kind: local, path: {} }}\njobs:\n{}",
+                setup.backups().display(),
+                job("app", &db.url(), "local", "")
+            ),
+        )
+        .unwrap();
+        strata(&setup, &["check"])
+    };
+    let out = plain("");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("warning: no encryption is configured: the backups of app are stored readable and their manifests are unauthenticated"),
+        "{stdout}"
+    );
+    let out = plain("require_authenticated_manifests: true\n");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(
+            "require_authenticated_manifests: manifests are authenticated with the encryption key; configure encryption"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
