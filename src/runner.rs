@@ -176,6 +176,17 @@ pub async fn backup(
 
     let url = &job.database_url;
     let client = url.connect().await?;
+    // The snapshot connection outlives the dump, idle in its transaction: the
+    // server's own statement and idle timeouts (set for applications) must not
+    // end it, and a server that stops answering costs at most STATEMENT_LIMIT
+    // per query (the run's `timeout` bounds the whole).
+    client
+        .batch_execute(&format!(
+            "SET statement_timeout = '{}s'; SET idle_in_transaction_session_timeout = 0",
+            source::STATEMENT_LIMIT.as_secs()
+        ))
+        .await
+        .map_err(|e| url.query_error(&e))?;
     let info = source::database_info(url, &client).await?;
     let tool = source::find_tool("pg_dump", &info).await?;
     // Roles, tablespaces and database settings: before the dump, so a role

@@ -18,6 +18,9 @@ pub mod tls;
 
 /// Longest wait for a connection when the URL names no `connect_timeout`.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The longest one metadata query or row count of strata's may take on a
+/// source (a `count(*)` of a billion-row table stays well inside it).
+pub const STATEMENT_LIMIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Keep at most this much of a child's stderr for error messages.
 const STDERR_CAP: usize = 64 * 1024;
@@ -175,9 +178,10 @@ impl DbUrl {
         if let Some(pw) = c.get_password() {
             env.push(("PGPASSWORD", String::from_utf8_lossy(pw).into_owned()));
         }
-        if let Some(t) = c.get_connect_timeout() {
-            env.push(("PGCONNECT_TIMEOUT", t.as_secs().max(1).to_string()));
-        }
+        // pg_dump, pg_restore and psql give up on a server that never answers
+        // as strata's own connections do.
+        let t = c.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
+        env.push(("PGCONNECT_TIMEOUT", t.as_secs().max(1).to_string()));
         if let Some(o) = c.get_options() {
             env.push(("PGOPTIONS", o.to_owned()));
         }

@@ -475,3 +475,40 @@ missing: {{ kind: s3, bucket: strata-t-no-such-bucket-{}, region: us-east-1, end
     );
     assert!(!missing.contains("not found"), "{missing}");
 }
+
+/// Production servers often set short statement and idle-in-transaction
+/// timeouts for applications. strata's snapshot connection sits idle in its
+/// transaction for the whole dump and counts rows afterwards: the database's
+/// settings must not end it (before, the snapshot was gone by the time pg_dump
+/// imported it).
+#[tokio::test]
+async fn a_database_with_short_statement_and_idle_timeouts_is_backed_up_and_restored() {
+    let db = TestDb::create();
+    db.exec("CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g");
+    db.exec(&format!(
+        "ALTER DATABASE {0} SET statement_timeout = '1ms'; ALTER DATABASE {0} SET idle_in_transaction_session_timeout = '1ms'",
+        db.name
+    ));
+    let setup = Setup::new();
+    for format in ["plain", "custom"] {
+        let strata = setup
+            .strata(
+                "",
+                &job("app", &db.url(), "local", &format!(", format: {format}")),
+                &[],
+            )
+            .await;
+        let report = runner::backup(&strata, "app", Utc::now(), &Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("{format}: {e}"));
+        assert_eq!(report.manifest.tables["public.t"], 200_000, "{format}");
+        let dest = TestDb::reserve();
+        restore_latest(&strata, &dest)
+            .await
+            .unwrap_or_else(|e| panic!("{format}: {e}"));
+        assert_eq!(
+            dest.exec("SET statement_timeout = 0; SELECT count(*) FROM t"),
+            "200000"
+        );
+    }
+}
