@@ -51,8 +51,22 @@ struct Problems(Vec<String>);
 
 impl Problems {
     fn add(&mut self, path: impl std::fmt::Display, msg: impl std::fmt::Display) {
-        self.0.push(format!("{path}: {msg}"));
+        self.0.push(one_line(&format!("{path}: {msg}")));
     }
+}
+
+/// Control characters (a key with a newline in it, say) written as escapes, so
+/// every problem stays on its own line.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------- raw shapes
@@ -460,7 +474,7 @@ impl Config {
         };
         let mut problems = Problems::default();
         let mut tree: Value = serde_yaml::from_str(text)
-            .map_err(|e| invalid(vec![format!("not valid YAML: {e}")]))?;
+            .map_err(|e| invalid(vec![one_line(&format!("not valid YAML: {e}"))]))?;
         if tree.is_null() {
             return Err(invalid(vec!["the file is empty".into()]));
         }

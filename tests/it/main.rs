@@ -11,6 +11,7 @@ mod conformance;
 mod daemon;
 mod deploy;
 mod failures;
+mod fuzzed;
 mod hostile;
 mod operations;
 mod resilience;

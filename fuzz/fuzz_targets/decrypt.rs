@@ -1,0 +1,9 @@
+//! `cargo fuzz run decrypt`: see `fuzz/checks.rs` for what it asserts.
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = checks::decrypt(data);
+});
