@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::retention::{self, Candidate};
 use crate::runner::RunError;
 use crate::state::{AuditEntry, RunStatus, StateDb};
-use crate::storage::StorageError;
+use crate::storage::{StorageError, Target};
 
 /// Why pruning could not run.
 #[derive(Debug, thiserror::Error)]
@@ -371,34 +371,34 @@ async fn delete_copy(
     Ok(None)
 }
 
-/// Files beside a refused manifest that may go with it: its object and
-/// globals, when the manifest parses and names them as strata would (a
-/// plain file name starting with the backup id), else nothing.
-fn beside_refused(manifest_key: &str, bytes: &[u8]) -> Vec<String> {
+/// Files beside a refused manifest that go with it: every object in its
+/// directory named `{backup id}.…`, the id taken from the manifest's own key
+/// (which strata listed), never from its untrusted content.
+async fn beside_refused(target: &dyn Target, manifest_key: &str) -> Vec<String> {
     let Some((dir, file)) = manifest_key.rsplit_once('/') else {
         return Vec::new();
     };
     let Some(id) = file.strip_suffix(crate::manifest::MANIFEST_SUFFIX) else {
         return Vec::new();
     };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
-        return Vec::new();
-    };
-    [
-        v.get("object"),
-        v.get("globals").and_then(|g| g.get("object")),
-    ]
-    .into_iter()
-    .flatten()
-    .filter_map(serde_json::Value::as_str)
-    .filter(|n| crate::manifest::plain_name(n) && n.starts_with(&format!("{id}.")))
-    .map(|n| format!("{dir}/{n}"))
-    .collect()
+    let prefix = format!("{dir}/{id}.");
+    target
+        .list(&prefix)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| {
+            k != manifest_key
+                && k.strip_prefix(&prefix)
+                    .is_some_and(|rest| !rest.contains('/'))
+        })
+        .collect()
 }
 
 /// `prune --force`: deletes the manifests of `job` that are refused (forged,
 /// unauthenticated where required, or out of bounds) on every target, with
-/// the object and globals beside each when their names are strata's own.
+/// every file of the same backup id beside each.
 /// Every deletion is audited. Returns (target, key, outcome) per manifest.
 pub async fn purge_refused(
     strata: &Strata,
@@ -411,12 +411,10 @@ pub async fn purge_refused(
         let target = strata.target(name);
         for refused in catalog::list_all(strata, name, job).await?.refused {
             let key = refused.manifest_key;
-            let bytes = crate::storage::read_all(target.as_ref(), &key)
-                .await
-                .unwrap_or_default();
+            let beside = beside_refused(target.as_ref(), &key).await;
             let mut result = target.delete(&key).await.map_err(|e| e.to_string());
             if result.is_ok() {
-                for other in beside_refused(&key, &bytes) {
+                for other in beside {
                     if let Err(e) = target.delete(&other).await {
                         result = Err(e.to_string());
                     }
@@ -547,30 +545,47 @@ pub async fn approve(
 #[cfg(test)]
 mod refused_tests {
     use super::beside_refused;
+    use crate::storage::local::LocalTarget;
 
-    #[test]
-    fn only_strata_named_files_beside_a_refused_manifest_go_with_it() {
-        let key = "p/app/2025/01/01/app_backup_20250101_030000.manifest.json";
-        let good = br#"{"object": "app_backup_20250101_030000.sql.gz.enc", "globals": {"object": "app_backup_20250101_030000.globals.sql.gz.enc"}}"#;
+    #[tokio::test]
+    async fn the_files_of_a_refused_manifests_backup_id_go_with_it_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = dir.path().join("p/app/2025/01/01");
+        std::fs::create_dir_all(&day).unwrap();
+        for name in [
+            "app_backup_20250101_030000.manifest.json",
+            "app_backup_20250101_030000.sql.gz.enc",
+            "app_backup_20250101_030000.globals.sql.gz.enc",
+            "app_backup_20250101_030000-2.sql.gz.enc",
+            "app_backup_20250101_0300.sql.gz",
+        ] {
+            std::fs::write(day.join(name), "x").unwrap();
+        }
+        std::fs::write(dir.path().join("p/app/victim"), "x").unwrap();
+        let target = LocalTarget::new("local", dir.path());
+        let mut got = beside_refused(
+            &target,
+            "p/app/2025/01/01/app_backup_20250101_030000.manifest.json",
+        )
+        .await;
+        got.sort();
         assert_eq!(
-            beside_refused(key, good),
+            got,
             vec![
+                "p/app/2025/01/01/app_backup_20250101_030000.globals.sql.gz.enc",
                 "p/app/2025/01/01/app_backup_20250101_030000.sql.gz.enc",
-                "p/app/2025/01/01/app_backup_20250101_030000.globals.sql.gz.enc"
             ]
         );
-        for bad in [
-            &br#"{"object": "../../../../etc/passwd"}"#[..],
-            br#"{"object": "app_backup_20250101_030000/../../x"}"#,
-            br#"{"object": "another_backup.sql.gz"}"#,
-            b"not json",
-        ] {
-            assert!(
-                beside_refused(key, bad).is_empty(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
+        assert!(
+            beside_refused(&target, "no-directory.manifest.json")
+                .await
+                .is_empty()
+        );
+        assert!(
+            beside_refused(&target, "p/app/2025/01/01/not-a-manifest")
+                .await
+                .is_empty()
+        );
     }
 }
 

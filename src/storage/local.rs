@@ -295,8 +295,11 @@ fn walk(
     prefix: &str,
     staging: bool,
 ) -> std::io::Result<Vec<(ObjectMeta, SystemTime)>> {
+    // A prefix is a string prefix of the key, as on S3: walk the directory it
+    // names (up to its last `/`) and keep the keys that start with it.
+    let dir = prefix.rsplit_once('/').map_or("", |(d, _)| d);
     let mut out = Vec::new();
-    let mut stack = vec![root.join(prefix)];
+    let mut stack = vec![root.join(dir)];
     while let Some(dir) = stack.pop() {
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
@@ -320,6 +323,9 @@ fn walk(
                 .expect("under root")
                 .to_string_lossy()
                 .into_owned();
+            if !rel.starts_with(prefix) {
+                continue;
+            }
             out.push((
                 ObjectMeta {
                     key: rel,

@@ -136,7 +136,7 @@ pub trait Target: Send + Sync {
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError>;
     /// Metadata of one object, or `NotFound`.
     async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError>;
-    /// Every object under `prefix`.
+    /// Every object whose key starts with `prefix` (a string prefix, as on S3).
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
     /// Deletes one object (absent objects are not an error).
     async fn delete(&self, key: &str) -> Result<(), StorageError>;

@@ -204,6 +204,12 @@ fn an_unencrypted_local_manifest_cannot_send_prune_outside_the_target() {
     doc["object"] = "../../../../../victim.txt".into();
     let crafted = real_path.with_file_name("app_backup_20200101_000000.manifest.json");
     std::fs::write(&crafted, serde_json::to_vec(&doc).unwrap()).unwrap();
+    // The crafted backup's own data file, which --force takes with it (by the
+    // id in the manifest's key, not by what the manifest says).
+    let orphan = real_path.with_file_name("app_backup_20200101_000000.sql.gz");
+    std::fs::write(&orphan, "old data").unwrap();
+    let neighbour = real_path.with_file_name("app_backup_20200101_000000-2.sql.gz");
+    std::fs::write(&neighbour, "another backup's data").unwrap();
     let out = run(&config, &["list", "app"], &[]);
     assert!(
         text(&out).contains("REFUSED") && text(&out).contains("invalid field object"),
@@ -221,10 +227,14 @@ fn an_unencrypted_local_manifest_cannot_send_prune_outside_the_target() {
         );
     }
     assert!(
-        !crafted.exists(),
-        "--force removes the refused manifest itself"
+        !crafted.exists() && !orphan.exists(),
+        "--force removes the refused manifest and the files of its backup id"
     );
     assert!(real_path.exists());
+    assert!(
+        neighbour.exists(),
+        "a file of another backup id is not the refused one's"
+    );
 }
 
 #[test]
