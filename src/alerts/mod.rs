@@ -196,7 +196,10 @@ impl Alerter {
     pub async fn raise(&self, alert: Alert, metrics: Option<&Metrics>) {
         let key = alert.key();
         {
-            let mut active = self.active.lock().expect("alerts");
+            let mut active = self
+                .active
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(last) = active.get(&key) {
                 let since = (alert.at - *last).to_std().unwrap_or_default();
                 if since < self.repeat {

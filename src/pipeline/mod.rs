@@ -340,7 +340,10 @@ async fn tee(
     let mut out = Vec::with_capacity(workers.len());
     for (name, tx, handle) in workers {
         drop(tx);
-        out.push((name, handle.await.expect("upload task panicked")));
+        let result = handle
+            .await
+            .unwrap_or_else(|e| Err(StorageError::task_failed(&name, "", e)));
+        out.push((name, result));
     }
     out
 }

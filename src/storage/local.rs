@@ -241,7 +241,7 @@ impl Target for LocalTarget {
         let name = self.name.clone();
         tokio::task::spawn_blocking(move || walk(&root, &prefix, false))
             .await
-            .expect("directory walk panicked")
+            .map_err(|e| StorageError::task_failed(&self.name, "", e))?
             .map_err(|source| StorageError::Io {
                 target: name,
                 key: String::new(),
@@ -279,7 +279,7 @@ impl Target for LocalTarget {
             Ok(removed)
         })
         .await
-        .expect("cleanup panicked")
+        .map_err(|e| StorageError::task_failed(&self.name, "", e))?
         .map_err(|source| StorageError::Io {
             target: name,
             key: String::new(),

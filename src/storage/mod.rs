@@ -52,6 +52,18 @@ pub enum StorageError {
     },
 }
 
+impl StorageError {
+    /// A storage task that panicked or was cancelled, as an error of its target
+    /// rather than a panic of the caller (a run must outlive its helpers).
+    pub fn task_failed(target: &str, key: &str, e: tokio::task::JoinError) -> Self {
+        StorageError::Io {
+            target: target.to_owned(),
+            key: key.to_owned(),
+            source: std::io::Error::other(format!("storage task failed: {e}")),
+        }
+    }
+}
+
 /// What a completed upload produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutResult {

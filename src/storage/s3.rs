@@ -434,7 +434,8 @@ impl S3Upload {
 
     async fn join_one(&mut self) -> Result<(), StorageError> {
         if let Some(joined) = self.in_flight.join_next().await {
-            let part = joined.expect("upload task panicked")?;
+            let part = joined
+                .map_err(|e| StorageError::task_failed(&self.target.name, &self.key, e))??;
             self.done.push(part);
         }
         Ok(())
