@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use strata::config::Config;
+use strata::domain::manifest::{self, Manifest, Trust};
 use strata::keys::{Keyring, MasterKey};
-use strata::manifest::{self, Manifest, Trust};
 use strata::pipeline::encrypt;
 
 /// What became of one input.

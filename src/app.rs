@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::commands::backup::RunError;
 use crate::config::{Config, JobConfig, TargetKind};
-use crate::runner::RunError;
 use crate::storage::Target;
 use crate::storage::local::LocalTarget;
 use crate::storage::s3::S3Target;

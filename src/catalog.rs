@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::app::Strata;
-use crate::manifest::{self, MANIFEST_SUFFIX, Manifest, ManifestError, Trust, job_prefix};
+use crate::domain::manifest::{self, MANIFEST_SUFFIX, Manifest, ManifestError, Trust, job_prefix};
 use crate::storage::{StorageError, read_all};
 
 /// One listed backup.

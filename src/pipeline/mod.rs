@@ -15,14 +15,15 @@ use ring::digest::{Context as Sha, SHA256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::progress::Progress;
-use crate::source::copy_counter::RowCounter;
-use crate::source::{PgDump, SourceError};
+use crate::pg::copy_counter::RowCounter;
+use crate::pg::{PgDump, SourceError};
+use crate::pipeline::progress::Progress;
 use crate::storage::{StorageError, Upload};
 
 pub mod compress;
 pub mod cpu;
 pub mod encrypt;
+pub mod progress;
 pub mod restore_stream;
 pub mod small;
 

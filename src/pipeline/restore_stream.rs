@@ -19,7 +19,7 @@ use tokio_util::io::StreamReader;
 use super::compress::Compression;
 use super::encrypt::{CryptoError, Decryptor};
 use crate::keys::Keyring;
-use crate::progress::Progress;
+use crate::pipeline::progress::Progress;
 use crate::storage::{ByteStream, StorageError};
 
 /// Plaintext handed on per message.

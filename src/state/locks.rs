@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::OP_TIMEOUT;
-use crate::source::DbUrl;
+use crate::pg::DbUrl;
 
 enum Request {
     Take {
@@ -91,7 +91,7 @@ async fn connect(url: &DbUrl) -> Result<tokio_postgres::Client, String> {
 async fn query_bool(client: &tokio_postgres::Client, sql: &str, key: &str) -> Result<bool, String> {
     match tokio::time::timeout(OP_TIMEOUT, client.query_one(sql, &[&key])).await {
         Ok(Ok(row)) => Ok(row.get(0)),
-        Ok(Err(e)) => Err(crate::source::pg_message(&e)),
+        Ok(Err(e)) => Err(crate::pg::pg_message(&e)),
         Err(_) => Err(format!("no answer within {}s", OP_TIMEOUT.as_secs())),
     }
 }

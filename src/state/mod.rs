@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
-use crate::runner::{BackupReport, RunError};
-use crate::source::{DbUrl, pg_message};
+use crate::commands::backup::{BackupReport, RunError};
+use crate::pg::{DbUrl, pg_message};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -604,7 +604,7 @@ impl StateDb {
     /// The database is unreachable.
     pub async fn save_restore_test(
         &self,
-        t: &crate::restore::RestoreTest,
+        t: &crate::commands::restore::RestoreTest,
         host: &str,
     ) -> Result<(), StateError> {
         self.bounded(async {

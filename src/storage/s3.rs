@@ -107,7 +107,7 @@ impl S3Settings {
     /// Tags of an upload: the configured ones, plus [`BACKUP_TAG`] on backup objects
     /// (not manifests or globals) when lifecycle transitions select by it.
     fn tagging_for(&self, key: &str) -> Option<String> {
-        if self.tag_backups && crate::manifest::is_archivable(key) {
+        if self.tag_backups && crate::domain::manifest::is_archivable(key) {
             let mut tags = self.tags.clone();
             tags.push((BACKUP_TAG.0.into(), BACKUP_TAG.1.into()));
             tagging(&tags)
@@ -120,7 +120,7 @@ impl S3Settings {
     /// STANDARD, where they can be read to list and start restores; backups go
     /// to the configured class.
     fn class_for(&self, key: &str) -> Option<StorageClass> {
-        if !crate::manifest::is_archivable(key) {
+        if !crate::domain::manifest::is_archivable(key) {
             None
         } else {
             self.storage_class.as_deref().map(StorageClass::from)

@@ -458,16 +458,17 @@ async fn the_parallel_restore_gives_back_exactly_the_source() {
             &[],
         )
         .await;
-    let report = strata::runner::backup(&strata, "app", chrono::Utc::now(), &Default::default())
-        .await
-        .unwrap();
-    assert!(report.manifest.raw_bytes > 2 * strata::restore::script::COPY_BATCH as u64);
+    let report =
+        strata::commands::backup::backup(&strata, "app", chrono::Utc::now(), &Default::default())
+            .await
+            .unwrap();
+    assert!(report.manifest.raw_bytes > 2 * strata::commands::restore::script::COPY_BATCH as u64);
     let dest = TestDb::reserve();
-    let opts = strata::restore::RestoreOptions {
+    let opts = strata::commands::restore::RestoreOptions {
         jobs: Some(3),
         ..Default::default()
     };
-    let r = strata::restore::restore(&strata, "app", &dest.url().parse().unwrap(), &opts)
+    let r = strata::commands::restore::restore(&strata, "app", &dest.url().parse().unwrap(), &opts)
         .await
         .unwrap();
     assert_eq!(r.jobs, 3);

@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use strata::config::Config;
 use strata::daemon::Daemon;
-use strata::schedule::{Clock, SystemClock};
+use strata::policy::schedule::{Clock, SystemClock};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{Bucket, S3Kind, Setup, TestDb, bin, files, free_port, job, psql};

@@ -4,7 +4,7 @@
 
 use chrono::Utc;
 use serde_json::Value;
-use strata::runner;
+use strata::commands::backup;
 
 use crate::helpers::{Bucket, Setup, TestDb, job};
 use crate::proxy::FaultProxy;
@@ -117,7 +117,7 @@ async fn iam_policies_allow_every_s3_call_strata_makes_and_the_writer_never_dele
 
     // The writer: backups with read-back, and the start-up clean-up.
     for _ in 0..3 {
-        let r = runner::run_job(&strata, "app", Utc::now(), &Default::default())
+        let r = backup::run_job(&strata, "app", Utc::now(), &Default::default())
             .await
             .unwrap();
         assert!(r.is_complete(), "{:?}", r.failed);
@@ -151,11 +151,11 @@ async fn iam_policies_allow_every_s3_call_strata_makes_and_the_writer_never_dele
 
     // The restorer: a restore reads only.
     let dest = TestDb::reserve();
-    strata::restore::restore(
+    strata::commands::restore::restore(
         &strata,
         "app",
         &dest.url().parse().unwrap(),
-        &strata::restore::RestoreOptions {
+        &strata::commands::restore::RestoreOptions {
             from: Some("s3".into()),
             ..Default::default()
         },
@@ -167,21 +167,21 @@ async fn iam_policies_allow_every_s3_call_strata_makes_and_the_writer_never_dele
     // The admin: lifecycle, compliance and pruning (which deletes).
     let before = proxy.requests().len();
     let t = &strata.config().targets["s3"];
-    strata::lifecycle::apply(t, strata.target("s3").as_s3().unwrap())
+    strata::commands::lifecycle::apply(t, strata.target("s3").as_s3().unwrap())
         .await
         .unwrap();
-    let jobs = strata::prune::gather_jobs(&strata).await;
-    strata::compliance::report(&strata, Utc::now(), &jobs, &Default::default()).await;
-    let plan = strata::prune::plan(&strata, "app", Utc::now())
+    let jobs = strata::commands::prune::gather_jobs(&strata).await;
+    strata::commands::compliance::report(&strata, Utc::now(), &jobs, &Default::default()).await;
+    let plan = strata::commands::prune::plan(&strata, "app", Utc::now())
         .await
         .unwrap();
     assert!(!plan.deletions().is_empty());
-    let rec = strata::prune::Recorder {
+    let rec = strata::commands::prune::Recorder {
         state: None,
         metrics: None,
         actor: "test",
     };
-    strata::prune::execute(&strata, &plan, None, &rec).await;
+    strata::commands::prune::execute(&strata, &plan, None, &rec).await;
     let used = check(&proxy.requests()[before..], "admin-policy.json");
     assert!(
         used.contains(&"s3:DeleteObject") || used.contains(&"s3:DeleteObjectVersion"),
@@ -224,10 +224,10 @@ fn the_shipped_lifecycle_json_is_what_strata_puts_on_the_production_buckets() {
     let config =
         strata::config::Config::parse(&std::fs::read_to_string(&path).unwrap(), &path, &env)
             .unwrap_or_else(|e| panic!("{e}"));
-    let primary = strata::lifecycle::wanted(&config.targets["primary"]);
+    let primary = strata::commands::lifecycle::wanted(&config.targets["primary"]);
     assert_eq!(
         primary,
-        strata::lifecycle::wanted(&config.targets["offsite"])
+        strata::commands::lifecycle::wanted(&config.targets["offsite"])
     );
     let expected = serde_json::to_string_pretty(&primary).unwrap();
     let shipped = std::fs::read_to_string(root.join("deploy/aws/lifecycle.json")).unwrap();

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use strata::restore::{self, RestoreError, RestoreOptions};
-use strata::runner::{self, RunError};
-use strata::source::DbUrl;
+use strata::commands::backup::{self, RunError};
+use strata::commands::restore::{self, RestoreError, RestoreOptions};
+use strata::pg::DbUrl;
 
 use crate::helpers::{Bucket, S3Kind, Setup, TestDb, files, job};
 use crate::proxy::{Fault, FaultProxy, Rule};
@@ -78,7 +78,7 @@ async fn part_uploads_retried_after_slowdown_store_the_same_bytes() {
         fault: Fault::Respond(500, INTERNAL),
         times: Some(1),
     });
-    let report = runner::backup(&strata, "app", Utc::now(), &Default::default())
+    let report = backup::backup(&strata, "app", Utc::now(), &Default::default())
         .await
         .unwrap();
     assert!(report.is_complete(), "{:?}", report.failed);
@@ -115,7 +115,7 @@ async fn part_failure_aborts(fault: Fault, expected: &str) {
         fault,
         times: None,
     });
-    let err = runner::backup(&strata, "app", Utc::now(), &Default::default())
+    let err = backup::backup(&strata, "app", Utc::now(), &Default::default())
         .await
         .unwrap_err();
     assert!(err.to_string().contains(expected), "{err}");
@@ -143,7 +143,7 @@ async fn complete_answering_200_with_an_error_body_is_a_failure() {
         fault: Fault::Respond(200, INTERNAL),
         times: None,
     });
-    let err = runner::backup(&strata, "app", Utc::now(), &Default::default())
+    let err = backup::backup(&strata, "app", Utc::now(), &Default::default())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("InternalError"), "{err}");
@@ -166,7 +166,7 @@ async fn object_size_is_checked_after_completion() {
         fault: Fault::RewriteLength(1234),
         times: None,
     });
-    let err = runner::backup(&strata, "app", Utc::now(), &Default::default())
+    let err = backup::backup(&strata, "app", Utc::now(), &Default::default())
         .await
         .unwrap_err();
     assert!(
@@ -217,7 +217,7 @@ async fn pg_dump_killed_mid_stream_fails_the_run_and_leaves_nothing() {
             false
         })
     };
-    let err = runner::backup(&strata, "app", Utc::now(), &Default::default())
+    let err = backup::backup(&strata, "app", Utc::now(), &Default::default())
         .await
         .unwrap_err();
     assert!(
@@ -256,7 +256,7 @@ async fn full_local_disk_fails_without_a_partial_file() {
             &[],
         )
         .await;
-    let err = runner::backup(&strata, "app", Utc::now(), &Default::default()).await;
+    let err = backup::backup(&strata, "app", Utc::now(), &Default::default()).await;
     let left = files(&mount);
     let _ = std::process::Command::new("umount").arg(&mount).status();
     let err = err.unwrap_err();
@@ -278,7 +278,7 @@ async fn one_target_down_keeps_the_others_and_reports_degraded() {
             &[&bucket],
         )
         .await;
-    let report = runner::backup(&strata, "app", Utc::now(), &Default::default())
+    let report = backup::backup(&strata, "app", Utc::now(), &Default::default())
         .await
         .unwrap();
     assert!(!report.is_complete());
@@ -344,7 +344,7 @@ async fn local_backup(
     let strata = setup
         .strata("", &job("app", &db.url(), "local", ""), &[])
         .await;
-    let report = runner::backup(&strata, "app", Utc::now(), &Default::default())
+    let report = backup::backup(&strata, "app", Utc::now(), &Default::default())
         .await
         .unwrap();
     let object = setup.backups().join(&report.manifest.targets[0].key);
@@ -389,9 +389,14 @@ async fn row_count_mismatch_rolls_the_restore_back() {
     // the key, as a bug in strata itself would write it).
     let keys = strata.config().encryption.as_ref().unwrap().keyring.clone();
     let (mut m, _) =
-        strata::manifest::open(&std::fs::read(&manifest).unwrap(), Some(&keys), true).unwrap();
+        strata::domain::manifest::open(&std::fs::read(&manifest).unwrap(), Some(&keys), true)
+            .unwrap();
     *m.tables.get_mut("public.t").unwrap() = 20001;
-    std::fs::write(&manifest, strata::manifest::seal(&m, Some(keys.active()))).unwrap();
+    std::fs::write(
+        &manifest,
+        strata::domain::manifest::seal(&m, Some(keys.active())),
+    )
+    .unwrap();
     // An existing empty database stays empty: the single transaction rolled back.
     let dest = TestDb::create();
     let err = restore_latest(&strata, &dest).await.unwrap_err();
@@ -498,7 +503,7 @@ async fn a_database_with_short_statement_and_idle_timeouts_is_backed_up_and_rest
                 &[],
             )
             .await;
-        let report = runner::backup(&strata, "app", Utc::now(), &Default::default())
+        let report = backup::backup(&strata, "app", Utc::now(), &Default::default())
             .await
             .unwrap_or_else(|e| panic!("{format}: {e}"));
         assert_eq!(report.manifest.tables["public.t"], 200_000, "{format}");

@@ -8,7 +8,7 @@ use chrono_tz::America::New_York;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use strata::app::Strata;
-use strata::runner;
+use strata::commands::backup;
 
 use crate::helpers::{Bucket, S3Kind, Setup, TestDb, bin, files, job};
 
@@ -52,7 +52,7 @@ impl Scene {
             .with_ymd_and_hms(y, m, d, h, 0, 0)
             .unwrap()
             .with_timezone(&Utc);
-        let report = runner::backup(&self.strata, "app", at, &Default::default())
+        let report = backup::backup(&self.strata, "app", at, &Default::default())
             .await
             .unwrap();
         assert!(report.is_complete(), "{:?}", report.failed);

@@ -1,9 +1,9 @@
 //! Backups restored give back the same database, through every target kind.
 
 use chrono::Utc;
-use strata::restore;
-use strata::runner;
-use strata::source::DbUrl;
+use strata::commands::backup;
+use strata::commands::restore;
+use strata::pg::DbUrl;
 
 use crate::helpers::{Bucket, S3Kind, Setup, TestDb, job};
 
@@ -52,7 +52,7 @@ async fn backup_and_restore(kind: Option<S3Kind>, format: &str, compression: &st
             &bucket.iter().collect::<Vec<_>>(),
         )
         .await;
-    let report = runner::backup(&strata, "app", Utc::now(), &Default::default())
+    let report = backup::backup(&strata, "app", Utc::now(), &Default::default())
         .await
         .unwrap();
     assert!(report.is_complete(), "{:?}", report.failed);
@@ -129,7 +129,7 @@ async fn stored_objects_are_standard_gzip_after_decryption() {
     let strata = setup
         .strata("", &job("app", &source.url(), "local", ""), &[])
         .await;
-    let report = runner::backup(&strata, "app", Utc::now(), &Default::default())
+    let report = backup::backup(&strata, "app", Utc::now(), &Default::default())
         .await
         .unwrap();
     let object = setup.backups().join(&report.manifest.targets[0].key);
@@ -181,7 +181,7 @@ async fn s3_objects_carry_encryption_storage_class_and_tags() {
     let strata = setup
         .strata(&targets, &job("app", &source.url(), "s3", ""), &[&bucket])
         .await;
-    let report = runner::backup(&strata, "app", Utc::now(), &Default::default())
+    let report = backup::backup(&strata, "app", Utc::now(), &Default::default())
         .await
         .unwrap();
     let record = &report.manifest.targets[0];
@@ -233,11 +233,11 @@ async fn two_backups_in_the_same_second_get_distinct_ids_and_both_restore() {
         .strata("", &job("app", &source.url(), "local", ""), &[])
         .await;
     let now = Utc::now();
-    let first = runner::backup(&strata, "app", now, &Default::default())
+    let first = backup::backup(&strata, "app", now, &Default::default())
         .await
         .unwrap();
     source.exec("INSERT INTO t VALUES (11)");
-    let second = runner::backup(&strata, "app", now, &Default::default())
+    let second = backup::backup(&strata, "app", now, &Default::default())
         .await
         .unwrap();
     let (a, b) = (&first.manifest.backup_id, &second.manifest.backup_id);

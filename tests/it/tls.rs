@@ -5,7 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use strata::source::DbUrl;
+use strata::pg::DbUrl;
 
 use crate::cluster::{ADMIN, Cluster, Options, TestCa};
 use crate::helpers::{Setup, bin};

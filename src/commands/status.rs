@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::catalog::Entry;
 use crate::config::Config;
-use crate::cost::CostReport;
+use crate::policy::cost::CostReport;
 
 /// Backups shown in the size trend.
 pub const TREND: usize = 7;
@@ -111,7 +111,7 @@ fn line(e: &Entry, now: DateTime<Utc>) -> BackupLine {
         age_seconds: (now - e.started_at()).num_seconds().max(0),
         stored_bytes: e.manifest.stored_bytes,
         raw_bytes: e.manifest.raw_bytes,
-        good: crate::prune::is_good(&e.manifest),
+        good: crate::commands::prune::is_good(&e.manifest),
     }
 }
 
@@ -146,7 +146,7 @@ pub fn report(
         let last_good = backups
             .iter()
             .rev()
-            .find(|e| crate::prune::is_good(&e.manifest))
+            .find(|e| crate::commands::prune::is_good(&e.manifest))
             .map(|e| line(e, now));
         let rpo = job.rpo.as_secs();
         let within_rpo = last_good
@@ -233,7 +233,7 @@ pub fn report(
             next_run: job
                 .schedule
                 .as_ref()
-                .and_then(|s| crate::schedule::next_after(s, config.timezone, now)),
+                .and_then(|s| crate::policy::schedule::next_after(s, config.timezone, now)),
             last_run: f.last_run,
             restore_test: f.restore_test,
             targets,
@@ -268,7 +268,7 @@ fn size(bytes: u64) -> String {
 }
 
 fn age(seconds: i64) -> String {
-    crate::schedule::format_age(chrono::Duration::seconds(seconds)).to_string()
+    crate::policy::schedule::format_age(chrono::Duration::seconds(seconds)).to_string()
 }
 
 impl Status {
@@ -392,7 +392,7 @@ mod tests {
         Entry {
             manifest_key: format!("app/{id}.manifest.json"),
             manifest: serde_json::from_value(manifest).unwrap(),
-            trust: crate::manifest::Trust::Unsigned,
+            trust: crate::domain::manifest::Trust::Unsigned,
         }
     }
 

@@ -2,6 +2,8 @@
 //! process and, through the state database, across processes), run bookkeeping
 //! (state database, metrics, health, audit), start-up cleanup and graceful stop.
 
+pub mod alerts;
+
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -13,14 +15,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::alerts::{Alert, Alerter, Kind};
 use crate::app::Strata;
 use crate::catalog;
+use crate::commands::prune;
+use crate::commands::restore::RestoreTest;
 use crate::config::Config;
+use crate::daemon::alerts::{Alert, Alerter, Kind};
 use crate::metrics::Metrics;
-use crate::prune;
-use crate::restore::RestoreTest;
-use crate::schedule::{self, Clock, SystemClock};
+use crate::policy::schedule::{self, Clock, SystemClock};
 use crate::state::{AuditEntry, JobLock, RunRecord, RunStatus, StateDb};
 
 /// Runs kept in memory for `GET /runs/{id}` when the state database is down.
@@ -55,7 +57,7 @@ pub enum DaemonError {
     #[error("cannot listen: {0}")]
     Listen(std::io::Error),
     #[error(transparent)]
-    Alerts(#[from] crate::alerts::AlertError),
+    Alerts(#[from] crate::daemon::alerts::AlertError),
 }
 
 /// What `/health` shows per job, kept in memory so health checks cost nothing.
@@ -91,7 +93,7 @@ pub struct Checks {
 
 struct Running {
     cancel: CancellationToken,
-    progress: Arc<crate::progress::Progress>,
+    progress: Arc<crate::pipeline::progress::Progress>,
     /// Held until the entry goes: the job's cross-process lock.
     lock: Option<JobLock>,
 }
@@ -254,7 +256,7 @@ impl Daemon {
 
     /// Progress of the backups running now, by job (a run that finished its
     /// backup and is only pruning or recording shows none).
-    pub fn progress(&self) -> BTreeMap<String, crate::progress::Snapshot> {
+    pub fn progress(&self) -> BTreeMap<String, crate::pipeline::progress::Snapshot> {
         let health = self.health();
         self.running
             .lock()
@@ -310,9 +312,9 @@ impl Daemon {
             else {
                 continue;
             };
-            let mut status = crate::lifecycle::status(t, s3).await;
+            let mut status = crate::commands::lifecycle::status(t, s3).await;
             if *manage_lifecycle && status.as_ref().is_ok_and(|s| !s.in_sync) {
-                status = crate::lifecycle::apply(t, s3).await;
+                status = crate::commands::lifecycle::apply(t, s3).await;
                 self.audit(
                     "daemon",
                     "lifecycle.apply",
@@ -325,10 +327,10 @@ impl Daemon {
             lifecycle.insert(name.clone(), status);
         }
         // Every manifest and each bucket's lifecycle are read once per refresh.
-        let jobs = crate::prune::gather_jobs(&self.strata).await;
-        let inventory = crate::inventory::take(&self.strata).await;
-        let sizes = crate::inventory::newest_sizes(&jobs);
-        let cost = crate::inventory::cost_report(&self.strata, &inventory, &sizes);
+        let jobs = crate::commands::prune::gather_jobs(&self.strata).await;
+        let inventory = crate::commands::inventory::take(&self.strata).await;
+        let sizes = crate::commands::inventory::newest_sizes(&jobs);
+        let cost = crate::commands::inventory::cost_report(&self.strata, &inventory, &sizes);
         self.metrics.storage_bytes.reset();
         for t in &cost.targets {
             for (class, c) in &t.classes {
@@ -343,7 +345,8 @@ impl Daemon {
                 .set(t.usd_monthly);
         }
         let compliance =
-            crate::compliance::report(&self.strata, self.clock.now(), &jobs, &lifecycle).await;
+            crate::commands::compliance::report(&self.strata, self.clock.now(), &jobs, &lifecycle)
+                .await;
         let lifecycle = lifecycle
             .into_iter()
             .map(|(name, status)| {
@@ -520,7 +523,7 @@ impl Daemon {
             return Err(TriggerError::Stopping);
         }
         let estimate = lock(&self.health).get(job).and_then(|h| h.last_raw_bytes);
-        let progress = crate::progress::Progress::new(format!("backup {job}"), estimate);
+        let progress = crate::pipeline::progress::Progress::new(format!("backup {job}"), estimate);
         let cancel = {
             let mut running = lock(&self.running);
             if running.contains_key(job) {
@@ -618,7 +621,7 @@ impl Daemon {
         guard: RunGuard,
         run: RunRecord,
         cancel: CancellationToken,
-        progress: Arc<crate::progress::Progress>,
+        progress: Arc<crate::pipeline::progress::Progress>,
         actor: String,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
         needs_lock: bool,
@@ -678,15 +681,15 @@ impl Daemon {
         job: &str,
         run: &RunRecord,
         cancel: &CancellationToken,
-        progress: Arc<crate::progress::Progress>,
+        progress: Arc<crate::pipeline::progress::Progress>,
         timeout: Duration,
-    ) -> Result<crate::runner::BackupReport, crate::runner::RunError> {
+    ) -> Result<crate::commands::backup::BackupReport, crate::commands::backup::RunError> {
         if cancel.is_cancelled() {
-            return Err(crate::runner::RunError::Pipeline(
+            return Err(crate::commands::backup::RunError::Pipeline(
                 crate::pipeline::PipelineError::Cancelled,
             ));
         }
-        let ctl = crate::runner::RunControl {
+        let ctl = crate::commands::backup::RunControl {
             cancel: cancel.clone(),
             progress: Some(progress),
         };
@@ -698,7 +701,7 @@ impl Daemon {
             if std::env::var("STRATA_TEST_PANIC_JOB").is_ok_and(|j| j == name) {
                 panic!("injected panic (STRATA_TEST_PANIC_JOB) in a run of {name}");
             }
-            crate::runner::run_job(&strata, &name, started_at, &ctl).await
+            crate::commands::backup::run_job(&strata, &name, started_at, &ctl).await
         });
         let joined = tokio::select! {
             joined = &mut task => joined,
@@ -711,7 +714,7 @@ impl Daemon {
                     Ok(_) => {}
                     Err(_) => task.abort(),
                 }
-                return Err(crate::runner::RunError::TimedOut(timeout));
+                return Err(crate::commands::backup::RunError::TimedOut(timeout));
             }
         };
         match joined {
@@ -728,7 +731,7 @@ impl Daemon {
                     "the run's task was cancelled".to_owned()
                 };
                 tracing::error!(job, error = %message, "a run panicked; it is recorded as failed");
-                Err(crate::runner::RunError::Panicked(message))
+                Err(crate::commands::backup::RunError::Panicked(message))
             }
         }
     }
@@ -749,7 +752,7 @@ impl Daemon {
         &self,
         guard: RunGuard,
         mut run: RunRecord,
-        result: Result<crate::runner::BackupReport, crate::runner::RunError>,
+        result: Result<crate::commands::backup::BackupReport, crate::commands::backup::RunError>,
         actor: String,
     ) {
         let job = run.job.clone();
@@ -764,7 +767,7 @@ impl Daemon {
             .and_then(|j| j.refresh.as_ref())
         {
             let error = match &result {
-                Err(crate::runner::RunError::Refresh(e)) => Some(e.clone()),
+                Err(crate::commands::backup::RunError::Refresh(e)) => Some(e.clone()),
                 _ => None,
             };
             let detail =
@@ -863,7 +866,7 @@ impl Daemon {
     async fn alert_on_run(
         &self,
         run: &RunRecord,
-        result: &Result<crate::runner::BackupReport, String>,
+        result: &Result<crate::commands::backup::BackupReport, String>,
         previous_size: Option<u64>,
     ) {
         let job = run.job.as_str();
@@ -985,7 +988,7 @@ impl Daemon {
                     Some(t) => format!(
                         "the newest good backup started {} ({} ago), RPO {}",
                         t.to_rfc3339(),
-                        crate::schedule::format_age(now - t),
+                        crate::policy::schedule::format_age(now - t),
                         humantime::format_duration(job.rpo)
                     ),
                     None => "no good backup of this job exists".into(),
@@ -1006,7 +1009,9 @@ impl Daemon {
     pub async fn run_restore_test(&self, job: &str) -> Option<RestoreTest> {
         let cfg = self.strata.config().job(job)?;
         let server = cfg.verify.restore_into.as_ref()?;
-        let test = crate::restore::restore_test(&self.strata, job, server, &cfg.verify.sql).await;
+        let test =
+            crate::commands::restore::restore_test(&self.strata, job, server, &cfg.verify.sql)
+                .await;
         tracing::info!(
             job,
             ok = test.ok,
@@ -1131,15 +1136,15 @@ impl Daemon {
             let url = &job.database_url;
             let probe = async {
                 let client = url.connect().await?;
-                let info = crate::source::database_info(url, &client).await?;
-                crate::source::find_tool("pg_dump", &info).await.map(drop)
+                let info = crate::pg::database_info(url, &client).await?;
+                crate::pg::find_tool("pg_dump", &info).await.map(drop)
             };
             let result = tokio::time::timeout(Duration::from_secs(15), probe).await;
             let Ok(Err(e)) = result else { continue };
             if matches!(
                 e,
-                crate::source::SourceError::ToolTooOld { .. }
-                    | crate::source::SourceError::ToolMissing { .. }
+                crate::pg::SourceError::ToolTooOld { .. }
+                    | crate::pg::SourceError::ToolMissing { .. }
             ) {
                 tracing::error!(job = %name, error = %e, "backups of this job cannot run");
                 if let Some(h) = lock(&self.health).get_mut(name) {
@@ -1426,7 +1431,7 @@ impl Daemon {
         self.spawn_restore_tests();
         // The API runs on a thread and runtime of its own, so `/health` never
         // waits behind the pipeline's tasks on the main runtime's workers.
-        let app = crate::api::router(self.clone());
+        let app = crate::http::router(self.clone());
         let stopping = self.stopping.clone();
         let listener = listener.into_std().map_err(DaemonError::Listen)?;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();

@@ -8,9 +8,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::app::Strata;
-use crate::restore::{self, RestoreError, RestoreOptions};
-use crate::runner::RunError;
-use crate::source::SourceError;
+use crate::commands::backup::RunError;
+use crate::commands::restore::{self, RestoreError, RestoreOptions};
+use crate::pg::SourceError;
 
 /// Why a refresh did not happen; the job's database is unchanged.
 #[derive(Debug, thiserror::Error)]

@@ -87,7 +87,7 @@ pub fn wanted(target: &TargetConfig) -> Vec<Rule> {
     let TargetKind::S3 { lifecycle, .. } = &target.kind else {
         return Vec::new();
     };
-    let prefix = crate::manifest::target_prefix(&target.prefix);
+    let prefix = crate::domain::manifest::target_prefix(&target.prefix);
     let id = |what: &str| format!("strata:{}:{what}", target.prefix);
     let mut rules = Vec::new();
     let transitions: Vec<Transition> = lifecycle

@@ -11,9 +11,9 @@ use super::thaw::{ThawOptions, ensure_readable};
 use super::{RestoreError, RestoreOptions, drop_database, find, open_verified};
 use crate::app::Strata;
 use crate::catalog::{self, Entry};
-use crate::manifest::{Verification, manifest_key_beside};
-use crate::progress::Progress;
-use crate::source::DbUrl;
+use crate::domain::manifest::{Verification, manifest_key_beside};
+use crate::pg::DbUrl;
+use crate::pipeline::progress::Progress;
 use crate::storage::{StorageError, Target};
 
 /// Outcome of verifying one backup.
@@ -204,14 +204,14 @@ async fn record_verification(strata: &Strata, entry: &Entry, report: &VerifyRepo
             // Only a manifest that opens is rewritten (a forged one stays as
             // found, for the operator to see).
             let (mut manifest, _) =
-                crate::manifest::open(&bytes, keys, config.require_authenticated_manifests)
+                crate::domain::manifest::open(&bytes, keys, config.require_authenticated_manifests)
                     .map_err(|e| StorageError::S3 {
                         target: record.target.clone(),
                         key: key.clone(),
                         message: format!("manifest refused: {e}"),
                     })?;
             manifest.verifications.extend(results.iter().cloned());
-            let sealed = crate::manifest::seal(&manifest, keys.map(|k| k.active()));
+            let sealed = crate::domain::manifest::seal(&manifest, keys.map(|k| k.active()));
             target.put_small(&key, sealed.into()).await
         }
         .await;

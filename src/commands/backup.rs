@@ -10,13 +10,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Strata;
 use crate::config::ReadBack;
-use crate::manifest::{
+use crate::domain::manifest::{
     EncryptionInfo, FORMAT_VERSION, GlobalsRecord, Layout, Manifest, TargetRecord,
 };
+use crate::pg::{self, DumpFormat, PgDump, SourceError};
 use crate::pipeline::encrypt::{CryptoError, Encryptor};
+use crate::pipeline::progress::Progress;
 use crate::pipeline::{self, PipelineError, TargetUpload};
-use crate::progress::Progress;
-use crate::source::{self, DumpFormat, PgDump, SourceError};
 use crate::storage::{StorageError, Target};
 
 /// How a run is steered from outside: cancellation (shutdown, deadline) and
@@ -88,7 +88,7 @@ pub async fn run_job(
 ) -> Result<BackupReport, RunError> {
     let job = strata.job(job_name)?;
     if job.refresh.is_some() {
-        crate::refresh::refresh(strata, job_name)
+        crate::commands::refresh::refresh(strata, job_name)
             .await
             .map_err(|e| RunError::Refresh(e.to_string()))?;
     }
@@ -101,7 +101,8 @@ pub async fn run_job(
     };
     if read_back {
         for (target, why) in
-            crate::restore::read_back_new(strata, job_name, &report.manifest.backup_id).await
+            crate::commands::restore::read_back_new(strata, job_name, &report.manifest.backup_id)
+                .await
         {
             report.failed.insert(target, why);
         }
@@ -183,15 +184,15 @@ pub async fn backup(
     client
         .batch_execute(&format!(
             "SET statement_timeout = '{}s'; SET idle_in_transaction_session_timeout = 0",
-            source::STATEMENT_LIMIT.as_secs()
+            pg::STATEMENT_LIMIT.as_secs()
         ))
         .await
         .map_err(|e| url.query_error(&e))?;
-    let info = source::database_info(url, &client).await?;
-    let tool = source::find_tool("pg_dump", &info).await?;
+    let info = pg::database_info(url, &client).await?;
+    let tool = pg::find_tool("pg_dump", &info).await?;
     // Roles, tablespaces and database settings: before the dump, so a role
     // that may not read them fails the run before anything is written.
-    let globals = source::globals::capture(
+    let globals = pg::globals::capture(
         url,
         &client,
         info.server_version_num,
@@ -233,7 +234,7 @@ pub async fn backup(
     };
     let counts = async {
         match job.format {
-            DumpFormat::Custom => Some(source::count_rows(url, &client).await),
+            DumpFormat::Custom => Some(pg::count_rows(url, &client).await),
             DumpFormat::Plain => None,
         }
     };
@@ -353,7 +354,7 @@ pub async fn backup(
         globals: Some(globals),
         mac: None,
     };
-    let json = bytes::Bytes::from(crate::manifest::seal(
+    let json = bytes::Bytes::from(crate::domain::manifest::seal(
         &manifest,
         encryption.map(|e| e.keyring.active()),
     ));
@@ -397,7 +398,7 @@ async fn store_globals(
     strata: &Strata,
     compression: pipeline::compress::Compression,
     plan: &[(Arc<dyn Target>, Layout)],
-    globals: &source::globals::Globals,
+    globals: &pg::globals::Globals,
     records: &mut Vec<TargetRecord>,
     failed: &mut BTreeMap<String, String>,
 ) -> Result<GlobalsRecord, RunError> {

@@ -15,8 +15,8 @@ use ring::{hkdf, hmac};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{Keyring, MasterKey};
+use crate::pg::{DatabaseInfo, DumpFormat};
 use crate::pipeline::compress::Compression;
-use crate::source::{DatabaseInfo, DumpFormat};
 
 /// Current manifest format.
 pub const FORMAT_VERSION: u32 = 1;

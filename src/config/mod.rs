@@ -16,9 +16,9 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use crate::keys::{Keyring, MasterKey};
+use crate::pg::{DbUrl, DumpFormat};
 use crate::pipeline::compress::Compression;
 use crate::pipeline::encrypt::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};
-use crate::source::{DbUrl, DumpFormat};
 
 /// Storage classes strata knows prices and lifecycle transitions for.
 pub const STORAGE_CLASSES: [&str; 4] = ["STANDARD", "STANDARD_IA", "GLACIER", "DEEP_ARCHIVE"];

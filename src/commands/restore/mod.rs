@@ -31,11 +31,11 @@ use tokio::sync::mpsc;
 
 use crate::app::Strata;
 use crate::catalog::{self, Entry};
+use crate::commands::backup::RunError;
+use crate::pg::globals::{self, Globals};
+use crate::pg::{self, DatabaseInfo, DbUrl, DumpFormat, SourceError};
+use crate::pipeline::progress::Progress;
 use crate::pipeline::restore_stream::{self, Expected, VerifyError};
-use crate::progress::Progress;
-use crate::runner::RunError;
-use crate::source::globals::{self, Globals};
-use crate::source::{self, DatabaseInfo, DbUrl, DumpFormat, SourceError};
 use crate::storage::{StorageError, Target};
 
 pub mod database;
@@ -198,7 +198,7 @@ pub async fn find(
     let mut best: Option<(Arc<dyn Target>, Entry)> = None;
     let mut last_err = None;
     let mut notes = Vec::new();
-    let asked = format!("/{which}{}", crate::manifest::MANIFEST_SUFFIX);
+    let asked = format!("/{which}{}", crate::domain::manifest::MANIFEST_SUFFIX);
     for name in &names {
         let target = strata.target(name);
         match catalog::list_all(strata, name, &job.name).await {
@@ -349,7 +349,7 @@ pub async fn restore(
                 plan.create_database
             ))
             .await
-            .map_err(|e| RestoreError::CreateDatabase(source::pg_message(&e)))?;
+            .map_err(|e| RestoreError::CreateDatabase(pg::pg_message(&e)))?;
         let rewrite = rewrite::Rewrite {
             roles: plan.role_map.clone(),
             no_owner: opts.globals.no_owner,
@@ -380,7 +380,7 @@ pub async fn restore(
                 .await
                 .map_err(|e| RestoreError::Roles {
                     statement: sql.clone(),
-                    message: source::pg_message(&e),
+                    message: pg::pg_message(&e),
                 })?;
         }
         swap_in(&admin, &admin_url, &name, &scratch).await?;
@@ -433,7 +433,7 @@ async fn create_globals(
             .await
             .map_err(|e| RestoreError::Roles {
                 statement: script::excerpt(stmt),
-                message: source::pg_message(&e),
+                message: pg::pg_message(&e),
             })?;
     }
     for (name, stmt) in &plan.tablespaces {
@@ -442,7 +442,7 @@ async fn create_globals(
             .await
             .map_err(|e| RestoreError::Tablespace {
                 name: name.clone(),
-                message: source::pg_message(&e),
+                message: pg::pg_message(&e),
             })?;
         created_tablespaces.push(name.clone());
     }
@@ -560,7 +560,7 @@ fn spawn_parser(
 }
 
 /// `pg_restore` able to read the archive and write SQL for the destination.
-async fn pg_restore_tool(entry: &Entry, dest: &DatabaseInfo) -> Result<source::Tool, RestoreError> {
+async fn pg_restore_tool(entry: &Entry, dest: &DatabaseInfo) -> Result<pg::Tool, RestoreError> {
     let dump_major = entry
         .manifest
         .pg_dump_version
@@ -573,7 +573,7 @@ async fn pg_restore_tool(entry: &Entry, dest: &DatabaseInfo) -> Result<source::T
         server_version: entry.manifest.pg_dump_version.clone(),
         server_version_num: dest.server_version_num.max(dump_major * 10_000),
     };
-    Ok(source::find_tool("pg_restore", &need).await?)
+    Ok(pg::find_tool("pg_restore", &need).await?)
 }
 
 /// Streams the verified dump into `dest` and returns what was loaded.
@@ -604,7 +604,7 @@ async fn restore_into(
         ),
         DumpFormat::Custom => {
             let client = dest.connect().await?;
-            let info = source::database_info(dest, &client).await?;
+            let info = pg::database_info(dest, &client).await?;
             drop(client);
             let tool = pg_restore_tool(entry, &info).await?;
             // pg_restore only turns the archive into SQL; it connects nowhere.
@@ -620,7 +620,7 @@ async fn restore_into(
             })?;
             let stdin = c.stdin.take().expect("piped stdin");
             let stdout = c.stdout.take().expect("piped stdout");
-            let stderr = source::capture_stderr(c.stderr.take().expect("piped stderr"));
+            let stderr = pg::capture_stderr(c.stderr.take().expect("piped stderr"));
             // Decompression happens inside the reader: on a thread of its own.
             let mut from = tokio_util::io::SyncIoBridge::new(reader);
             let mut to = tokio_util::io::SyncIoBridge::new(stdin);
@@ -664,7 +664,7 @@ async fn restore_into(
             if !status.success() {
                 return Err(RestoreError::Tool {
                     tool: "pg_restore".into(),
-                    message: format!("{status}: {}", source::one_line(&stderr)),
+                    message: format!("{status}: {}", pg::one_line(&stderr)),
                 });
             }
             fed.map_err(|e| RestoreError::Tool {

@@ -26,8 +26,8 @@ use tokio::task::JoinSet;
 
 use super::rewrite::Rewrite;
 use super::script::{Event, Kind, Statement, excerpt};
-use crate::progress::Progress;
-use crate::source::DbUrl;
+use crate::pg::DbUrl;
+use crate::pipeline::progress::Progress;
 
 /// Serial statements are sent (pipelined) in batches of about this size.
 const SQL_BATCH: usize = 1 << 20;
@@ -40,7 +40,7 @@ const SESSION: &str = "SET synchronous_commit = off;";
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{0}")]
-    Connect(crate::source::SourceError),
+    Connect(crate::pg::SourceError),
     #[error("restoring `{statement}` failed: {message}")]
     Statement { statement: String, message: String },
     #[error("loading the data of {table} failed: {message}")]
@@ -89,7 +89,7 @@ impl Conn {
             .await
             .map_err(|e| LoadError::Statement {
                 statement: SESSION.into(),
-                message: crate::source::pg_message(&e),
+                message: crate::pg::pg_message(&e),
             })?;
         Ok(Self {
             client,
@@ -114,7 +114,7 @@ impl Conn {
             .await
             .map_err(|e| LoadError::Statement {
                 statement: excerpt(&sql),
-                message: crate::source::pg_message(&e),
+                message: crate::pg::pg_message(&e),
             })?;
         for (name, stmt) in wanted.iter() {
             self.applied.insert(name.clone(), stmt.clone());
@@ -128,7 +128,7 @@ impl Conn {
             .await
             .map_err(|e| LoadError::Statement {
                 statement: excerpt(sql),
-                message: crate::source::pg_message(&e),
+                message: crate::pg::pg_message(&e),
             })
     }
 
@@ -143,7 +143,7 @@ impl Conn {
             if let Err(e) = result {
                 return Err(LoadError::Statement {
                     statement: excerpt(stmt),
-                    message: crate::source::pg_message(&e),
+                    message: crate::pg::pg_message(&e),
                 });
             }
         }
@@ -153,7 +153,7 @@ impl Conn {
     async fn copy(&self, table: &str, sql: &str, data: Vec<Bytes>) -> Result<u64, LoadError> {
         let fail = |e: tokio_postgres::Error| LoadError::Copy {
             table: table.to_owned(),
-            message: crate::source::pg_message(&e),
+            message: crate::pg::pg_message(&e),
         };
         let sink = self.client.copy_in::<_, Bytes>(sql).await.map_err(fail)?;
         futures::pin_mut!(sink);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::app::Strata;
 use crate::config::TargetKind;
-use crate::cost::{self, CostReport, JobProjection, Projection};
+use crate::policy::cost::{self, CostReport, JobProjection, Projection};
 use crate::storage::Medium;
 
 /// Storage class name used for local disk (not priced).
@@ -25,7 +25,7 @@ pub async fn take(strata: &Strata) -> Inventory {
     for (name, cfg) in &strata.config().targets {
         let target = strata.target(name);
         match target
-            .list(&crate::manifest::target_prefix(&cfg.prefix))
+            .list(&crate::domain::manifest::target_prefix(&cfg.prefix))
             .await
         {
             Ok(objects) => {
@@ -54,7 +54,7 @@ pub async fn take(strata: &Strata) -> Inventory {
 }
 
 /// Stored size of each job's newest backup (from its manifests).
-pub fn newest_sizes(jobs: &crate::prune::Jobs) -> BTreeMap<String, u64> {
+pub fn newest_sizes(jobs: &crate::commands::prune::Jobs) -> BTreeMap<String, u64> {
     jobs.iter()
         .filter_map(|(job, backups)| {
             let newest = backups

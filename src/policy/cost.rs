@@ -16,7 +16,7 @@ use chrono::{Duration, NaiveDate, TimeZone, Utc};
 use serde::Serialize;
 
 use crate::config::{LifecycleRule, Retention};
-use crate::retention::{self, Candidate};
+use crate::policy::retention::{self, Candidate};
 
 /// Bytes per GB as S3 bills it.
 pub const GIB: f64 = 1_073_741_824.0;

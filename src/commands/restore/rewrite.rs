@@ -215,7 +215,7 @@ fn names_until(sql: &str, t: &[Token], mut i: usize, stop: &[&str], out: &mut Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::restore::script::classify;
+    use crate::commands::restore::script::classify;
 
     fn stmt(sql: &str) -> Statement {
         Statement {

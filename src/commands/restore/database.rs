@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use postgres_protocol::escape::{escape_identifier as ident, escape_literal as lit};
 
 use super::RestoreError;
-use crate::source::DbUrl;
-use crate::source::globals::Destination;
+use crate::pg::DbUrl;
+use crate::pg::globals::Destination;
 
 /// PostgreSQL's limit on identifiers, in bytes.
 const NAME_MAX: usize = 63;

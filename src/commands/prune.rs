@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::Strata;
 use crate::catalog;
-use crate::manifest::Manifest;
+use crate::commands::backup::RunError;
+use crate::domain::manifest::Manifest;
 use crate::metrics::Metrics;
-use crate::retention::{self, Candidate};
-use crate::runner::RunError;
+use crate::policy::retention::{self, Candidate};
 use crate::state::{AuditEntry, RunStatus, StateDb};
 use crate::storage::{StorageError, Target};
 
@@ -378,7 +378,7 @@ async fn beside_refused(target: &dyn Target, manifest_key: &str) -> Vec<String> 
     let Some((dir, file)) = manifest_key.rsplit_once('/') else {
         return Vec::new();
     };
-    let Some(id) = file.strip_suffix(crate::manifest::MANIFEST_SUFFIX) else {
+    let Some(id) = file.strip_suffix(crate::domain::manifest::MANIFEST_SUFFIX) else {
         return Vec::new();
     };
     let prefix = format!("{dir}/{id}.");
@@ -592,7 +592,7 @@ mod refused_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Verification;
+    use crate::domain::manifest::Verification;
 
     fn check(target: &str, minutes: i64, ok: bool) -> Verification {
         Verification {

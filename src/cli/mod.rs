@@ -12,8 +12,8 @@ use clap::{Parser, Subcommand};
 use crate::app::Strata;
 use crate::config::{Config, TargetKind};
 use crate::keys::{self, MasterKey};
+use crate::pg::DbUrl;
 use crate::pipeline::encrypt::Decryptor;
-use crate::source::DbUrl;
 
 /// strata: PostgreSQL backups to local disk and S3, encrypted, verified.
 #[derive(Debug, Parser)]
@@ -209,8 +209,8 @@ fn parse_role_map(s: &str) -> Result<(String, String), String> {
 }
 
 impl RoleArgs {
-    fn options(&self) -> crate::source::globals::Options {
-        crate::source::globals::Options {
+    fn options(&self) -> crate::pg::globals::Options {
+        crate::pg::globals::Options {
             role_map: self.role_map.iter().cloned().collect(),
             no_owner: self.no_owner,
             no_tablespaces: self.no_tablespaces,
@@ -236,12 +236,12 @@ pub struct ThawArgs {
 }
 
 impl ThawArgs {
-    fn options(&self) -> crate::restore::ThawOptions {
-        crate::restore::ThawOptions {
+    fn options(&self) -> crate::commands::restore::ThawOptions {
+        crate::commands::restore::ThawOptions {
             tier: self.thaw_tier.clone(),
             days: self.thaw_days,
             wait: self.wait,
-            ..crate::restore::ThawOptions::default()
+            ..crate::commands::restore::ThawOptions::default()
         }
     }
 }
@@ -320,7 +320,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 .as_ref()
                 .ok_or_else(|| Failure(1, format!("job '{}' has no schedule", job.name)))?;
             let start = from.map_or_else(Utc::now, |t| t.with_timezone(&Utc));
-            for t in crate::schedule::upcoming(schedule, config.timezone, start, count) {
+            for t in crate::policy::schedule::upcoming(schedule, config.timezone, start, count) {
                 println!("{}  {}", t.to_rfc3339(), t.with_timezone(&Utc).to_rfc3339());
             }
             Ok(())
@@ -379,16 +379,18 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             let estimate = crate::catalog::newest(&strata, &job)
                 .await
                 .map(|e| e.manifest.raw_bytes);
-            let progress = crate::progress::Progress::new(format!("backup {job}"), estimate);
-            let reporter = crate::progress::Reporter::start(
+            let progress =
+                crate::pipeline::progress::Progress::new(format!("backup {job}"), estimate);
+            let reporter = crate::pipeline::progress::Reporter::start(
                 progress.clone(),
-                crate::progress::Display::choose(json),
+                crate::pipeline::progress::Display::choose(json),
             );
-            let ctl = crate::runner::RunControl {
+            let ctl = crate::commands::backup::RunControl {
                 cancel,
                 progress: Some(progress),
             };
-            let result = crate::runner::run_job(&strata, &job, run.started_at, &ctl).await;
+            let result =
+                crate::commands::backup::run_job(&strata, &job, run.started_at, &ctl).await;
             reporter.finish().await;
             run.finish(&result, Utc::now());
             if let Some(s) = &state {
@@ -468,15 +470,15 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             action: AlertAction::Test,
         } => {
             let config = load(&cli.config)?;
-            let alerter = crate::alerts::Alerter::from_config(&config.alerts)?;
+            let alerter = crate::daemon::alerts::Alerter::from_config(&config.alerts)?;
             if !alerter.has_channels() {
                 return Err(Failure(
                     1,
                     "no alert channel is configured (alerts.email, alerts.webhook)".into(),
                 ));
             }
-            let alert = crate::alerts::Alert::new(
-                crate::alerts::Kind::Test,
+            let alert = crate::daemon::alerts::Alert::new(
+                crate::daemon::alerts::Kind::Test,
                 None,
                 format!("test message from `strata alert test` ({})", cli_actor()),
                 "nothing: this checks that alerts reach you",
@@ -500,9 +502,11 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Status { json } => status(&cli.config, json).await,
         Command::Cost { json } => {
             let strata = Strata::build(load(&cli.config)?).await;
-            let inventory = crate::inventory::take(&strata).await;
-            let sizes = crate::inventory::newest_sizes(&crate::prune::gather_jobs(&strata).await);
-            let report = crate::inventory::cost_report(&strata, &inventory, &sizes);
+            let inventory = crate::commands::inventory::take(&strata).await;
+            let sizes = crate::commands::inventory::newest_sizes(
+                &crate::commands::prune::gather_jobs(&strata).await,
+            );
+            let report = crate::commands::inventory::cost_report(&strata, &inventory, &sizes);
             if json {
                 print_json(&report);
             } else {
@@ -558,9 +562,14 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Compliance { json } => {
             let strata = Strata::build(load(&cli.config)?).await;
-            let jobs = crate::prune::gather_jobs(&strata).await;
-            let report =
-                crate::compliance::report(&strata, Utc::now(), &jobs, &Default::default()).await;
+            let jobs = crate::commands::prune::gather_jobs(&strata).await;
+            let report = crate::commands::compliance::report(
+                &strata,
+                Utc::now(),
+                &jobs,
+                &Default::default(),
+            )
+            .await;
             if json {
                 print_json(&report);
             } else {
@@ -630,7 +639,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                         mib(m.stored_bytes),
                         t,
                         e.object_key(),
-                        if e.trust == crate::manifest::Trust::Unsigned
+                        if e.trust == crate::domain::manifest::Trust::Unsigned
                             && strata.config().encryption.is_some()
                         {
                             "  (unauthenticated: no MAC)"
@@ -667,12 +676,12 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         } => {
             let into: DbUrl = into.parse()?;
             let strata = Strata::build(load(&cli.config)?).await;
-            let progress = crate::progress::Progress::new(format!("restore {job}"), None);
-            let reporter = crate::progress::Reporter::start(
+            let progress = crate::pipeline::progress::Progress::new(format!("restore {job}"), None);
+            let reporter = crate::pipeline::progress::Reporter::start(
                 progress.clone(),
-                crate::progress::Display::choose(json),
+                crate::pipeline::progress::Display::choose(json),
             );
-            let opts = crate::restore::RestoreOptions {
+            let opts = crate::commands::restore::RestoreOptions {
                 backup: backup.clone(),
                 from,
                 replace,
@@ -681,7 +690,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 globals: roles.options(),
                 progress: Some(progress),
             };
-            let result = crate::restore::restore(&strata, &job, &into, &opts).await;
+            let result = crate::commands::restore::restore(&strata, &job, &into, &opts).await;
             reporter.finish().await;
             let detail = match &result {
                 Ok(r) => {
@@ -729,12 +738,12 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         } => {
             let server = restore_into.map(|u| u.parse::<DbUrl>()).transpose()?;
             let strata = Strata::build(load(&cli.config)?).await;
-            let progress = crate::progress::Progress::new(format!("verify {job}"), None);
-            let reporter = crate::progress::Reporter::start(
+            let progress = crate::pipeline::progress::Progress::new(format!("verify {job}"), None);
+            let reporter = crate::pipeline::progress::Reporter::start(
                 progress.clone(),
-                crate::progress::Display::choose(json),
+                crate::pipeline::progress::Display::choose(json),
             );
-            let result = crate::restore::verify_with(
+            let result = crate::commands::restore::verify_with(
                 &strata,
                 &job,
                 &backup,
@@ -808,7 +817,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
 }
 
 async fn status(config: &std::path::Path, json: bool) -> Result<(), Failure> {
-    use crate::status::{JobFacts, RestoreTestFact, RunFact};
+    use crate::commands::status::{JobFacts, RestoreTestFact, RunFact};
     let strata = Strata::build(load(config)?).await;
     let config = strata.config();
     let mut listings = std::collections::BTreeMap::new();
@@ -847,7 +856,7 @@ async fn status(config: &std::path::Path, json: bool) -> Result<(), Failure> {
             facts.insert(name.clone(), f);
         }
     }
-    let inventory = crate::inventory::take(&strata).await;
+    let inventory = crate::commands::inventory::take(&strata).await;
     let sizes: std::collections::BTreeMap<String, u64> = listings
         .iter()
         .filter_map(|(job, per)| {
@@ -859,8 +868,8 @@ async fn status(config: &std::path::Path, json: bool) -> Result<(), Failure> {
             Some((job.clone(), newest.manifest.stored_bytes))
         })
         .collect();
-    let cost = crate::inventory::cost_report(&strata, &inventory, &sizes);
-    let report = crate::status::report(config, Utc::now(), &listings, &facts, &cost);
+    let cost = crate::commands::inventory::cost_report(&strata, &inventory, &sizes);
+    let report = crate::commands::status::report(config, Utc::now(), &listings, &facts, &cost);
     if json {
         print_json(&report);
     } else {
@@ -911,7 +920,7 @@ async fn prune_with(
     job: &str,
     args: PruneArgs,
 ) -> Result<(), Failure> {
-    use crate::prune::{self, Recorder};
+    use crate::commands::prune::{self, Recorder};
     let PruneArgs {
         dry_run,
         json,
@@ -1056,8 +1065,8 @@ async fn lifecycle(
         let target = strata.target(name);
         let Some(s3) = target.as_s3() else { continue };
         let result = match action {
-            LifecycleAction::Show => crate::lifecycle::status(t, s3).await,
-            LifecycleAction::Apply => crate::lifecycle::apply(t, s3).await,
+            LifecycleAction::Show => crate::commands::lifecycle::status(t, s3).await,
+            LifecycleAction::Apply => crate::commands::lifecycle::apply(t, s3).await,
         };
         match result {
             Ok(s) => statuses.push(s),
@@ -1099,7 +1108,7 @@ async fn lifecycle(
     Ok(())
 }
 
-fn describe_rule(r: &crate::lifecycle::Rule) -> String {
+fn describe_rule(r: &crate::commands::lifecycle::Rule) -> String {
     let mut parts = vec![format!("{} on '{}'", r.id, r.prefix)];
     if let Some((k, v)) = &r.tag {
         parts.push(format!("tagged {k}={v}"));
@@ -1117,7 +1126,7 @@ fn describe_rule(r: &crate::lifecycle::Rule) -> String {
 }
 
 /// Exit status 75 ("not yet") for an archived object that is thawing.
-fn not_yet(e: crate::restore::RestoreError) -> Failure {
+fn not_yet(e: crate::commands::restore::RestoreError) -> Failure {
     let code = if e.is_thawing() { 75 } else { 1 };
     Failure(code, e.to_string())
 }
@@ -1149,10 +1158,10 @@ async fn sync_state(state: &crate::state::StateDb) {
     }
 }
 
-fn trust_word(t: &crate::manifest::Trust) -> &'static str {
+fn trust_word(t: &crate::domain::manifest::Trust) -> &'static str {
     match t {
-        crate::manifest::Trust::Authenticated(_) => "authenticated",
-        crate::manifest::Trust::Unsigned => "unsigned",
+        crate::domain::manifest::Trust::Authenticated(_) => "authenticated",
+        crate::domain::manifest::Trust::Unsigned => "unsigned",
     }
 }
 

@@ -7,10 +7,10 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use crate::app::Strata;
+use crate::commands::lifecycle::Status as LifecycleStatus;
+use crate::commands::prune;
 use crate::config::{Config, TargetKind};
-use crate::lifecycle::Status as LifecycleStatus;
-use crate::prune;
-use crate::retention::{self, Candidate};
+use crate::policy::retention::{self, Candidate};
 use crate::storage::StorageError;
 
 /// Restore tests older than this fail the report.
@@ -58,7 +58,7 @@ pub async fn manifests(strata: &Strata) -> Check {
                     let unsigned = listing
                         .entries
                         .iter()
-                        .filter(|e| e.trust == crate::manifest::Trust::Unsigned)
+                        .filter(|e| e.trust == crate::domain::manifest::Trust::Unsigned)
                         .count();
                     let why = if config.encryption.is_none() {
                         "no encryption keys, so manifests cannot be authenticated"
@@ -211,7 +211,7 @@ pub async fn report(
                     format!(
                         "job {name}: newest good backup {} is {} old (RPO {})",
                         b.manifest.backup_id,
-                        crate::schedule::format_age(age),
+                        crate::policy::schedule::format_age(age),
                         humantime::format_duration(job.rpo)
                     ),
                 ));
@@ -311,7 +311,7 @@ pub async fn report(
         };
         lifecycles.push(match lifecycle.get(name) {
             Some(known) => evidence(known),
-            None => evidence(&crate::lifecycle::status(t, s3).await),
+            None => evidence(&crate::commands::lifecycle::status(t, s3).await),
         });
         if let Some(lock) = object_lock {
             locks.push(

@@ -13,8 +13,8 @@ use ring::digest::{SHA256, digest};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
+use crate::commands::prune::{self, PruneError, Recorder};
 use crate::daemon::{Daemon, TokenHash, TriggerError};
-use crate::prune::{self, PruneError, Recorder};
 
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 16 * 1024;

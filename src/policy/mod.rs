@@ -1,0 +1,6 @@
+//! Decisions as pure functions of their inputs and `now`: which backups retention
+//! keeps, what storage costs, when a schedule is due. Table-tested; no I/O.
+
+pub mod cost;
+pub mod retention;
+pub mod schedule;
