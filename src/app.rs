@@ -4,11 +4,18 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::commands::backup::RunError;
 use crate::config::{Config, JobConfig, TargetKind};
 use crate::storage::Target;
 use crate::storage::local::LocalTarget;
 use crate::storage::s3::S3Target;
+
+/// A job name that is not in the config.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown job '{job}' (configured: {known})")]
+pub struct UnknownJob {
+    pub job: String,
+    pub known: String,
+}
 
 /// Config and live target clients.
 pub struct Strata {
@@ -51,8 +58,8 @@ impl Strata {
     ///
     /// # Errors
     /// No such job.
-    pub fn job(&self, name: &str) -> Result<&JobConfig, RunError> {
-        self.config.job(name).ok_or_else(|| RunError::UnknownJob {
+    pub fn job(&self, name: &str) -> Result<&JobConfig, UnknownJob> {
+        self.config.job(name).ok_or_else(|| UnknownJob {
             job: name.to_owned(),
             known: self
                 .config

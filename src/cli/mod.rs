@@ -236,12 +236,13 @@ pub struct ThawArgs {
 }
 
 impl ThawArgs {
-    fn options(&self) -> crate::commands::restore::ThawOptions {
+    /// The options, polling as often as `daemon.thaw_poll` says.
+    fn options(&self, config: &Config) -> crate::commands::restore::ThawOptions {
         crate::commands::restore::ThawOptions {
             tier: self.thaw_tier.clone(),
             days: self.thaw_days,
             wait: self.wait,
-            ..crate::commands::restore::ThawOptions::default()
+            poll: config.daemon.thaw_poll,
         }
     }
 }
@@ -294,7 +295,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Decrypt { key_file } => decrypt(&key_file),
         Command::Run => {
             let config = load(&cli.config)?;
-            crate::daemon::run(config).await?;
+            crate::http::run(config).await?;
             Ok(())
         }
         Command::Check => {
@@ -686,7 +687,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 from,
                 replace,
                 jobs,
-                thaw: thaw.options(),
+                thaw: thaw.options(strata.config()),
                 globals: roles.options(),
                 progress: Some(progress),
             };
@@ -748,7 +749,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 &job,
                 &backup,
                 server.as_ref(),
-                &thaw.options(),
+                &thaw.options(strata.config()),
                 Some(progress),
             )
             .await;

@@ -8,12 +8,14 @@ use std::time::Instant;
 use chrono::{DateTime, Datelike, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Strata;
+use crate::app::{Strata, UnknownJob};
 use crate::config::ReadBack;
+use crate::domain::DumpFormat;
+use crate::domain::RunStatus;
 use crate::domain::manifest::{
     EncryptionInfo, FORMAT_VERSION, GlobalsRecord, Layout, Manifest, TargetRecord,
 };
-use crate::pg::{self, DumpFormat, PgDump, SourceError};
+use crate::pg::{self, PgDump, SourceError};
 use crate::pipeline::encrypt::{CryptoError, Encryptor};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::{self, PipelineError, TargetUpload};
@@ -30,8 +32,8 @@ pub struct RunControl {
 /// Why a backup did not happen at all.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("unknown job '{job}' (configured: {known})")]
-    UnknownJob { job: String, known: String },
+    #[error(transparent)]
+    UnknownJob(#[from] UnknownJob),
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
@@ -396,7 +398,7 @@ pub async fn backup(
 /// a target that cannot take them loses its copy (removed) and is reported.
 async fn store_globals(
     strata: &Strata,
-    compression: pipeline::compress::Compression,
+    compression: crate::domain::Compression,
     plan: &[(Arc<dyn Target>, Layout)],
     globals: &pg::globals::Globals,
     records: &mut Vec<TargetRecord>,
@@ -457,5 +459,43 @@ async fn abort_all(uploads: Vec<TargetUpload>) {
 impl From<StorageError> for RunError {
     fn from(e: StorageError) -> Self {
         Self::NoTarget(vec![e.to_string()])
+    }
+}
+
+impl crate::state::RunRecord {
+    /// Records how the backup ended.
+    pub fn finish(&mut self, result: &Result<BackupReport, RunError>, at: DateTime<Utc>) {
+        self.finished_at = Some(at);
+        match result {
+            Ok(report) => {
+                let m = &report.manifest;
+                self.status = if report.is_complete() {
+                    RunStatus::Success
+                } else {
+                    RunStatus::Degraded
+                };
+                self.backup_id = Some(m.backup_id.clone());
+                self.raw_bytes = Some(m.raw_bytes);
+                self.stored_bytes = Some(m.stored_bytes);
+                for t in &m.targets {
+                    self.targets.insert(t.target.clone(), "ok".into());
+                }
+                for (t, why) in &report.failed {
+                    self.targets.insert(t.clone(), why.clone());
+                }
+                if !report.is_complete() {
+                    let failed: Vec<&str> = report.failed.keys().map(String::as_str).collect();
+                    self.error = Some(format!("target(s) failed: {}", failed.join(", ")));
+                }
+            }
+            Err(e) => {
+                self.status = if e.is_cancelled() {
+                    RunStatus::Aborted
+                } else {
+                    RunStatus::Failed
+                };
+                self.error = Some(e.to_string());
+            }
+        }
     }
 }

@@ -321,7 +321,7 @@ pub async fn apply(target: &TargetConfig, s3: &S3Target) -> Result<Status, Stora
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LifecycleRule as Tier;
+    use crate::policy::LifecycleRule as Tier;
     use crate::storage::s3::S3Settings;
 
     fn target(prefix: &str, lifecycle: Vec<Tier>) -> TargetConfig {

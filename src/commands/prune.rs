@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::app::Strata;
+use crate::app::UnknownJob;
 use crate::catalog;
-use crate::commands::backup::RunError;
 use crate::domain::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::policy::retention::{self, Candidate};
@@ -20,7 +20,7 @@ use crate::storage::{StorageError, Target};
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {
     #[error(transparent)]
-    Job(#[from] RunError),
+    UnknownJob(#[from] UnknownJob),
     #[error("listing backups failed: {0}")]
     Storage(#[from] StorageError),
     #[error(

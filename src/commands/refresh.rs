@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::app::Strata;
-use crate::commands::backup::RunError;
+use crate::app::UnknownJob;
 use crate::commands::restore::{self, RestoreError, RestoreOptions};
 use crate::pg::SourceError;
 
@@ -16,7 +16,7 @@ use crate::pg::SourceError;
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
     #[error(transparent)]
-    Job(#[from] RunError),
+    UnknownJob(#[from] UnknownJob),
     #[error("job '{0}' has no refresh settings")]
     NotConfigured(String),
     #[error("restoring the newest backup of '{from}' failed: {source}")]

@@ -15,10 +15,15 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use crate::domain::{
+    Compression, DEFAULT_CHUNK_SIZE, DumpFormat, LockMode, MAX_CHUNK_SIZE, ObjectLock,
+};
 use crate::keys::{Keyring, MasterKey};
-use crate::pg::{DbUrl, DumpFormat};
-use crate::pipeline::compress::Compression;
-use crate::pipeline::encrypt::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};
+use crate::pg::DbUrl;
+use crate::pipeline::cpu::cores;
+use crate::policy::LifecycleRule;
+use crate::policy::retention::Retention;
+use crate::policy::schedule::CronSchedule;
 
 /// Storage classes strata knows prices and lifecycle transitions for.
 pub const STORAGE_CLASSES: [&str; 4] = ["STANDARD", "STANDARD_IA", "GLACIER", "DEEP_ARCHIVE"];
@@ -96,6 +101,10 @@ struct RawRestore {
 #[derive(Deserialize)]
 struct RawDaemon {
     max_concurrent_runs: Option<usize>,
+    shutdown_grace: Option<String>,
+    stale_upload_age: Option<String>,
+    check_interval: Option<String>,
+    thaw_poll: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -225,46 +234,6 @@ struct RawRefresh {
 
 // ---------------------------------------------------------------- validated types
 
-/// A cron expression (5 fields, or 6 with seconds), evaluated in the config's zone.
-#[derive(Clone)]
-pub struct CronSchedule {
-    text: String,
-    cron: croner::Cron,
-}
-
-impl std::fmt::Debug for CronSchedule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", self.text)
-    }
-}
-
-impl CronSchedule {
-    /// Parses a cron expression.
-    ///
-    /// # Errors
-    /// The expression is not valid cron.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let cron = croner::Cron::new(text)
-            .with_seconds_optional()
-            .parse()
-            .map_err(|e| format!("invalid cron expression '{text}': {e}"))?;
-        Ok(Self {
-            text: text.to_owned(),
-            cron,
-        })
-    }
-
-    /// The expression as written.
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    /// The parsed expression.
-    pub fn cron(&self) -> &croner::Cron {
-        &self.cron
-    }
-}
-
 /// HTTP API settings.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -306,26 +275,39 @@ impl Default for AlertsConfig {
     }
 }
 
+/// How the daemon paces itself (`daemon:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonSettings {
+    /// Runs at once across all jobs (default: the cores); the rest wait in turn.
+    pub max_concurrent_runs: usize,
+    /// How long running backups may finish after SIGTERM before they are aborted.
+    pub shutdown_grace: Duration,
+    /// Partial uploads and staging files older than this are removed at start-up
+    /// (longer than any backup takes).
+    pub stale_upload_age: Duration,
+    /// Time between the periodic storage, cost, lifecycle and compliance checks.
+    pub check_interval: Duration,
+    /// Time between polls while `--wait` waits for an archived object to thaw.
+    pub thaw_poll: Duration,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_runs: cores(),
+            shutdown_grace: Duration::from_secs(300),
+            stale_upload_age: Duration::from_secs(6 * 3600),
+            check_interval: Duration::from_secs(3600),
+            thaw_poll: Duration::from_secs(300),
+        }
+    }
+}
+
 /// Encryption settings with loaded keys.
 #[derive(Debug)]
 pub struct EncryptionConfig {
     pub keyring: std::sync::Arc<Keyring>,
     pub chunk_size: u32,
-}
-
-/// One lifecycle rule (by object age).
-#[derive(Debug, Clone, PartialEq)]
-pub struct LifecycleRule {
-    pub after_days: u32,
-    /// `None` means expire (delete).
-    pub storage_class: Option<String>,
-}
-
-/// Object Lock retention for new uploads.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ObjectLock {
-    pub mode: String,
-    pub days: u32,
 }
 
 /// Where a target stores objects.
@@ -349,15 +331,6 @@ pub struct TargetConfig {
     pub prefix: String,
     pub offsite: bool,
     pub kind: TargetKind,
-}
-
-/// GFS retention counts (0 = that tier keeps nothing).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Retention {
-    pub daily: u32,
-    pub weekly: u32,
-    pub monthly: u32,
-    pub yearly: u32,
 }
 
 /// Whether pruning deletes on its own or waits for approval.
@@ -431,19 +404,13 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// Connections a restore loads with (`restore.jobs`, default: the cores).
     pub restore_jobs: usize,
-    /// Runs at once across all jobs (`daemon.max_concurrent_runs`, default:
-    /// the cores); the rest wait in turn.
-    pub max_concurrent_runs: usize,
+    /// The `daemon:` section.
+    pub daemon: DaemonSettings,
     /// Refuse manifests without a MAC (those written before manifests were
     /// authenticated) instead of reading them with a warning.
     pub require_authenticated_manifests: bool,
     pub targets: BTreeMap<String, TargetConfig>,
     pub jobs: BTreeMap<String, JobConfig>,
-}
-
-/// The number of cores (at least 1).
-pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 impl Config {
@@ -482,7 +449,8 @@ impl Config {
         let mut unknown = Vec::new();
         let raw: Result<RawConfig, _> = serde_path_to_error::deserialize(
             serde_ignored::Deserializer::new(tree, &mut |p: serde_ignored::Path<'_>| {
-                unknown.push(p.to_string())
+                // serde_ignored writes `?` for an Option it passed through.
+                unknown.push(p.to_string().replace(".?", ""));
             }),
         );
         for key in unknown {
@@ -706,14 +674,7 @@ fn validate(raw: RawConfig, path: &Path, p: &mut Problems) -> Option<Config> {
     let alerts = raw
         .alerts
         .map_or_else(AlertsConfig::default, |a| validate_alerts(a, p));
-    let max_concurrent_runs = match raw.daemon.and_then(|d| d.max_concurrent_runs) {
-        None => cores(),
-        Some(n) if (1..=256).contains(&n) => n,
-        Some(_) => {
-            p.add("daemon.max_concurrent_runs", "must be between 1 and 256");
-            1
-        }
-    };
+    let daemon = validate_daemon(raw.daemon, p);
     let restore_jobs = match raw.restore.and_then(|r| r.jobs) {
         None => cores(),
         Some(n) if (1..=64).contains(&n) => n,
@@ -778,7 +739,7 @@ fn validate(raw: RawConfig, path: &Path, p: &mut Problems) -> Option<Config> {
         pricing,
         alerts,
         restore_jobs,
-        max_concurrent_runs,
+        daemon,
         require_authenticated_manifests: raw.require_authenticated_manifests.unwrap_or(false),
         targets,
         jobs,
@@ -823,6 +784,51 @@ fn validate_encryption(e: RawEncryption, p: &mut Problems) -> Option<EncryptionC
         keyring: std::sync::Arc::new(keyring),
         chunk_size,
     })
+}
+
+fn validate_daemon(raw: Option<RawDaemon>, p: &mut Problems) -> DaemonSettings {
+    let mut d = DaemonSettings::default();
+    let Some(raw) = raw else { return d };
+    match raw.max_concurrent_runs {
+        None => {}
+        Some(n) if (1..=256).contains(&n) => d.max_concurrent_runs = n,
+        Some(_) => p.add("daemon.max_concurrent_runs", "must be between 1 and 256"),
+    }
+    let durations = [
+        (
+            "shutdown_grace",
+            raw.shutdown_grace,
+            &mut d.shutdown_grace,
+            false,
+        ),
+        (
+            "stale_upload_age",
+            raw.stale_upload_age,
+            &mut d.stale_upload_age,
+            false,
+        ),
+        (
+            "check_interval",
+            raw.check_interval,
+            &mut d.check_interval,
+            true,
+        ),
+        ("thaw_poll", raw.thaw_poll, &mut d.thaw_poll, true),
+    ];
+    for (key, text, slot, positive) in durations {
+        let Some(text) = text else { continue };
+        match humantime::parse_duration(&text) {
+            Ok(v) if positive && v.is_zero() => {
+                p.add(format!("daemon.{key}"), "must be longer than 0s");
+            }
+            Ok(v) => *slot = v,
+            Err(e) => p.add(
+                format!("daemon.{key}"),
+                format!("'{text}' is not a duration: {e}"),
+            ),
+        }
+    }
+    d
 }
 
 fn validate_alerts(a: RawAlerts, p: &mut Problems) -> AlertsConfig {
@@ -1011,20 +1017,18 @@ fn validate_target(name: &str, t: RawTarget, p: &mut Problems) -> Option<TargetC
             }
             let lifecycle = validate_lifecycle(name, t.lifecycle.unwrap_or_default(), p);
             settings.tag_backups = lifecycle.iter().any(|r| r.storage_class.is_some());
-            let object_lock = t.object_lock.map(|l| {
-                if !matches!(l.mode.as_str(), "GOVERNANCE" | "COMPLIANCE") {
-                    p.add(
-                        at("object_lock.mode"),
-                        format!("'{}' is not GOVERNANCE or COMPLIANCE", l.mode),
-                    );
+            let object_lock = t.object_lock.and_then(|l| {
+                let mode = l.mode.parse::<LockMode>();
+                if let Err(e) = &mode {
+                    p.add(at("object_lock.mode"), e);
                 }
                 if l.days == 0 {
                     p.add(at("object_lock.days"), "must be at least 1");
                 }
-                ObjectLock {
-                    mode: l.mode,
+                Some(ObjectLock {
+                    mode: mode.ok()?,
                     days: l.days,
-                }
+                })
             });
             settings.object_lock.clone_from(&object_lock);
             Some(TargetConfig {
@@ -1407,6 +1411,44 @@ mod tests {
         assert_eq!(job.rpo, Duration::from_secs(86_400));
         assert_eq!(c.pricing["STANDARD"], 0.023);
         assert_eq!(c.timezone, chrono_tz::UTC);
+    }
+
+    #[test]
+    fn the_daemon_section_sets_its_pace_and_refuses_what_cannot_work() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.daemon, DaemonSettings::default());
+        assert_eq!(c.daemon.shutdown_grace, Duration::from_secs(300));
+        let text = format!(
+            "{MINIMAL}daemon: {{ max_concurrent_runs: 3, shutdown_grace: 0s, stale_upload_age: 2h, check_interval: 90s, thaw_poll: 1s }}\n"
+        );
+        let d = parse(&text).unwrap().daemon;
+        assert_eq!(
+            d,
+            DaemonSettings {
+                max_concurrent_runs: 3,
+                shutdown_grace: Duration::ZERO,
+                stale_upload_age: Duration::from_secs(7200),
+                check_interval: Duration::from_secs(90),
+                thaw_poll: Duration::from_secs(1),
+            }
+        );
+        let p = problems(&format!(
+            "{MINIMAL}daemon: {{ max_concurrent_runs: 0, check_interval: 0s, thaw_poll: soon, shutdown_grace: 5 minutes, colour: red }}\n"
+        ));
+        let joined = p.join("\n");
+        for expected in [
+            "daemon.max_concurrent_runs: must be between 1 and 256",
+            "daemon.check_interval: must be longer than 0s",
+            "daemon.thaw_poll: 'soon' is not a duration",
+            "daemon.colour: unknown key",
+        ] {
+            assert!(
+                joined.contains(expected),
+                "missing {expected:?} in\n{joined}"
+            );
+        }
+        // "5 minutes" is a valid humantime duration.
+        assert_eq!(p.len(), 4, "{joined}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::commands::restore::RestoreTest;
 use crate::config::Config;
 use crate::daemon::alerts::{Alert, Alerter, Kind};
 use crate::metrics::Metrics;
-use crate::policy::schedule::{self, Clock, SystemClock};
+use crate::policy::schedule::{self, Clock};
 use crate::state::{AuditEntry, JobLock, RunRecord, RunStatus, StateDb};
 
 /// Runs kept in memory for `GET /runs/{id}` when the state database is down.
@@ -184,13 +184,6 @@ pub async fn stop_signal() {
     }
 }
 
-fn env_duration(name: &str, default: Duration) -> Duration {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| humantime::parse_duration(&v).ok())
-        .unwrap_or(default)
-}
-
 impl Daemon {
     /// Builds the daemon: target clients, state database (migrated), tokens.
     ///
@@ -211,7 +204,7 @@ impl Daemon {
         // Connects in the background: a state database that does not answer
         // never holds the daemon up.
         let state = config.state_url.clone().map(StateDb::open);
-        let max_concurrent_runs = config.max_concurrent_runs;
+        let max_concurrent_runs = config.daemon.max_concurrent_runs;
         let host = crate::state::host_id();
         let health = config
             .jobs
@@ -1161,9 +1154,9 @@ impl Daemon {
     }
 
     /// Removes what killed runs left behind: staging files and incomplete uploads
-    /// older than `STRATA_STALE_AFTER` (default 6h, longer than any backup).
+    /// older than `daemon.stale_upload_age` (default 6h, longer than any backup).
     async fn cleanup(&self) {
-        let age = env_duration("STRATA_STALE_AFTER", Duration::from_secs(6 * 3600));
+        let age = self.strata.config().daemon.stale_upload_age;
         let config = self.strata.config();
         for (name, t) in &config.targets {
             let target = self.strata.target(name);
@@ -1351,8 +1344,8 @@ impl Daemon {
         }
     }
 
-    /// Serves the API on `listener` and runs the schedules until `stop` resolves;
-    /// then lets running backups finish for `STRATA_SHUTDOWN_GRACE` (default 5m)
+    /// Serves `app` (the HTTP API router) on `listener` and runs the schedules until `stop` resolves;
+    /// then lets running backups finish for `daemon.shutdown_grace` (default 5m)
     /// and aborts the rest cleanly.
     ///
     /// # Errors
@@ -1360,6 +1353,7 @@ impl Daemon {
     pub async fn run_until_stopped(
         self: Arc<Self>,
         listener: TcpListener,
+        app: axum::Router,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), DaemonError> {
         // Start-up work that reads targets and the state database runs in the
@@ -1400,7 +1394,7 @@ impl Daemon {
         {
             let me = self.clone();
             let stopping = self.stopping.clone();
-            let every = env_duration("STRATA_CHECK_INTERVAL", Duration::from_secs(3600));
+            let every = self.strata.config().daemon.check_interval;
             self.tasks.spawn(async move {
                 loop {
                     tokio::select! {
@@ -1431,7 +1425,6 @@ impl Daemon {
         self.spawn_restore_tests();
         // The API runs on a thread and runtime of its own, so `/health` never
         // waits behind the pipeline's tasks on the main runtime's workers.
-        let app = crate::http::router(self.clone());
         let stopping = self.stopping.clone();
         let listener = listener.into_std().map_err(DaemonError::Listen)?;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -1482,7 +1475,7 @@ impl Daemon {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         self.stopping.cancel();
         self.tasks.close();
-        let grace = env_duration("STRATA_SHUTDOWN_GRACE", Duration::from_secs(300));
+        let grace = self.strata.config().daemon.shutdown_grace;
         if tokio::time::timeout(grace, self.tasks.wait())
             .await
             .is_err()
@@ -1504,23 +1497,4 @@ impl Daemon {
         tracing::info!("strata daemon stopped");
         served
     }
-}
-
-/// `strata run`: the daemon with the system clock, until SIGTERM/SIGINT.
-///
-/// # Errors
-/// Bad tokens or the listen address is taken.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
-    let listen = config
-        .http
-        .as_ref()
-        .map_or_else(|| "127.0.0.1:9187".parse().expect("address"), |h| h.listen);
-    for w in config.warnings() {
-        tracing::warn!("{w}");
-    }
-    let daemon = Daemon::build(config, Arc::new(SystemClock)).await?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(DaemonError::Listen)?;
-    daemon.run_until_stopped(listener, stop_signal()).await
 }

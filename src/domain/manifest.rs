@@ -14,9 +14,9 @@ use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 use ring::{hkdf, hmac};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::Compression;
+use crate::domain::{DatabaseInfo, DumpFormat};
 use crate::keys::{Keyring, MasterKey};
-use crate::pg::{DatabaseInfo, DumpFormat};
-use crate::pipeline::compress::Compression;
 
 /// Current manifest format.
 pub const FORMAT_VERSION: u32 = 1;
@@ -361,7 +361,7 @@ pub fn validate(m: &Manifest) -> Result<(), ManifestError> {
         if e.algorithm != "AES-256-GCM" || e.format != "STRATAE1" {
             return Err(field("encryption", "unknown algorithm or format"));
         }
-        if !(1024..=crate::pipeline::encrypt::MAX_CHUNK_SIZE).contains(&e.chunk_size) {
+        if !(1024..=crate::domain::MAX_CHUNK_SIZE).contains(&e.chunk_size) {
             return Err(field("encryption.chunk_size", "out of range"));
         }
     }

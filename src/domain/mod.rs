@@ -2,4 +2,10 @@
 //! manifest and its authentication, the object layout and backup ids, and the
 //! value types the layers above pass to each other. No I/O.
 
+pub mod formats;
 pub mod manifest;
+
+pub use formats::{
+    Compression, CompressionParseError, DEFAULT_CHUNK_SIZE, DatabaseInfo, DumpFormat, LockMode,
+    MAX_CHUNK_SIZE, ObjectLock, RestoreTest, RunStatus,
+};

@@ -14,7 +14,10 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use crate::commands::prune::{self, PruneError, Recorder};
-use crate::daemon::{Daemon, TokenHash, TriggerError};
+use crate::config::Config;
+use crate::daemon::{Daemon, DaemonError, TokenHash, TriggerError, stop_signal};
+use crate::policy::schedule::SystemClock;
+use tokio::net::TcpListener;
 
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 16 * 1024;
@@ -316,4 +319,24 @@ async fn approve_prune(
         Err(e @ PruneError::StateUnknown { .. }) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         Err(e) => error(StatusCode::BAD_GATEWAY, e),
     }
+}
+
+/// `strata run`: the daemon with the system clock, until SIGTERM/SIGINT.
+///
+/// # Errors
+/// Bad tokens or the listen address is taken.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let listen = config
+        .http
+        .as_ref()
+        .map_or_else(|| "127.0.0.1:9187".parse().expect("address"), |h| h.listen);
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
+    let daemon = Daemon::build(config, Arc::new(SystemClock)).await?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(DaemonError::Listen)?;
+    let app = crate::http::router(daemon.clone());
+    daemon.run_until_stopped(listener, app, stop_signal()).await
 }

@@ -12,6 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::task::JoinHandle;
 
+use crate::domain::{DatabaseInfo, DumpFormat};
+
 pub mod copy_counter;
 pub mod globals;
 pub mod tls;
@@ -274,22 +276,6 @@ pub fn pg_message(e: &tokio_postgres::Error) -> String {
     msg
 }
 
-/// Facts about the source database, recorded in the manifest.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct DatabaseInfo {
-    pub name: String,
-    pub server_version: String,
-    #[serde(skip)]
-    pub server_version_num: u32,
-}
-
-impl DatabaseInfo {
-    /// Major version (15 for 15.4; 9 for 9.6).
-    pub fn major(&self) -> u32 {
-        self.server_version_num / 10_000
-    }
-}
-
 /// Reads the database name and server version.
 ///
 /// # Errors
@@ -384,24 +370,6 @@ pub async fn find_tool(name: &str, server: &DatabaseInfo) -> Result<Tool, Source
             tool: name.to_owned(),
             searched,
         }),
-    }
-}
-
-/// pg_dump output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DumpFormat {
-    Plain,
-    Custom,
-}
-
-impl DumpFormat {
-    /// File-name extension before compression and encryption.
-    pub fn extension(self) -> &'static str {
-        match self {
-            Self::Plain => "sql",
-            Self::Custom => "dump",
-        }
     }
 }
 

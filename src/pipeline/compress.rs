@@ -1,4 +1,4 @@
-//! Compression settings and block compressors.
+//! Block compressors for the [`Compression`] a job is configured with.
 //!
 //! Backups compress fixed-size blocks independently, several at a time, and
 //! concatenate the results: a sequence of gzip members (RFC 1952 allows it; `gunzip`
@@ -7,88 +7,11 @@
 //! machine gets gzip level 6 at line rate. Restores must therefore decode every
 //! member, not stop after the first.
 
-use std::fmt;
 use std::io::Write;
-use std::str::FromStr;
 
-/// What the dump is compressed with before encryption.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip(u32),
-    Zstd(i32),
-}
-
-/// A compression setting that does not parse.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CompressionParseError {
-    #[error("unknown compression '{0}' (expected gzip:N, zstd:N or none)")]
-    Unknown(String),
-    #[error("gzip level {0} is out of range 1..=9")]
-    GzipLevel(String),
-    #[error("zstd level {0} is out of range 1..=19")]
-    ZstdLevel(String),
-}
-
-impl FromStr for Compression {
-    type Err = CompressionParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (name, level) = s.split_once(':').unwrap_or((s, ""));
-        match name {
-            "none" if level.is_empty() => Ok(Self::None),
-            "gzip" => {
-                let level = if level.is_empty() { "6" } else { level };
-                match level.parse::<u32>() {
-                    Ok(n @ 1..=9) => Ok(Self::Gzip(n)),
-                    _ => Err(CompressionParseError::GzipLevel(level.to_owned())),
-                }
-            }
-            "zstd" => {
-                let level = if level.is_empty() { "3" } else { level };
-                match level.parse::<i32>() {
-                    Ok(n @ 1..=19) => Ok(Self::Zstd(n)),
-                    _ => Err(CompressionParseError::ZstdLevel(level.to_owned())),
-                }
-            }
-            _ => Err(CompressionParseError::Unknown(s.to_owned())),
-        }
-    }
-}
-
-impl fmt::Display for Compression {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::None => f.write_str("none"),
-            Self::Gzip(n) => write!(f, "gzip:{n}"),
-            Self::Zstd(n) => write!(f, "zstd:{n}"),
-        }
-    }
-}
-
-impl serde::Serialize for Compression {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Compression {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+use crate::domain::Compression;
 
 impl Compression {
-    /// File-name extension added by this compression (`gz`, `zst`), if any.
-    pub fn extension(self) -> Option<&'static str> {
-        match self {
-            Self::None => None,
-            Self::Gzip(_) => Some("gz"),
-            Self::Zstd(_) => Some("zst"),
-        }
-    }
-
     /// Compresses one independent block, appending a complete gzip member or zstd
     /// frame to `out`.
     ///

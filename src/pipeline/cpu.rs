@@ -11,6 +11,11 @@ use std::sync::OnceLock;
 
 use tokio::sync::oneshot;
 
+/// The number of cores (at least 1).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
 /// A CPU stage ended without a result (it panicked).
 #[derive(Debug, thiserror::Error)]
 #[error("the {0} stage stopped unexpectedly (a bug; see the log)")]
@@ -20,7 +25,7 @@ fn pool() -> &'static rayon::ThreadPool {
     static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
     POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(crate::config::cores())
+            .num_threads(cores())
             .thread_name(|i| format!("strata-cpu-{i}"))
             .start_handler(|_| background_priority())
             .build()

@@ -12,16 +12,13 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use std::sync::Arc;
 
+use crate::domain::MAX_CHUNK_SIZE;
 use crate::keys::{Keyring, MasterKey};
 
 /// File magic of format version 1.
 pub const MAGIC: &[u8; 8] = b"STRATAE1";
 /// Algorithm byte for AES-256-GCM.
 pub const ALG_AES_256_GCM: u8 = 1;
-/// Default plaintext bytes per chunk.
-pub const DEFAULT_CHUNK_SIZE: u32 = 65_536;
-/// Largest chunk size a reader accepts (bounds its memory).
-pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
 /// Length of the per-file salt.
 pub const SALT_LEN: usize = 32;
 /// Length of the GCM tag after each chunk.

@@ -1,7 +1,7 @@
 //! The streaming path between `pg_dump` and the targets, and back for restores.
 //!
 //! Backup: the async reader takes 1 MiB blocks from pg_dump's stdout; blocks are
-//! compressed on the blocking pool several at a time and come back in order; one
+//! compressed on the pipeline's rayon pool several at a time and come back in order; one
 //! dedicated thread encrypts and hashes the stored bytes; a tee hands every stored
 //! block to each target's upload task. Channels between stages are bounded, so
 //! memory stays flat whatever the database size, and a slow target slows the dump
@@ -27,7 +27,7 @@ pub mod progress;
 pub mod restore_stream;
 pub mod small;
 
-use compress::Compression;
+use crate::domain::Compression;
 use encrypt::{CryptoError, Encryptor};
 
 /// Bytes read from pg_dump per block (and compressed as one gzip member / zstd frame).

@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::io::StreamReader;
 
-use super::compress::Compression;
 use super::encrypt::{CryptoError, Decryptor};
+use crate::domain::Compression;
 use crate::keys::Keyring;
 use crate::pipeline::progress::Progress;
 use crate::storage::{ByteStream, StorageError};

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use ring::digest::{SHA256, digest};
 
 use super::PipelineError;
-use super::compress::Compression;
 use super::encrypt::{Decryptor, Encryptor};
 use super::restore_stream::VerifyError;
+use crate::domain::Compression;
 use crate::keys::Keyring;
 
 /// A sealed small object and what its manifest records.

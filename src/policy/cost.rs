@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use chrono::{Duration, NaiveDate, TimeZone, Utc};
 use serde::Serialize;
 
-use crate::config::{LifecycleRule, Retention};
+use crate::policy::LifecycleRule;
+use crate::policy::retention::Retention;
 use crate::policy::retention::{self, Candidate};
 
 /// Bytes per GB as S3 bills it.

@@ -20,7 +20,14 @@ use chrono::{DateTime, Datelike, Days, NaiveDate, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
-use crate::config::Retention;
+/// GFS retention counts (0 = that tier keeps nothing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub daily: u32,
+    pub weekly: u32,
+    pub monthly: u32,
+    pub yearly: u32,
+}
 
 /// One backup as retention sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

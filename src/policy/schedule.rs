@@ -20,7 +20,45 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
-use crate::config::CronSchedule;
+/// A cron expression (5 fields, or 6 with seconds), evaluated in the config's zone.
+#[derive(Clone)]
+pub struct CronSchedule {
+    text: String,
+    cron: croner::Cron,
+}
+
+impl std::fmt::Debug for CronSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.text)
+    }
+}
+
+impl CronSchedule {
+    /// Parses a cron expression.
+    ///
+    /// # Errors
+    /// The expression is not valid cron.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let cron = croner::Cron::new(text)
+            .with_seconds_optional()
+            .parse()
+            .map_err(|e| format!("invalid cron expression '{text}': {e}"))?;
+        Ok(Self {
+            text: text.to_owned(),
+            cron,
+        })
+    }
+
+    /// The expression as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The parsed expression.
+    pub fn cron(&self) -> &croner::Cron {
+        &self.cron
+    }
+}
 
 /// Longest single sleep, so wall-clock jumps are noticed.
 pub const MAX_NAP: Duration = Duration::from_secs(30);
@@ -295,6 +333,35 @@ mod tests {
         assert_eq!(
             next,
             vec!["2025-11-02T03:00:00-05:00", "2025-11-03T03:00:00-05:00"]
+        );
+    }
+
+    #[test]
+    fn a_slot_in_the_spring_gap_runs_once_at_the_first_valid_time_and_a_repeated_one_once() {
+        // 02:30 does not exist in New York on 9 March 2025: that day's run is at
+        // 03:00 EDT, the next days' at 02:30 again.
+        let after = Utc.with_ymd_and_hms(2025, 3, 8, 12, 0, 0).unwrap();
+        let spring: Vec<String> = upcoming(&cron("30 2 * * *"), NY, after, 3)
+            .iter()
+            .map(|t| t.to_rfc3339())
+            .collect();
+        assert_eq!(
+            spring,
+            vec![
+                "2025-03-09T03:00:00-04:00",
+                "2025-03-10T02:30:00-04:00",
+                "2025-03-11T02:30:00-04:00"
+            ]
+        );
+        // 01:30 happens twice on 2 November 2025: one run, at the first (EDT).
+        let after = Utc.with_ymd_and_hms(2025, 11, 1, 12, 0, 0).unwrap();
+        let fall: Vec<String> = upcoming(&cron("30 1 * * *"), NY, after, 2)
+            .iter()
+            .map(|t| t.to_rfc3339())
+            .collect();
+        assert_eq!(
+            fall,
+            vec!["2025-11-02T01:30:00-04:00", "2025-11-03T01:30:00-05:00"]
         );
     }
 }

@@ -16,7 +16,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
-use crate::commands::backup::{BackupReport, RunError};
 use crate::pg::{DbUrl, pg_message};
 
 mod embedded {
@@ -34,39 +33,7 @@ pub struct StateError {
     message: String,
 }
 
-/// Outcome of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunStatus {
-    Running,
-    Success,
-    Degraded,
-    Failed,
-    Aborted,
-}
-
-impl RunStatus {
-    /// The name stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Success => "success",
-            Self::Degraded => "degraded",
-            Self::Failed => "failed",
-            Self::Aborted => "aborted",
-        }
-    }
-
-    fn parse(s: &str) -> Self {
-        match s {
-            "running" => Self::Running,
-            "success" => Self::Success,
-            "degraded" => Self::Degraded,
-            "aborted" => Self::Aborted,
-            _ => Self::Failed,
-        }
-    }
-}
+pub use crate::domain::RunStatus;
 
 /// One backup run.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -110,42 +77,6 @@ impl RunRecord {
             error: None,
             targets: BTreeMap::new(),
             host: host.to_owned(),
-        }
-    }
-
-    /// Records how the backup ended.
-    pub fn finish(&mut self, result: &Result<BackupReport, RunError>, at: DateTime<Utc>) {
-        self.finished_at = Some(at);
-        match result {
-            Ok(report) => {
-                let m = &report.manifest;
-                self.status = if report.is_complete() {
-                    RunStatus::Success
-                } else {
-                    RunStatus::Degraded
-                };
-                self.backup_id = Some(m.backup_id.clone());
-                self.raw_bytes = Some(m.raw_bytes);
-                self.stored_bytes = Some(m.stored_bytes);
-                for t in &m.targets {
-                    self.targets.insert(t.target.clone(), "ok".into());
-                }
-                for (t, why) in &report.failed {
-                    self.targets.insert(t.clone(), why.clone());
-                }
-                if !report.is_complete() {
-                    let failed: Vec<&str> = report.failed.keys().map(String::as_str).collect();
-                    self.error = Some(format!("target(s) failed: {}", failed.join(", ")));
-                }
-            }
-            Err(e) => {
-                self.status = if e.is_cancelled() {
-                    RunStatus::Aborted
-                } else {
-                    RunStatus::Failed
-                };
-                self.error = Some(e.to_string());
-            }
         }
     }
 }
@@ -604,7 +535,7 @@ impl StateDb {
     /// The database is unreachable.
     pub async fn save_restore_test(
         &self,
-        t: &crate::commands::restore::RestoreTest,
+        t: &crate::domain::RestoreTest,
         host: &str,
     ) -> Result<(), StateError> {
         self.bounded(async {

@@ -58,7 +58,7 @@ pub struct S3Settings {
     pub request_timeout: Duration,
     /// Object Lock retention put on every upload (the bucket must have Object Lock
     /// enabled); uploads then carry the CRC32 checksum S3 requires.
-    pub object_lock: Option<crate::config::ObjectLock>,
+    pub object_lock: Option<crate::domain::ObjectLock>,
     /// Tag backup objects with [`BACKUP_TAG`] so lifecycle transitions move them
     /// and never the manifests (which must stay readable to list backups).
     pub tag_backups: bool,

@@ -160,7 +160,11 @@ impl App {
         let handle = tokio::spawn(
             daemon
                 .clone()
-                .run_until_stopped(listener, stop.clone().cancelled_owned())
+                .run_until_stopped(
+                    listener,
+                    strata::http::router(daemon.clone()),
+                    stop.clone().cancelled_owned(),
+                )
                 .map_unit(),
         );
         // Start-up work runs in the background: wait for it (and for a state
@@ -745,7 +749,8 @@ struct MidUpload {
 }
 
 impl MidUpload {
-    async fn start(extra_env: &[(&'static str, &str)]) -> Self {
+    /// A daemon whose backup is mid-upload; `daemon_section` is added to its config.
+    async fn start(daemon_section: &str) -> Self {
         use secrecy::ExposeSecret;
         let setup = Setup::new();
         let source = crate::failures::big_db(40);
@@ -761,13 +766,15 @@ impl MidUpload {
         let targets = bucket
             .yaml("s3", Some(&proxy.url()))
             .replace("part_size_mib: 5", "part_size_mib: 5, parts_in_flight: 1");
-        let top = format!("state: {{ database_url: \"{}\" }}\n", state.url());
+        let top = format!(
+            "state: {{ database_url: \"{}\" }}\n{daemon_section}",
+            state.url()
+        );
         let (id, secret) = bucket.settings.credentials.clone().unwrap();
-        let mut env = vec![
+        let env = vec![
             ("AWS_ACCESS_KEY_ID", id),
             ("AWS_SECRET_ACCESS_KEY", secret.expose_secret().to_owned()),
         ];
-        env.extend(extra_env.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let daemon = Proc::spawn(
             &setup,
             "d",
@@ -830,7 +837,7 @@ async fn post_backup(url: &str) -> String {
 
 #[tokio::test]
 async fn sigterm_mid_backup_aborts_cleanly_and_records_the_run() {
-    let mut mid = MidUpload::start(&[("STRATA_SHUTDOWN_GRACE", "0s")]).await;
+    let mut mid = MidUpload::start("daemon: { shutdown_grace: 0s }\n").await;
     mid.daemon.signal("-TERM");
     let log = mid.daemon.log.clone();
     let status = mid.daemon.wait(Duration::from_secs(60)).await;
@@ -854,7 +861,7 @@ async fn sigterm_mid_backup_aborts_cleanly_and_records_the_run() {
 
 #[tokio::test]
 async fn after_sigkill_mid_upload_the_next_start_cleans_up_and_backs_up() {
-    let mut mid = MidUpload::start(&[]).await;
+    let mut mid = MidUpload::start("").await;
     mid.daemon.signal("-KILL");
     mid.daemon.wait(Duration::from_secs(10)).await;
     assert!(mid.bucket.incomplete_uploads().await > 0);
@@ -868,9 +875,11 @@ async fn after_sigkill_mid_upload_the_next_start_cleans_up_and_backs_up() {
     // Restart (straight to moto this time) with debris older than 0 s treated as
     // stale, on the same state database: the killed process's job lock died with
     // its connection, so the backup below is not refused.
-    let mut env = MidUpload::env_of(&mid.env);
-    env.push(("STRATA_STALE_AFTER", "0s"));
-    let top = format!("state: {{ database_url: \"{}\" }}\n", mid.state.url());
+    let env = MidUpload::env_of(&mid.env);
+    let top = format!(
+        "state: {{ database_url: \"{}\" }}\ndaemon: {{ stale_upload_age: 0s }}\n",
+        mid.state.url()
+    );
     let mut d = Proc::spawn(
         &mid.setup,
         "d2",
@@ -916,7 +925,7 @@ async fn after_sigkill_mid_upload_the_next_start_cleans_up_and_backs_up() {
 
 #[tokio::test]
 async fn the_cli_is_refused_while_the_daemon_runs_the_same_job() {
-    let mut mid = MidUpload::start(&[("STRATA_SHUTDOWN_GRACE", "0s")]).await;
+    let mut mid = MidUpload::start("daemon: { shutdown_grace: 0s }\n").await;
     let cli = mid.cli_backup(&[]).await;
     assert_eq!(cli.status.code(), Some(1));
     let err = String::from_utf8_lossy(&cli.stderr);

@@ -6,6 +6,7 @@ mod helpers;
 mod proxy;
 
 mod anywhere;
+mod architecture;
 mod cli;
 mod conformance;
 mod daemon;

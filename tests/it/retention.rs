@@ -425,7 +425,7 @@ async fn archived_backups_are_thawed_first_restore_says_not_yet_with_75() {
         Bucket::create(S3Kind::Moto).await,
         ", storage_class: GLACIER",
         "",
-        "",
+        "daemon: { thaw_poll: 1s }\n",
     )
     .await;
     let id = scene.backup_at(2025, 11, 1, 3).await;
@@ -436,12 +436,7 @@ async fn archived_backups_are_thawed_first_restore_says_not_yet_with_75() {
 
     let dest = TestDb::reserve();
     let into = dest.url();
-    let restore = || {
-        scene.cli(
-            &["restore", "app", "--from", "s3", "--into", &into],
-            &[("STRATA_THAW_POLL", "1s")],
-        )
-    };
+    let restore = || scene.cli(&["restore", "app", "--from", "s3", "--into", &into], &[]);
     let out = restore();
     assert_eq!(out.status.code(), Some(75), "{}", text(&out));
     let t = text(&out);
@@ -476,7 +471,7 @@ async fn archived_backups_are_thawed_first_restore_says_not_yet_with_75() {
             "--thaw-tier",
             "Bulk",
         ],
-        &[("STRATA_THAW_POLL", "1s")],
+        &[],
     );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(dest2.dump(), scene.source.dump());

@@ -30,10 +30,11 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 
 use crate::app::Strata;
+use crate::app::UnknownJob;
 use crate::catalog::{self, Entry};
-use crate::commands::backup::RunError;
+use crate::domain::{DatabaseInfo, DumpFormat};
 use crate::pg::globals::{self, Globals};
-use crate::pg::{self, DatabaseInfo, DbUrl, DumpFormat, SourceError};
+use crate::pg::{self, DbUrl, SourceError};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::restore_stream::{self, Expected, VerifyError};
 use crate::storage::{StorageError, Target};
@@ -57,7 +58,7 @@ const COPY_BUF: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     #[error(transparent)]
-    Run(#[from] RunError),
+    UnknownJob(#[from] UnknownJob),
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]

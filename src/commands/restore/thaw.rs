@@ -19,7 +19,7 @@ pub struct ThawOptions {
     pub days: i32,
     /// Poll until readable instead of returning [`RestoreError::Thawing`].
     pub wait: bool,
-    /// Time between polls (`STRATA_THAW_POLL`, default 5 minutes).
+    /// Time between polls (`daemon.thaw_poll`, default 5 minutes).
     pub poll: Duration,
 }
 
@@ -29,10 +29,7 @@ impl Default for ThawOptions {
             tier: "Standard".into(),
             days: 3,
             wait: false,
-            poll: std::env::var("STRATA_THAW_POLL")
-                .ok()
-                .and_then(|v| humantime::parse_duration(&v).ok())
-                .unwrap_or(Duration::from_secs(300)),
+            poll: Duration::from_secs(300),
         }
     }
 }

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
+
+pub use crate::domain::RestoreTest;
 
 use super::thaw::{ThawOptions, ensure_readable};
 use super::{RestoreError, RestoreOptions, drop_database, find, open_verified};
@@ -254,21 +256,6 @@ async fn read_back(
         });
     }
     Ok(())
-}
-
-/// Outcome of a restore test.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RestoreTest {
-    pub job: String,
-    pub backup_id: Option<String>,
-    pub target: Option<String>,
-    pub started_at: DateTime<Utc>,
-    /// Time to restore and check it: the real RTO of this backup.
-    pub seconds: f64,
-    pub ok: bool,
-    pub error: Option<String>,
-    pub tables: usize,
-    pub rows: u64,
 }
 
 /// The newest backup of `job` that can be read right now (not in an archive tier

@@ -1,0 +1,219 @@
+//! Value types of a backup that every layer shares: how its dump is made and
+//! compressed, what it was taken from, the encryption format's limits.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use std::str::FromStr;
+
+/// What the dump is compressed with before encryption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip(u32),
+    Zstd(i32),
+}
+
+/// A compression setting that does not parse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompressionParseError {
+    #[error("unknown compression '{0}' (expected gzip:N, zstd:N or none)")]
+    Unknown(String),
+    #[error("gzip level {0} is out of range 1..=9")]
+    GzipLevel(String),
+    #[error("zstd level {0} is out of range 1..=19")]
+    ZstdLevel(String),
+}
+
+impl FromStr for Compression {
+    type Err = CompressionParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, level) = s.split_once(':').unwrap_or((s, ""));
+        match name {
+            "none" if level.is_empty() => Ok(Self::None),
+            "gzip" => {
+                let level = if level.is_empty() { "6" } else { level };
+                match level.parse::<u32>() {
+                    Ok(n @ 1..=9) => Ok(Self::Gzip(n)),
+                    _ => Err(CompressionParseError::GzipLevel(level.to_owned())),
+                }
+            }
+            "zstd" => {
+                let level = if level.is_empty() { "3" } else { level };
+                match level.parse::<i32>() {
+                    Ok(n @ 1..=19) => Ok(Self::Zstd(n)),
+                    _ => Err(CompressionParseError::ZstdLevel(level.to_owned())),
+                }
+            }
+            _ => Err(CompressionParseError::Unknown(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::Gzip(n) => write!(f, "gzip:{n}"),
+            Self::Zstd(n) => write!(f, "zstd:{n}"),
+        }
+    }
+}
+
+impl serde::Serialize for Compression {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Compression {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Compression {
+    /// File-name extension added by this compression (`gz`, `zst`), if any.
+    pub fn extension(self) -> Option<&'static str> {
+        match self {
+            Self::None => None,
+            Self::Gzip(_) => Some("gz"),
+            Self::Zstd(_) => Some("zst"),
+        }
+    }
+}
+
+/// pg_dump output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DumpFormat {
+    Plain,
+    Custom,
+}
+
+impl DumpFormat {
+    /// File-name extension before compression and encryption.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Plain => "sql",
+            Self::Custom => "dump",
+        }
+    }
+}
+
+/// Facts about the source database, recorded in the manifest.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct DatabaseInfo {
+    pub name: String,
+    pub server_version: String,
+    #[serde(skip)]
+    pub server_version_num: u32,
+}
+
+impl DatabaseInfo {
+    /// Major version (15 for 15.4; 9 for 9.6).
+    pub fn major(&self) -> u32 {
+        self.server_version_num / 10_000
+    }
+}
+
+/// Default plaintext bytes per chunk.
+pub const DEFAULT_CHUNK_SIZE: u32 = 65_536;
+/// Largest chunk size a reader accepts (bounds its memory).
+pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
+
+/// Object Lock retention put on new uploads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectLock {
+    pub mode: LockMode,
+    pub days: u32,
+}
+
+/// S3 Object Lock retention mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Users with `s3:BypassGovernanceRetention` may still delete.
+    Governance,
+    /// Nobody can delete before the retain-until date, not even the root user.
+    Compliance,
+}
+
+impl LockMode {
+    /// The name S3 uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Governance => "GOVERNANCE",
+            Self::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+impl fmt::Display for LockMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LockMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "GOVERNANCE" => Ok(Self::Governance),
+            "COMPLIANCE" => Ok(Self::Compliance),
+            _ => Err(format!("'{s}' is not GOVERNANCE or COMPLIANCE")),
+        }
+    }
+}
+
+/// Outcome of a restore test.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreTest {
+    pub job: String,
+    pub backup_id: Option<String>,
+    pub target: Option<String>,
+    pub started_at: DateTime<Utc>,
+    /// Time to restore and check it: the real RTO of this backup.
+    pub seconds: f64,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub tables: usize,
+    pub rows: u64,
+}
+
+/// Outcome of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Success,
+    Degraded,
+    Failed,
+    Aborted,
+}
+
+impl RunStatus {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Success => "success",
+            Self::Degraded => "degraded",
+            Self::Failed => "failed",
+            Self::Aborted => "aborted",
+        }
+    }
+
+    /// Reads a stored name; anything unknown counts as failed.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "running" => Self::Running,
+            "success" => Self::Success,
+            "degraded" => Self::Degraded,
+            "aborted" => Self::Aborted,
+            _ => Self::Failed,
+        }
+    }
+}
