@@ -11,16 +11,19 @@
 //! - [`pipeline`]: compression, encryption, the backup and restore streams, progress.
 //! - [`policy`]: retention, cost, schedules: pure, given `now`.
 //! - [`config`]: `config.yaml` into validated types.
-//! - [`metrics`], [`state`]: Prometheus registry; the state database.
+//! - [`metrics`], [`state`], [`alerts`]: Prometheus registry; the state
+//!   database; alert channels and their de-duplication.
 //! - [`app`], [`catalog`]: config plus live targets; listing and selecting backups.
 //! - [`commands`]: backup, restore, verify, refresh, prune, lifecycle, cost,
-//!   compliance, status.
+//!   compliance, status; [`run`]: one backup run's record, audit and guarded
+//!   execution, for the daemon and the CLI alike.
 //! - [`daemon`]: schedules, periodic checks, alerts; [`http`]: the API;
 //!   [`cli`]: arguments, dispatch and output.
 
 pub mod keys;
 pub mod telemetry;
 
+pub mod alerts;
 pub mod app;
 pub mod catalog;
 pub mod cli;
@@ -33,5 +36,6 @@ pub mod metrics;
 pub mod pg;
 pub mod pipeline;
 pub mod policy;
+pub mod run;
 pub mod state;
 pub mod storage;

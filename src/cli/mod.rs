@@ -357,13 +357,14 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 "cli:{}",
                 std::env::var("USER").unwrap_or_else(|_| "unknown".into())
             );
-            let mut run = crate::state::RunRecord::start(
+            let record = crate::state::RunRecord::start(
                 &job,
                 "cli",
                 None,
                 Utc::now(),
                 &crate::state::host_id(),
             );
+            let mut session = crate::run::Session::open(state.clone(), record, &actor, Utc::now());
             // Ctrl-C or SIGTERM aborts cleanly: no partial object, no manifest.
             let cancel = tokio_util::sync::CancellationToken::new();
             tokio::spawn({
@@ -373,9 +374,6 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                     cancel.cancel();
                 }
             });
-            if let Some(s) = &state {
-                s.save_run(&run);
-            }
             // The previous backup's size is the estimate.
             let estimate = crate::catalog::newest(&strata, &job)
                 .await
@@ -390,22 +388,12 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 cancel,
                 progress: Some(progress),
             };
-            let result =
-                crate::commands::backup::run_job(&strata, &job, run.started_at, &ctl).await;
+            let timeout = strata.job(&job)?.timeout;
+            let strata = std::sync::Arc::new(strata);
+            let result = session.execute(strata.clone(), ctl, timeout).await;
             reporter.finish().await;
-            run.finish(&result, Utc::now());
-            if let Some(s) = &state {
-                s.save_run(&run);
-                s.audit(crate::state::AuditEntry {
-                    at: Utc::now(),
-                    actor,
-                    action: "backup".into(),
-                    job: Some(job.clone()),
-                    run_id: Some(run.id.clone()),
-                    detail: serde_json::json!({ "status": run.status.as_str(), "backup_id": run.backup_id, "error": run.error }),
-                });
-                sync_state(s).await;
-            }
+            session.finish(&strata, &result, Utc::now());
+            session.sync(std::time::Duration::from_secs(15)).await;
             let report = result?;
             if json {
                 print_json(&report);
@@ -471,15 +459,15 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             action: AlertAction::Test,
         } => {
             let config = load(&cli.config)?;
-            let alerter = crate::daemon::alerts::Alerter::from_config(&config.alerts)?;
+            let alerter = crate::alerts::Alerter::from_config(&config.alerts)?;
             if !alerter.has_channels() {
                 return Err(Failure(
                     1,
                     "no alert channel is configured (alerts.email, alerts.webhook)".into(),
                 ));
             }
-            let alert = crate::daemon::alerts::Alert::new(
-                crate::daemon::alerts::Kind::Test,
+            let alert = crate::alerts::Alert::new(
+                crate::alerts::Kind::Test,
                 None,
                 format!("test message from `strata alert test` ({})", cli_actor()),
                 "nothing: this checks that alerts reach you",

@@ -2,8 +2,6 @@
 //! process and, through the state database, across processes), run bookkeeping
 //! (state database, metrics, health, audit), start-up cleanup and graceful stop.
 
-pub mod alerts;
-
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -15,14 +13,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::alerts::{Alert, Alerter, Kind};
 use crate::app::Strata;
 use crate::catalog;
 use crate::commands::prune;
 use crate::commands::restore::RestoreTest;
 use crate::config::Config;
-use crate::daemon::alerts::{Alert, Alerter, Kind};
 use crate::metrics::Metrics;
 use crate::policy::schedule::{self, Clock};
+use crate::run::Session;
 use crate::state::{AuditEntry, JobLock, RunRecord, RunStatus, StateDb};
 
 /// Runs kept in memory for `GET /runs/{id}` when the state database is down.
@@ -57,7 +56,7 @@ pub enum DaemonError {
     #[error("cannot listen: {0}")]
     Listen(std::io::Error),
     #[error(transparent)]
-    Alerts(#[from] crate::daemon::alerts::AlertError),
+    Alerts(#[from] crate::alerts::AlertError),
 }
 
 /// What `/health` shows per job, kept in memory so health checks cost nothing.
@@ -461,26 +460,17 @@ impl Daemon {
         run_id: Option<&str>,
         detail: serde_json::Value,
     ) {
-        tracing::info!(actor, action, job, run_id, %detail, "audit");
-        if let Some(state) = &self.state {
-            state.audit(AuditEntry {
+        crate::run::audit(
+            self.state.as_deref(),
+            AuditEntry {
                 at: self.clock.now(),
                 actor: actor.to_owned(),
                 action: action.to_owned(),
                 job: job.map(str::to_owned),
                 run_id: run_id.map(str::to_owned),
                 detail,
-            });
-        }
-    }
-
-    /// Stores the run (when a state database is configured) and audits
-    /// `action`; never waits for the database.
-    fn record(&self, run: &RunRecord, actor: &str, action: &str, detail: serde_json::Value) {
-        if let Some(state) = &self.state {
-            state.save_run(run);
-        }
-        self.audit_now(actor, action, Some(&run.job), Some(&run.id), detail);
+            },
+        );
     }
 
     /// Starts a backup of `job` unless one is running anywhere; returns the run id
@@ -620,12 +610,7 @@ impl Daemon {
         needs_lock: bool,
     ) {
         let job = run.job.clone();
-        self.record(
-            &run,
-            &actor,
-            "backup.start",
-            serde_json::json!({ "trigger": run.trigger }),
-        );
+        let session = Session::open(self.state.clone(), run, &actor, self.clock.now());
         // A development refresh restores the source job's newest backup: when that
         // job is queued or being backed up right now, wait for it first (before
         // taking a slot, so the two can never wait for each other).
@@ -660,73 +645,12 @@ impl Daemon {
             .config()
             .job(&job)
             .map_or(Duration::from_secs(12 * 3600), |j| j.timeout);
-        let result = self
-            .run_guarded(&job, &run, &cancel, progress, timeout)
-            .await;
-        self.finish_run(guard, run, result, actor).await;
-    }
-
-    /// The run itself on a task of its own, so a panic in it becomes a failed
-    /// run instead of a job marked running for ever; past `timeout` it is
-    /// cancelled like a shutdown and fails.
-    async fn run_guarded(
-        &self,
-        job: &str,
-        run: &RunRecord,
-        cancel: &CancellationToken,
-        progress: Arc<crate::pipeline::progress::Progress>,
-        timeout: Duration,
-    ) -> Result<crate::commands::backup::BackupReport, crate::commands::backup::RunError> {
-        if cancel.is_cancelled() {
-            return Err(crate::commands::backup::RunError::Pipeline(
-                crate::pipeline::PipelineError::Cancelled,
-            ));
-        }
         let ctl = crate::commands::backup::RunControl {
             cancel: cancel.clone(),
             progress: Some(progress),
         };
-        let strata = self.strata.clone();
-        let name = job.to_owned();
-        let started_at = run.started_at;
-        let mut task = tokio::spawn(async move {
-            #[cfg(debug_assertions)]
-            if std::env::var("STRATA_TEST_PANIC_JOB").is_ok_and(|j| j == name) {
-                panic!("injected panic (STRATA_TEST_PANIC_JOB) in a run of {name}");
-            }
-            crate::commands::backup::run_job(&strata, &name, started_at, &ctl).await
-        });
-        let joined = tokio::select! {
-            joined = &mut task => joined,
-            () = tokio::time::sleep(timeout) => {
-                tracing::error!(job, timeout = %humantime::format_duration(timeout), "run past its deadline: cancelling it");
-                cancel.cancel();
-                match tokio::time::timeout(Duration::from_secs(60), &mut task).await {
-                    // It completed its last step as the deadline passed.
-                    Ok(Ok(Ok(report))) => return Ok(report),
-                    Ok(_) => {}
-                    Err(_) => task.abort(),
-                }
-                return Err(crate::commands::backup::RunError::TimedOut(timeout));
-            }
-        };
-        match joined {
-            Ok(result) => result,
-            Err(e) => {
-                let message = if e.is_panic() {
-                    let payload = e.into_panic();
-                    payload
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a panic without a message".to_owned())
-                } else {
-                    "the run's task was cancelled".to_owned()
-                };
-                tracing::error!(job, error = %message, "a run panicked; it is recorded as failed");
-                Err(crate::commands::backup::RunError::Panicked(message))
-            }
-        }
+        let result = session.execute(self.strata.clone(), ctl, timeout).await;
+        self.finish_run(guard, session, result).await;
     }
 
     fn set_queued(&self, job: &str, queued: bool) {
@@ -744,31 +668,16 @@ impl Daemon {
     async fn finish_run(
         &self,
         guard: RunGuard,
-        mut run: RunRecord,
+        mut session: Session,
         result: Result<crate::commands::backup::BackupReport, crate::commands::backup::RunError>,
-        actor: String,
     ) {
-        let job = run.job.clone();
-        let duration = (self.clock.now() - run.started_at)
+        let job = session.record.job.clone();
+        let duration = (self.clock.now() - session.record.started_at)
             .to_std()
             .unwrap_or_default()
             .as_secs_f64();
-        if let Some(r) = self
-            .strata
-            .config()
-            .job(&job)
-            .and_then(|j| j.refresh.as_ref())
-        {
-            let error = match &result {
-                Err(crate::commands::backup::RunError::Refresh(e)) => Some(e.clone()),
-                _ => None,
-            };
-            let detail =
-                serde_json::json!({ "from": r.from, "ok": error.is_none(), "error": error });
-            self.audit(&actor, "refresh", Some(&job), Some(&run.id), detail)
-                .await;
-        }
-        run.finish(&result, self.clock.now());
+        session.finish(&self.strata, &result, self.clock.now());
+        let run = session.record.clone();
         let m = &self.metrics;
         m.last_duration.with_label_values(&[&job]).set(duration);
         if let Ok(report) = &result {
@@ -809,24 +718,9 @@ impl Daemon {
             }
         }
         m.running.with_label_values(&[&job]).set(0);
-        tracing::info!(
-            job = %job,
-            run_id = %run.id,
-            status = run.status.as_str(),
-            backup_id = run.backup_id.as_deref().unwrap_or("-"),
-            raw_bytes = run.raw_bytes.unwrap_or(0),
-            stored_bytes = run.stored_bytes.unwrap_or(0),
-            duration_s = duration,
-            error = run.error.as_deref().unwrap_or(""),
-            "backup run finished"
-        );
         self.remember(&run);
-        let detail = serde_json::json!({ "status": run.status.as_str(), "backup_id": run.backup_id, "error": run.error });
-        self.record(&run, &actor, "backup.finish", detail);
-        if let Some(state) = &self.state {
-            // Written now when the database answers; kept for later when not.
-            state.sync(Duration::from_secs(5)).await;
-        }
+        // Written now when the database answers; kept for later when not.
+        session.sync(Duration::from_secs(5)).await;
         // Alerts go out on their own: a channel that does not answer must not
         // hold the job (its 30 s deadline would) before it is released.
         {
