@@ -9,6 +9,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
+mod exit;
+
+use exit::Failure;
+
 use crate::app::Strata;
 use crate::config::{Config, TargetKind};
 use crate::keys::{self, MasterKey};
@@ -247,15 +251,6 @@ impl ThawArgs {
     }
 }
 
-/// Failure of a command: message plus exit status.
-struct Failure(u8, String);
-
-impl<E: std::fmt::Display> From<E> for Failure {
-    fn from(e: E) -> Self {
-        Self(1, e.to_string())
-    }
-}
-
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> ExitCode {
     match dispatch(cli).await {
@@ -268,7 +263,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 fn load(path: &std::path::Path) -> Result<Config, Failure> {
-    Config::load(path).map_err(|e| Failure(2, e.to_string()))
+    Config::load(path).map_err(|e| Failure(exit::USAGE, e.to_string()))
 }
 
 fn print_json<T: serde::Serialize>(value: &T) {
@@ -315,11 +310,10 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             let config = load(&cli.config)?;
             let job = config
                 .job(&job)
-                .ok_or_else(|| Failure(2, format!("unknown job '{job}'")))?;
-            let schedule = job
-                .schedule
-                .as_ref()
-                .ok_or_else(|| Failure(1, format!("job '{}' has no schedule", job.name)))?;
+                .ok_or_else(|| Failure(exit::USAGE, format!("unknown job '{job}'")))?;
+            let schedule = job.schedule.as_ref().ok_or_else(|| {
+                Failure(exit::FAILED, format!("job '{}' has no schedule", job.name))
+            })?;
             let start = from.map_or_else(Utc::now, |t| t.with_timezone(&Utc));
             for t in crate::policy::schedule::upcoming(schedule, config.timezone, start, count) {
                 println!("{}  {}", t.to_rfc3339(), t.with_timezone(&Utc).to_rfc3339());
@@ -340,7 +334,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                     Ok(Some(lock)) => Some(lock),
                     Ok(None) => {
                         return Err(Failure(
-                            1,
+                            exit::FAILED,
                             format!(
                                 "a backup of job '{job}' is already running (another strata process holds its lock)"
                             ),
@@ -420,7 +414,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 Ok(())
             } else {
                 Err(Failure(
-                    1,
+                    exit::FAILED,
                     format!(
                         "backup {} is degraded: target(s) {} failed; the others hold a valid copy",
                         report.manifest.backup_id,
@@ -462,7 +456,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             let alerter = crate::alerts::Alerter::from_config(&config.alerts)?;
             if !alerter.has_channels() {
                 return Err(Failure(
-                    1,
+                    exit::FAILED,
                     "no alert channel is configured (alerts.email, alerts.webhook)".into(),
                 ));
             }
@@ -485,7 +479,10 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             if failed == 0 {
                 Ok(())
             } else {
-                Err(Failure(1, format!("{failed} alert channel(s) failed")))
+                Err(Failure(
+                    exit::FAILED,
+                    format!("{failed} alert channel(s) failed"),
+                ))
             }
         }
         Command::Status { json } => status(&cli.config, json).await,
@@ -541,7 +538,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 Ok(())
             } else {
                 Err(Failure(
-                    1,
+                    exit::FAILED,
                     format!(
                         "{} target(s) could not be listed; the figures leave them out",
                         inventory.errors.len()
@@ -579,7 +576,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                     .map(|c| c.check.as_str())
                     .collect();
                 Err(Failure(
-                    1,
+                    exit::FAILED,
                     format!("compliance checks failed: {}", failed.join(", ")),
                 ))
             }
@@ -591,7 +588,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 Some(t) if job_cfg.targets.contains(&t) => vec![t],
                 Some(t) => {
                     return Err(Failure(
-                        2,
+                        exit::USAGE,
                         format!("target '{t}' is not one of job '{job}''s targets"),
                     ));
                 }
@@ -643,7 +640,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             if refused.iter().any(|(_, r)| r.error.is_forgery()) {
                 return Err(Failure(
-                    1,
+                    exit::FAILED,
                     format!(
                         "{} manifest(s) of job '{job}' are forged or cannot be authenticated; they are never restored, counted or pruned (see above)",
                         refused.iter().filter(|(_, r)| r.error.is_forgery()).count()
@@ -690,7 +687,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 }
             };
             audit_cli(strata.config(), "restore", Some(&job), detail).await;
-            let report = result.map_err(not_yet)?;
+            let report = result.map_err(Failure::from)?;
             if json {
                 print_json(&report);
             } else {
@@ -781,12 +778,12 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             if !report.ok() {
                 Err(Failure(
-                    1,
+                    exit::FAILED,
                     format!("verification of {} failed", report.backup_id),
                 ))
             } else if !report.thawing.is_empty() {
                 Err(Failure(
-                    75,
+                    exit::NOT_YET,
                     format!(
                         "{} copy(ies) of {} are thawing; run the same command again later, or add --wait",
                         report.thawing.len(),
@@ -795,7 +792,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 ))
             } else if report.targets.is_empty() {
                 Err(Failure(
-                    1,
+                    exit::FAILED,
                     format!("no copy of {} could be checked", report.backup_id),
                 ))
             } else {
@@ -874,7 +871,7 @@ async fn status(config: &std::path::Path, json: bool) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure(
-            1,
+            exit::FAILED,
             format!("job(s) not ok: {}", unhealthy.join(", ")),
         ))
     }
@@ -952,7 +949,7 @@ async fn prune_with(
         }
         if purged.iter().any(|(_, _, r)| r.is_err()) {
             return Err(Failure(
-                1,
+                exit::FAILED,
                 "some refused manifests could not be deleted".into(),
             ));
         }
@@ -987,7 +984,7 @@ async fn prune_with(
                 Ok(())
             }
             None => Err(Failure(
-                1,
+                exit::FAILED,
                 format!(
                     "job '{job}' deletes only with approval and the plan could not be recorded (no reachable state database); nothing deleted; pass --approve to delete now"
                 ),
@@ -1016,7 +1013,7 @@ async fn prune_with(
         Ok(())
     } else {
         Err(Failure(
-            1,
+            exit::FAILED,
             format!(
                 "{} deletion(s) failed; the manifests of those copies may already be gone (their objects are then unlisted debris)",
                 out.failed.len()
@@ -1038,11 +1035,11 @@ async fn lifecycle(
             Some(TargetKind::S3 { .. }) => {}
             Some(TargetKind::Local { .. }) => {
                 return Err(Failure(
-                    2,
+                    exit::USAGE,
                     format!("target '{t}' is local disk: it has no lifecycle rules"),
                 ));
             }
-            None => return Err(Failure(2, format!("unknown target '{t}'"))),
+            None => return Err(Failure(exit::USAGE, format!("unknown target '{t}'"))),
         }
     }
     let mut statuses = Vec::new();
@@ -1086,11 +1083,11 @@ async fn lifecycle(
         }
     }
     if let Some(e) = errors.first() {
-        return Err(Failure(1, e.clone()));
+        return Err(Failure(exit::FAILED, e.clone()));
     }
     if matches!(action, LifecycleAction::Show) && statuses.iter().any(|s| !s.in_sync) {
         return Err(Failure(
-            1,
+            exit::FAILED,
             "lifecycle rules differ from the config; run `strata lifecycle apply`".into(),
         ));
     }
@@ -1112,12 +1109,6 @@ fn describe_rule(r: &crate::commands::lifecycle::Rule) -> String {
         parts.push(format!("abort incomplete uploads after {d} d"));
     }
     parts.join(", ")
-}
-
-/// Exit status 75 ("not yet") for an archived object that is thawing.
-fn not_yet(e: crate::commands::restore::RestoreError) -> Failure {
-    let code = if e.is_thawing() { 75 } else { 1 };
-    Failure(code, e.to_string())
 }
 
 /// Records a CLI operation in the state database's audit log, when one is

@@ -32,7 +32,7 @@ pub struct RunControl {
 /// Why a backup did not happen at all.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error(transparent)]
+    #[error("{0}")]
     UnknownJob(#[from] UnknownJob),
     #[error(transparent)]
     Source(#[from] SourceError),

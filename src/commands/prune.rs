@@ -19,7 +19,7 @@ use crate::storage::{StorageError, Target};
 /// Why pruning could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {
-    #[error(transparent)]
+    #[error("{0}")]
     UnknownJob(#[from] UnknownJob),
     #[error("listing backups failed: {0}")]
     Storage(#[from] StorageError),

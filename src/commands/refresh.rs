@@ -15,7 +15,7 @@ use crate::pg::SourceError;
 /// Why a refresh did not happen; the job's database is unchanged.
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
-    #[error(transparent)]
+    #[error("{0}")]
     UnknownJob(#[from] UnknownJob),
     #[error("job '{0}' has no refresh settings")]
     NotConfigured(String),

@@ -2,7 +2,7 @@
 //! process and, through the state database, across processes), run bookkeeping
 //! (state database, metrics, health, audit), start-up cleanup and graceful stop.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -136,7 +136,7 @@ pub struct Daemon {
     checks: Mutex<Checks>,
     /// Wakes the periodic checks early (after a run changed what is stored).
     recheck: tokio::sync::Notify,
-    recent: Mutex<(Vec<String>, HashMap<String, RunRecord>)>,
+    recent: Mutex<(VecDeque<String>, HashMap<String, RunRecord>)>,
     running: Mutex<HashMap<String, Running>>,
     /// Runs at once across all jobs (`daemon.max_concurrent_runs`); FIFO.
     slots: Arc<tokio::sync::Semaphore>,
@@ -431,12 +431,13 @@ impl Daemon {
     fn remember(&self, run: &RunRecord) {
         let mut recent = lock(&self.recent);
         if !recent.1.contains_key(&run.id) {
-            recent.0.push(run.id.clone());
+            recent.0.push_back(run.id.clone());
         }
         recent.1.insert(run.id.clone(), run.clone());
         while recent.0.len() > RECENT_RUNS {
-            let old = recent.0.remove(0);
-            recent.1.remove(&old);
+            if let Some(old) = recent.0.pop_front() {
+                recent.1.remove(&old);
+            }
         }
     }
 

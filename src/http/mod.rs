@@ -65,23 +65,44 @@ impl IntoResponse for AuthError {
     }
 }
 
-/// Checks `Authorization: Bearer …` against `expected` in constant time; returns
-/// the caller's identity for the audit log (a token fingerprint, never the token).
-fn authorize(headers: &HeaderMap, expected: Option<&TokenHash>) -> Result<String, AuthError> {
-    let Some(expected) = expected else {
-        return Err(AuthError::Disabled("http.token_file"));
-    };
-    check_bearer(headers, expected)
+/// A caller that presented the API token (`http.token_file`); holds its identity
+/// for the audit log (a token fingerprint, never the token).
+struct Caller(String);
+
+/// A caller that presented the admin token (`http.admin_token_file`).
+struct Admin(String);
+
+impl axum::extract::FromRequestParts<Arc<Daemon>> for Caller {
+    type Rejection = AuthError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        d: &Arc<Daemon>,
+    ) -> Result<Self, Self::Rejection> {
+        let expected = d
+            .api_token
+            .as_ref()
+            .ok_or(AuthError::Disabled("http.token_file"))?;
+        check_bearer(&parts.headers, expected).map(Self)
+    }
 }
 
-/// Like [`authorize`], against the admin token (approving deletions).
-fn authorize_admin(headers: &HeaderMap, expected: Option<&TokenHash>) -> Result<String, AuthError> {
-    let Some(expected) = expected else {
-        return Err(AuthError::Disabled("http.admin_token_file"));
-    };
-    check_bearer(headers, expected).map(|a| a.replacen("api:", "admin:", 1))
+impl axum::extract::FromRequestParts<Arc<Daemon>> for Admin {
+    type Rejection = AuthError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        d: &Arc<Daemon>,
+    ) -> Result<Self, Self::Rejection> {
+        let expected = d
+            .admin_token
+            .as_ref()
+            .ok_or(AuthError::Disabled("http.admin_token_file"))?;
+        check_bearer(&parts.headers, expected).map(|a| Self(a.replacen("api:", "admin:", 1)))
+    }
 }
 
+/// Checks `Authorization: Bearer …` against `expected` in constant time.
 fn check_bearer(headers: &HeaderMap, expected: &TokenHash) -> Result<String, AuthError> {
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -198,14 +219,10 @@ async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
 
 async fn start_backup(
     State(d): State<Arc<Daemon>>,
+    Caller(actor): Caller,
     Path(job): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let actor = match authorize(&headers, d.api_token.as_ref()) {
-        Ok(a) => a,
-        Err(r) => return r.into_response(),
-    };
     // An optional JSON object, e.g. {"reason": "before the migration"}.
     let reason = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
@@ -238,13 +255,9 @@ async fn start_backup(
 
 async fn list_backups(
     State(d): State<Arc<Daemon>>,
+    Caller(actor): Caller,
     Path(job): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    let actor = match authorize(&headers, d.api_token.as_ref()) {
-        Ok(a) => a,
-        Err(r) => return r.into_response(),
-    };
     let Some(cfg) = d.strata.config().job(&job) else {
         return error(StatusCode::NOT_FOUND, format!("unknown job '{job}'"));
     };
@@ -267,14 +280,7 @@ async fn list_backups(
     axum::Json(Value::Array(items)).into_response()
 }
 
-async fn get_run(
-    State(d): State<Arc<Daemon>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = authorize(&headers, d.api_token.as_ref()) {
-        return r.into_response();
-    }
+async fn get_run(State(d): State<Arc<Daemon>>, _: Caller, Path(id): Path<String>) -> Response {
     match d.run(&id).await {
         Some(run) => axum::Json(run).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no run '{id}'")),
@@ -283,13 +289,9 @@ async fn get_run(
 
 async fn approve_prune(
     State(d): State<Arc<Daemon>>,
+    Admin(actor): Admin,
     Path(job): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    let actor = match authorize_admin(&headers, d.admin_token.as_ref()) {
-        Ok(a) => a,
-        Err(r) => return r.into_response(),
-    };
     if d.strata.config().job(&job).is_none() {
         return error(StatusCode::NOT_FOUND, format!("unknown job '{job}'"));
     }

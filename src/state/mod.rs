@@ -83,8 +83,10 @@ impl RunRecord {
 
 /// This process, as recorded in runs and claims: `hostname:pid`.
 pub fn host_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map_or_else(|_| "localhost".to_owned(), |h| h.trim().to_owned());
+    let host = hostname::get().map_or_else(
+        |_| "localhost".to_owned(),
+        |h| h.to_string_lossy().into_owned(),
+    );
     format!("{host}:{}", std::process::id())
 }
 

@@ -322,6 +322,17 @@ where
     }
 }
 
+/// Everything but RFC 3986's unreserved characters is escaped in a tag set.
+const TAG_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+fn urlencode(s: &str) -> percent_encoding::PercentEncode<'_> {
+    percent_encoding::utf8_percent_encode(s, TAG_ESCAPED)
+}
+
 fn tagging(tags: &[(String, String)]) -> Option<String> {
     (!tags.is_empty()).then(|| {
         tags.iter()
@@ -329,17 +340,6 @@ fn tagging(tags: &[(String, String)]) -> Option<String> {
             .collect::<Vec<_>>()
             .join("&")
     })
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 struct S3Upload {
@@ -815,8 +815,12 @@ mod tests {
         let tags = vec![
             ("strata-job".into(), "prod db".into()),
             ("a&b".into(), "c=d".into()),
+            ("team~1".into(), "Zürich/ops+".into()),
         ];
-        assert_eq!(tagging(&tags).unwrap(), "strata-job=prod%20db&a%26b=c%3Dd");
+        assert_eq!(
+            tagging(&tags).unwrap(),
+            "strata-job=prod%20db&a%26b=c%3Dd&team~1=Z%C3%BCrich%2Fops%2B"
+        );
         assert_eq!(tagging(&[]), None);
     }
 }

@@ -48,6 +48,28 @@ fn world_readable_or_missing_key_files_stop_every_command() {
 }
 
 #[test]
+fn an_unknown_job_is_status_2_in_every_command_that_takes_one() {
+    let setup = Setup::new();
+    let db = TestDb::create();
+    setup.write_config("", &job("app", &db.url(), "local", ""));
+    let into = db.url();
+    for args in [
+        &["backup", "nope"][..],
+        &["list", "nope"],
+        &["restore", "nope", "--into", &into],
+        &["verify", "nope"],
+        &["next", "nope"],
+        &["prune", "nope", "--dry-run"],
+    ] {
+        let out = strata(&setup, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("unknown job 'nope'"), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn keygen_never_overwrites_a_key() {
     let setup = Setup::new();
     let key = setup.path().join("k1.key");

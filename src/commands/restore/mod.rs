@@ -57,7 +57,7 @@ const COPY_BUF: usize = 1 << 20;
 /// Why a restore or verification failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
-    #[error(transparent)]
+    #[error("{0}")]
     UnknownJob(#[from] UnknownJob),
     #[error(transparent)]
     Source(#[from] SourceError),
