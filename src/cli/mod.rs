@@ -232,8 +232,8 @@ pub struct ThawArgs {
     #[arg(long)]
     wait: bool,
     /// Retrieval tier for archived objects: Standard, Bulk or Expedited.
-    #[arg(long, default_value = "Standard", value_parser = ["Standard", "Bulk", "Expedited"])]
-    thaw_tier: String,
+    #[arg(long, default_value = "Standard")]
+    thaw_tier: crate::domain::ThawTier,
     /// Days the thawed copy stays readable.
     #[arg(long, default_value_t = 3)]
     thaw_days: i32,
@@ -243,7 +243,7 @@ impl ThawArgs {
     /// The options, polling as often as `daemon.thaw_poll` says.
     fn options(&self, config: &Config) -> crate::commands::restore::ThawOptions {
         crate::commands::restore::ThawOptions {
-            tier: self.thaw_tier.clone(),
+            tier: self.thaw_tier,
             days: self.thaw_days,
             wait: self.wait,
             poll: config.daemon.thaw_poll,

@@ -17,6 +17,7 @@ use serde_yaml::Value;
 
 use crate::domain::{
     Compression, DEFAULT_CHUNK_SIZE, DumpFormat, LockMode, MAX_CHUNK_SIZE, ObjectLock,
+    ServerSideEncryption,
 };
 use crate::keys::{Keyring, MasterKey};
 use crate::pg::DbUrl;
@@ -978,8 +979,8 @@ fn validate_target(name: &str, t: RawTarget, p: &mut Problems) -> Option<TargetC
             // where virtual-hosted names would not resolve.
             settings.path_style = t.path_style.unwrap_or(settings.endpoint.is_some());
             settings.server_side_encryption = match t.server_side_encryption.as_deref() {
-                None | Some("AES256") => Some("AES256".into()),
-                Some("aws:kms") => Some("aws:kms".into()),
+                None | Some("AES256") => Some(ServerSideEncryption::S3Managed),
+                Some("aws:kms") => Some(ServerSideEncryption::Kms),
                 Some("none") => None,
                 Some(other) => {
                     p.add(

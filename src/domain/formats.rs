@@ -217,3 +217,105 @@ impl RunStatus {
         }
     }
 }
+
+/// The result of one check (a copy read back, a scratch restore): shown and
+/// serialised as `ok` or as the failure's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Failed(String),
+}
+
+impl Outcome {
+    /// From a check's result, keeping the error's message.
+    pub fn of<T, E: fmt::Display>(result: &Result<T, E>) -> Self {
+        match result {
+            Ok(_) => Self::Ok,
+            Err(e) => Self::Failed(e.to_string()),
+        }
+    }
+
+    /// The check passed.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Self::Ok)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ok => f.write_str("ok"),
+            Self::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl serde::Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Server-side encryption S3 applies to every upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerSideEncryption {
+    /// SSE-S3 (`AES256`): keys managed by S3.
+    S3Managed,
+    /// SSE-KMS (`aws:kms`) with the bucket's default KMS key.
+    Kms,
+}
+
+impl ServerSideEncryption {
+    /// The header value S3 uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::S3Managed => "AES256",
+            Self::Kms => "aws:kms",
+        }
+    }
+}
+
+impl fmt::Display for ServerSideEncryption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How fast (and how dearly) an archived object is thawed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThawTier {
+    Standard,
+    Bulk,
+    /// GLACIER only.
+    Expedited,
+}
+
+impl FromStr for ThawTier {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "Standard" => Ok(Self::Standard),
+            "Bulk" => Ok(Self::Bulk),
+            "Expedited" => Ok(Self::Expedited),
+            _ => Err(format!("'{s}' is not Standard, Bulk or Expedited")),
+        }
+    }
+}
+
+impl ThawTier {
+    /// The name S3 uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standard => "Standard",
+            Self::Bulk => "Bulk",
+            Self::Expedited => "Expedited",
+        }
+    }
+}
+
+impl fmt::Display for ThawTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

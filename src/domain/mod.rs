@@ -7,5 +7,5 @@ pub mod manifest;
 
 pub use formats::{
     Compression, CompressionParseError, DEFAULT_CHUNK_SIZE, DatabaseInfo, DumpFormat, LockMode,
-    MAX_CHUNK_SIZE, ObjectLock, RestoreTest, RunStatus,
+    MAX_CHUNK_SIZE, ObjectLock, Outcome, RestoreTest, RunStatus, ServerSideEncryption, ThawTier,
 };

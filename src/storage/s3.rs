@@ -45,7 +45,7 @@ pub struct S3Settings {
     pub region: String,
     pub endpoint: Option<String>,
     pub path_style: bool,
-    pub server_side_encryption: Option<String>,
+    pub server_side_encryption: Option<crate::domain::ServerSideEncryption>,
     pub storage_class: Option<String>,
     pub tags: Vec<(String, String)>,
     /// Explicit credentials (access key id, secret); `None` uses the standard AWS
@@ -75,7 +75,7 @@ impl S3Settings {
             region: region.into(),
             endpoint: None,
             path_style: false,
-            server_side_encryption: Some("AES256".into()),
+            server_side_encryption: Some(crate::domain::ServerSideEncryption::S3Managed),
             storage_class: None,
             tags: Vec::new(),
             credentials: None,
@@ -375,8 +375,7 @@ impl S3Upload {
             .set_checksum_algorithm(s.checksum())
             .set_server_side_encryption(
                 s.server_side_encryption
-                    .as_deref()
-                    .map(ServerSideEncryption::from),
+                    .map(|sse| ServerSideEncryption::from(sse.as_str())),
             )
             .set_storage_class(s.class_for(&self.key))
             .set_tagging(s.tagging_for(&self.key))
@@ -457,8 +456,7 @@ impl S3Upload {
                 .set_checksum_algorithm(s.checksum())
                 .set_server_side_encryption(
                     s.server_side_encryption
-                        .as_deref()
-                        .map(ServerSideEncryption::from),
+                        .map(|sse| ServerSideEncryption::from(sse.as_str())),
                 )
                 .set_storage_class(s.class_for(&self.key))
                 .set_tagging(s.tagging_for(&self.key))

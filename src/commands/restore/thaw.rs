@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::RestoreError;
+use crate::domain::ThawTier;
 use crate::storage::s3::S3Target;
 use crate::storage::{Target, Thaw};
 
@@ -14,7 +15,7 @@ use crate::storage::{Target, Thaw};
 #[derive(Debug, Clone)]
 pub struct ThawOptions {
     /// Retrieval tier: `Standard`, `Bulk` or `Expedited` (GLACIER only).
-    pub tier: String,
+    pub tier: ThawTier,
     /// Days the thawed copy stays readable.
     pub days: i32,
     /// Poll until readable instead of returning [`RestoreError::Thawing`].
@@ -26,7 +27,7 @@ pub struct ThawOptions {
 impl Default for ThawOptions {
     fn default() -> Self {
         Self {
-            tier: "Standard".into(),
+            tier: ThawTier::Standard,
             days: 3,
             wait: false,
             poll: Duration::from_secs(300),
@@ -35,13 +36,13 @@ impl Default for ThawOptions {
 }
 
 /// Hours a thaw takes at most, as AWS documents it per class and tier.
-fn thaw_hours(class: &str, tier: &str) -> i64 {
+fn thaw_hours(class: &str, tier: ThawTier) -> i64 {
     match (class, tier) {
-        ("DEEP_ARCHIVE", "Bulk") => 48,
+        ("DEEP_ARCHIVE", ThawTier::Bulk) => 48,
         ("DEEP_ARCHIVE", _) => 12,
-        (_, "Expedited") => 1,
-        (_, "Bulk") => 12,
-        _ => 5,
+        (_, ThawTier::Expedited) => 1,
+        (_, ThawTier::Bulk) => 12,
+        (_, ThawTier::Standard) => 5,
     }
 }
 
@@ -75,7 +76,7 @@ pub async fn ensure_readable(
             Thaw::InProgress => "a thaw is in progress".to_owned(),
         };
         let ready_by = requested_at.unwrap_or_else(Utc::now)
-            + chrono::Duration::hours(thaw_hours(&class, &opts.tier));
+            + chrono::Duration::hours(thaw_hours(&class, opts.tier));
         let err = RestoreError::Thawing {
             target: target.name().to_owned(),
             key: key.to_owned(),

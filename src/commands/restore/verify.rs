@@ -13,6 +13,7 @@ use super::thaw::{ThawOptions, ensure_readable};
 use super::{RestoreError, RestoreOptions, drop_database, find, open_verified};
 use crate::app::Strata;
 use crate::catalog::{self, Entry};
+use crate::domain::Outcome;
 use crate::domain::manifest::{Verification, manifest_key_beside};
 use crate::pg::DbUrl;
 use crate::pipeline::progress::Progress;
@@ -22,11 +23,12 @@ use crate::storage::{StorageError, Target};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VerifyReport {
     pub backup_id: String,
-    /// Per target: `ok` or the failure.
-    pub targets: Vec<(String, String)>,
+    /// Per target: how reading its copy back went.
+    pub targets: Vec<(String, Outcome)>,
     /// Copies (or the restore test) not checked because they are still thawing.
     pub thawing: Vec<(String, String)>,
-    pub restore: Option<String>,
+    /// The scratch restore (with `restore_into`).
+    pub restore: Option<Outcome>,
     /// The scratch restore as a restore test (when one ran): its measured RTO.
     pub restore_test: Option<RestoreTest>,
 }
@@ -34,8 +36,8 @@ pub struct VerifyReport {
 impl VerifyReport {
     /// Every check passed.
     pub fn ok(&self) -> bool {
-        self.targets.iter().all(|(_, r)| r == "ok")
-            && self.restore.as_deref().is_none_or(|r| r == "ok")
+        self.targets.iter().all(|(_, r)| r.is_ok())
+            && self.restore.as_ref().is_none_or(Outcome::is_ok)
     }
 }
 
@@ -94,7 +96,7 @@ pub async fn verify_with(
                 continue;
             }
             Err(e) => {
-                targets.push((record.target.clone(), e.to_string()));
+                targets.push((record.target.clone(), Outcome::Failed(e.to_string())));
                 continue;
             }
             Ok(()) => {}
@@ -110,10 +112,7 @@ pub async fn verify_with(
             progress.clone(),
         )
         .await;
-        targets.push((
-            record.target.clone(),
-            result.map_or_else(|e| e.to_string(), |()| "ok".into()),
-        ));
+        targets.push((record.target.clone(), Outcome::of(&result)));
     }
     let mut restore_test = None;
     let restore = match restore_into {
@@ -154,7 +153,7 @@ pub async fn verify_with(
                     thawing.push(("restore".into(), e.to_string()));
                     None
                 }
-                other => Some(other.map_or_else(|e| e.to_string(), |_| "ok".into())),
+                other => Some(Outcome::of(&other)),
             }
         }
     };
@@ -180,8 +179,8 @@ async fn record_verification(strata: &Strata, entry: &Entry, report: &VerifyRepo
             at: now,
             kind: "read_back".into(),
             target: target.clone(),
-            ok: outcome == "ok",
-            detail: outcome.clone(),
+            ok: outcome.is_ok(),
+            detail: outcome.to_string(),
         })
         .collect();
     if let Some(outcome) = &report.restore {
@@ -189,8 +188,8 @@ async fn record_verification(strata: &Strata, entry: &Entry, report: &VerifyRepo
             at: now,
             kind: "restore".into(),
             target: String::new(),
-            ok: outcome == "ok",
-            detail: outcome.clone(),
+            ok: outcome.is_ok(),
+            detail: outcome.to_string(),
         });
     }
     for record in &entry.manifest.targets {
@@ -363,7 +362,7 @@ pub async fn restore_test(
         backup_id: entry.manifest.backup_id.clone(),
         targets: Vec::new(),
         thawing: Vec::new(),
-        restore: Some(test.error.clone().unwrap_or_else(|| "ok".into())),
+        restore: Some(test.error.clone().map_or(Outcome::Ok, Outcome::Failed)),
         restore_test: None,
     };
     record_verification(strata, &entry, &report).await;
@@ -421,7 +420,7 @@ pub async fn read_back_new(strata: &Strata, job: &str, backup_id: &str) -> Vec<(
         Ok(report) => report
             .targets
             .into_iter()
-            .filter(|(_, r)| r != "ok")
+            .filter(|(_, r)| !r.is_ok())
             .map(|(t, r)| (t, format!("read-back failed: {r}")))
             .collect(),
         Err(e) => vec![("*".into(), format!("read-back failed: {e}"))],
