@@ -7,7 +7,7 @@
 //! never a reason for a backup to fail.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::config::AlertsConfig;
 use crate::metrics::Metrics;
+use crate::policy::schedule::Clock;
 
 /// How long one channel may take to deliver one alert. lettre's own 15 s
 /// timeout does not cover every stall (seen: a server silent after AUTH over
@@ -164,6 +165,8 @@ pub struct Alerter {
     repeat: Duration,
     /// Active alerts by key: when each was last sent.
     active: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Stamps alerts (and so paces repeats) when set; the daemon's clock.
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl Alerter {
@@ -188,12 +191,27 @@ impl Alerter {
             channels,
             repeat,
             active: Mutex::default(),
+            clock: None,
+        }
+    }
+
+    /// Stamps every alert with `clock`'s time (tests move it).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    fn stamp(&self, alert: &mut Alert) {
+        if let Some(clock) = &self.clock {
+            alert.at = clock.now();
         }
     }
 
     /// Sends a firing alert unless the same one was sent within the repeat
     /// interval.
-    pub async fn raise(&self, alert: Alert, metrics: Option<&Metrics>) {
+    pub async fn raise(&self, mut alert: Alert, metrics: Option<&Metrics>) {
+        self.stamp(&mut alert);
         let key = alert.key();
         {
             let mut active = self
@@ -230,10 +248,11 @@ impl Alerter {
         let mut alert = Alert::new(kind, job, cause, "");
         alert.detail = detail.to_owned();
         alert.resolved = true;
+        self.stamp(&mut alert);
         if self
             .active
             .lock()
-            .expect("alerts")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&alert.key())
             .is_none()
         {

@@ -435,9 +435,8 @@ pub async fn purge_refused(
 
 /// Runs retention for a job after one of its backups succeeded: deletes at once
 /// (`prune: automatic`) or records the plan for approval. Failures are logged;
-/// they never fail the backup.
-pub async fn after_backup(strata: &Strata, job: &str, rec: &Recorder<'_>) {
-    let now = Utc::now();
+/// they never fail the backup. `now` is the daemon's clock.
+pub async fn after_backup(strata: &Strata, job: &str, rec: &Recorder<'_>, now: DateTime<Utc>) {
     let plan = match plan(strata, job, now).await {
         Ok(p) => p,
         Err(e) => {
@@ -503,6 +502,7 @@ pub async fn approve(
     job: &str,
     state: &StateDb,
     rec: &Recorder<'_>,
+    now: DateTime<Utc>,
 ) -> Result<(i64, Outcome), PruneError> {
     strata.job(job)?;
     let (id, recorded) = state
@@ -520,7 +520,7 @@ pub async fn approve(
         .filter(|i| !i.keep)
         .map(|i| i.backup_id)
         .collect();
-    let fresh = plan(strata, job, Utc::now()).await?;
+    let fresh = plan(strata, job, now).await?;
     if !state
         .approve_prune_plan(id, rec.actor)
         .await

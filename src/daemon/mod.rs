@@ -210,7 +210,7 @@ impl Daemon {
             .keys()
             .map(|j| (j.clone(), JobHealth::default()))
             .collect();
-        let alerter = Alerter::from_config(&config.alerts)?;
+        let alerter = Alerter::from_config(&config.alerts)?.with_clock(clock.clone());
         let metrics = Metrics::new();
         metrics.init(&config);
         Ok(Arc::new(Self {
@@ -742,7 +742,7 @@ impl Daemon {
                 metrics: Some(&self.metrics),
                 actor: "retention",
             };
-            prune::after_backup(&self.strata, &job, &rec).await;
+            prune::after_backup(&self.strata, &job, &rec, self.clock.now()).await;
         }
         // Storage, cost and compliance changed: refresh them soon.
         self.recheck.notify_one();
@@ -897,9 +897,14 @@ impl Daemon {
     pub async fn run_restore_test(&self, job: &str) -> Option<RestoreTest> {
         let cfg = self.strata.config().job(job)?;
         let server = cfg.verify.restore_into.as_ref()?;
-        let test =
-            crate::commands::restore::restore_test(&self.strata, job, server, &cfg.verify.sql)
-                .await;
+        let test = crate::commands::restore::restore_test(
+            &self.strata,
+            job,
+            server,
+            &cfg.verify.sql,
+            self.clock.now(),
+        )
+        .await;
         tracing::info!(
             job,
             ok = test.ok,

@@ -308,7 +308,7 @@ async fn approve_prune(
         metrics: Some(&d.metrics),
         actor: &actor,
     };
-    match prune::approve(&d.strata, &job, state, &rec).await {
+    match prune::approve(&d.strata, &job, state, &rec, d.clock.now()).await {
         Ok((plan_id, out)) => axum::Json(json!({
             "plan_id": plan_id,
             "deleted": out.deleted,

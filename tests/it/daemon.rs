@@ -256,6 +256,13 @@ pub(crate) async fn run_id_of(r: reqwest::Response) -> String {
 }
 
 /// How many manifests (backups) are under `dir`.
+fn manifest_names(dir: &Path) -> Vec<String> {
+    files(dir)
+        .into_iter()
+        .filter(|f| f.ends_with(".manifest.json"))
+        .collect()
+}
+
 fn manifests(dir: &Path) -> usize {
     files(dir)
         .iter()
@@ -981,6 +988,39 @@ impl App {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+#[tokio::test]
+async fn retention_after_a_run_counts_days_on_the_daemons_clock() {
+    let clock = Arc::new(AheadClock::default());
+    let app = App::spawn_opts(Opts {
+        job_extra: ", retention: { daily: 2 }",
+        clock: Some(clock.clone()),
+        ..Opts::default()
+    })
+    .await;
+    // One backup a day for four days of the daemon's clock (seconds of real time).
+    let mut ids = Vec::new();
+    for day in 0..4 {
+        if day > 0 {
+            clock.advance(Duration::from_secs(24 * 3600));
+        }
+        let run = app.backup_now().await;
+        assert_eq!(run["status"], "success", "{run}");
+        ids.push(run["backup_id"].as_str().unwrap().to_owned());
+    }
+    // daily: 2 keeps the last two days; on the system clock all four would be
+    // "in the future" and kept.
+    app.wait_for_manifests(2).await;
+    let left = manifest_names(&app.setup.backups());
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            left.iter().any(|m| m.contains(id.as_str())),
+            i >= 2,
+            "{id} (day {i}) in {left:?}"
+        );
+    }
+    app.shutdown().await;
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 pub use crate::domain::RestoreTest;
 
@@ -302,14 +302,14 @@ pub async fn newest_readable(
 /// database on `server`, checks every table's row count against the manifest,
 /// runs the `sql` assertions (each must succeed, and when it returns a row its
 /// first column must not be false), records the result in the backup's
-/// manifests, and drops the database.
+/// manifests, and drops the database. `started_at` is the caller's clock.
 pub async fn restore_test(
     strata: &Strata,
     job: &str,
     server: &DbUrl,
     sql: &[String],
+    started_at: DateTime<Utc>,
 ) -> RestoreTest {
-    let started_at = Utc::now();
     let clock = Instant::now();
     let mut test = RestoreTest {
         job: job.to_owned(),
