@@ -1,0 +1,174 @@
+//! Validation of `jobs:`: the source, targets, schedule, retention, restore
+//! tests, refresh and globals of each job.
+
+use super::raw::*;
+use super::validate::{cron, db_url, valid_name};
+use super::*;
+
+pub(super) fn validate_job(
+    name: &str,
+    j: RawJob,
+    targets: &BTreeMap<String, TargetConfig>,
+    jobs: &[String],
+    p: &mut Problems,
+) -> Option<JobConfig> {
+    let at = |key: &str| format!("jobs.{name}.{key}");
+    if !valid_name(name) {
+        p.add(
+            format!("jobs.{name}"),
+            "job names use lowercase letters, digits, - and _",
+        );
+    }
+    let database_url = db_url(&j.database_url, &at("database_url"), p);
+    let schedule = j
+        .schedule
+        .as_deref()
+        .and_then(|s| cron(s, &at("schedule"), p));
+    let file_prefix = j.file_prefix.unwrap_or_else(|| name.to_owned());
+    if !valid_name(&file_prefix) {
+        p.add(at("file_prefix"), "use lowercase letters, digits, - and _");
+    }
+    let compression = match j
+        .compression
+        .as_deref()
+        .unwrap_or("gzip:6")
+        .parse::<Compression>()
+    {
+        Ok(c) => Some(c),
+        Err(e) => {
+            p.add(at("compression"), e);
+            None
+        }
+    };
+    if j.targets.is_empty() {
+        p.add(at("targets"), "at least one target is required");
+    }
+    for (i, t) in j.targets.iter().enumerate() {
+        if !targets.contains_key(t) {
+            let known = targets.keys().cloned().collect::<Vec<_>>().join(", ");
+            p.add(
+                format!("jobs.{name}.targets[{i}]"),
+                format!("unknown target '{t}' (known: {known})"),
+            );
+        }
+    }
+    let r = j.retention.unwrap_or_default();
+    let retention = Retention {
+        daily: r.daily.unwrap_or(7),
+        weekly: r.weekly.unwrap_or(0),
+        monthly: r.monthly.unwrap_or(0),
+        yearly: r.yearly.unwrap_or(0),
+    };
+    if retention == Retention::default() {
+        p.add(at("retention"), "keeps nothing; set at least daily: 1");
+    }
+    let rpo = match humantime::parse_duration(j.rpo.as_deref().unwrap_or("24h")) {
+        Ok(d) if d >= Duration::from_secs(60) => Some(d),
+        Ok(_) => {
+            p.add(at("rpo"), "must be at least 1m");
+            None
+        }
+        Err(e) => {
+            p.add(at("rpo"), format!("'{}': {e}", j.rpo.unwrap_or_default()));
+            None
+        }
+    };
+    let timeout = match humantime::parse_duration(j.timeout.as_deref().unwrap_or("12h")) {
+        Ok(d) if d >= Duration::from_secs(1) => Some(d),
+        Ok(_) => {
+            p.add(at("timeout"), "must be at least 1s");
+            None
+        }
+        Err(e) => {
+            p.add(
+                at("timeout"),
+                format!("'{}': {e}", j.timeout.clone().unwrap_or_default()),
+            );
+            None
+        }
+    };
+    let prune = match j.prune.as_deref().unwrap_or("automatic") {
+        "automatic" => Some(PruneMode::Automatic),
+        "approval" => Some(PruneMode::Approval),
+        other => {
+            p.add(
+                at("prune"),
+                format!("'{other}' is not automatic or approval"),
+            );
+            None
+        }
+    };
+    let verify = match j.verify {
+        None => Some(VerifyConfig {
+            restore_test: None,
+            restore_into: None,
+            read_back: ReadBack::Never,
+            sql: Vec::new(),
+        }),
+        Some(v) => {
+            let restore_test = v
+                .restore_test
+                .as_deref()
+                .and_then(|s| cron(s, &at("verify.restore_test"), p));
+            let restore_into = v
+                .restore_into
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .and_then(|s| db_url(s, &at("verify.restore_into"), p));
+            if restore_test.is_some() && restore_into.is_none() {
+                p.add(
+                    at("verify.restore_into"),
+                    "required when verify.restore_test is set",
+                );
+            }
+            let read_back = match v.read_back.as_deref().unwrap_or("never") {
+                "always" => Some(ReadBack::Always),
+                "weekly" => Some(ReadBack::Weekly),
+                "never" => Some(ReadBack::Never),
+                other => {
+                    p.add(
+                        at("verify.read_back"),
+                        format!("'{other}' is not always, weekly or never"),
+                    );
+                    None
+                }
+            };
+            read_back.map(|read_back| VerifyConfig {
+                restore_test,
+                restore_into,
+                read_back,
+                sql: v.sql,
+            })
+        }
+    };
+    let refresh = j.refresh.map(|r| {
+        if r.from == name {
+            p.add(at("refresh.from"), "a job cannot refresh from itself");
+        } else if !jobs.contains(&r.from) {
+            p.add(at("refresh.from"), format!("unknown job '{}'", r.from));
+        }
+        RefreshConfig {
+            from: r.from,
+            trim_sql: r.trim_sql,
+            mask_sql: r.mask_sql,
+        }
+    });
+    Some(JobConfig {
+        name: name.to_owned(),
+        database_url: database_url?,
+        schedule,
+        file_prefix,
+        format: j.format.unwrap_or(DumpFormat::Plain),
+        compression: compression?,
+        targets: j.targets,
+        retention,
+        rpo: rpo?,
+        prune: prune?,
+        verify: verify?,
+        refresh,
+        globals: GlobalsConfig {
+            role_passwords: j.globals.and_then(|g| g.role_passwords).unwrap_or(false),
+        },
+        timeout: timeout?,
+    })
+}
