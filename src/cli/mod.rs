@@ -10,6 +10,9 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
 mod exit;
+mod report_cmds;
+mod restore_cmds;
+mod run_cmds;
 
 use exit::Failure;
 
@@ -56,32 +59,7 @@ pub enum Command {
         json: bool,
     },
     /// Restore a backup into a database (created when missing; must be empty).
-    Restore {
-        job: String,
-        /// Backup id, or `latest`.
-        #[arg(long, default_value = "latest")]
-        backup: String,
-        /// Target to read from (default: the job's first target holding it).
-        #[arg(long)]
-        from: Option<String>,
-        /// Destination database URL (or set STRATA_RESTORE_INTO to keep a password
-        /// off the command line).
-        #[arg(long, env = "STRATA_RESTORE_INTO", hide_env_values = true)]
-        into: String,
-        /// Replace a non-empty database (restored beside it, then swapped in).
-        #[arg(long)]
-        replace: bool,
-        /// Connections to load with (default: restore.jobs, or the cores).
-        #[arg(long)]
-        jobs: Option<usize>,
-        #[command(flatten)]
-        roles: RoleArgs,
-        #[command(flatten)]
-        thaw: ThawArgs,
-        /// The result as JSON on stdout, progress as JSON lines on stderr.
-        #[arg(long)]
-        json: bool,
-    },
+    Restore(RestoreArgs),
     /// Re-read a backup from every target; optionally restore it into a scratch
     /// database on a server.
     Verify {
@@ -166,6 +144,35 @@ pub enum Command {
         #[arg(long)]
         key_file: PathBuf,
     },
+}
+
+/// `restore` arguments.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    job: String,
+    /// Backup id, or `latest`.
+    #[arg(long, default_value = "latest")]
+    backup: String,
+    /// Target to read from (default: the job's first target holding it).
+    #[arg(long)]
+    from: Option<String>,
+    /// Destination database URL (or set STRATA_RESTORE_INTO to keep a password
+    /// off the command line).
+    #[arg(long, env = "STRATA_RESTORE_INTO", hide_env_values = true)]
+    into: String,
+    /// Replace a non-empty database (restored beside it, then swapped in).
+    #[arg(long)]
+    replace: bool,
+    /// Connections to load with (default: restore.jobs, or the cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+    #[command(flatten)]
+    roles: RoleArgs,
+    #[command(flatten)]
+    thaw: ThawArgs,
+    /// The result as JSON on stdout, progress as JSON lines on stderr.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `alert` actions.
@@ -320,109 +327,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Backup { job, json } => {
-            let config = load(&cli.config)?;
-            let state = config
-                .state_url
-                .as_ref()
-                .map(|url| crate::state::StateDb::open(url.clone()));
-            let strata = Strata::build(config).await;
-            strata.job(&job)?;
-            // One run per job, whoever starts it: the daemon holds the same lock.
-            let _lock = match &state {
-                Some(s) => match s.try_lock_job(&job).await {
-                    Ok(Some(lock)) => Some(lock),
-                    Ok(None) => {
-                        return Err(Failure(
-                            exit::FAILED,
-                            format!(
-                                "a backup of job '{job}' is already running (another strata process holds its lock)"
-                            ),
-                        ));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "state database unreachable: running without the cross-process lock");
-                        None
-                    }
-                },
-                None => None,
-            };
-            let actor = format!(
-                "cli:{}",
-                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-            );
-            let record = crate::state::RunRecord::start(
-                &job,
-                "cli",
-                None,
-                Utc::now(),
-                &crate::state::host_id(),
-            );
-            let mut session = crate::run::Session::open(state.clone(), record, &actor, Utc::now());
-            // Ctrl-C or SIGTERM aborts cleanly: no partial object, no manifest.
-            let cancel = tokio_util::sync::CancellationToken::new();
-            tokio::spawn({
-                let cancel = cancel.clone();
-                async move {
-                    crate::daemon::stop_signal().await;
-                    cancel.cancel();
-                }
-            });
-            // The previous backup's size is the estimate.
-            let estimate = crate::catalog::newest(&strata, &job)
-                .await
-                .map(|e| e.manifest.raw_bytes);
-            let progress =
-                crate::pipeline::progress::Progress::new(format!("backup {job}"), estimate);
-            let reporter = crate::pipeline::progress::Reporter::start(
-                progress.clone(),
-                crate::pipeline::progress::Display::choose(json),
-            );
-            let ctl = crate::commands::backup::RunControl {
-                cancel,
-                progress: Some(progress),
-            };
-            let timeout = strata.job(&job)?.timeout;
-            let strata = std::sync::Arc::new(strata);
-            let result = session.execute(strata.clone(), ctl, timeout).await;
-            reporter.finish().await;
-            session.finish(&strata, &result, Utc::now());
-            session.sync(std::time::Duration::from_secs(15)).await;
-            let report = result?;
-            if json {
-                print_json(&report);
-            } else {
-                let m = &report.manifest;
-                println!(
-                    "backup {} of job {}: {} raw -> {} stored in {:.1} s",
-                    m.backup_id,
-                    m.job,
-                    mib(m.raw_bytes),
-                    mib(m.stored_bytes),
-                    report.duration_seconds
-                );
-                for t in &m.targets {
-                    if !report.failed.contains_key(&t.target) {
-                        println!("  {}: ok ({})", t.target, t.key);
-                    }
-                }
-                for (t, why) in &report.failed {
-                    println!("  {t}: FAILED: {why}");
-                }
-            }
-            if report.is_complete() {
-                Ok(())
-            } else {
-                Err(Failure(
-                    exit::FAILED,
-                    format!(
-                        "backup {} is degraded: target(s) {} failed; the others hold a valid copy",
-                        report.manifest.backup_id,
-                        report.failed.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ),
-                ))
-            }
-        }
+        Command::Backup { job, json } => run_cmds::backup(&cli.config, job, json).await,
         Command::Prune {
             job,
             dry_run,
@@ -486,319 +391,19 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Status { json } => status(&cli.config, json).await,
-        Command::Cost { json } => {
-            let strata = Strata::build(load(&cli.config)?).await;
-            let inventory = crate::commands::inventory::take(&strata).await;
-            let sizes = crate::commands::inventory::newest_sizes(
-                &crate::commands::prune::gather_jobs(&strata).await,
-            );
-            let report = crate::commands::inventory::cost_report(&strata, &inventory, &sizes);
-            if json {
-                print_json(&report);
-            } else {
-                for t in &report.targets {
-                    println!("{}: ${:.2}/month", t.target, t.usd_monthly);
-                    for (class, c) in &t.classes {
-                        println!(
-                            "  {class:<13} {:>12}  ${:.4}/month",
-                            mib(c.bytes),
-                            c.usd_monthly
-                        );
-                    }
-                }
-                for p in &report.projections {
-                    println!(
-                        "projection {} on {}: {} backups of {} held, ${:.2}/month (storage {}, early deletion ${:.4}, requests ${:.4})",
-                        p.job,
-                        p.target,
-                        p.projected.backups_held.round(),
-                        mib(p.backup_bytes),
-                        p.projected.usd_monthly,
-                        p.projected
-                            .storage_usd_monthly
-                            .iter()
-                            .map(|(c, usd)| format!("{c} ${usd:.4}"))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        p.projected.early_deletion_usd_monthly,
-                        p.projected.requests_usd_monthly
-                    );
-                }
-                println!(
-                    "total: ${:.2}/month now, ${:.2}/month projected (alert above ${:.2})",
-                    report.usd_monthly,
-                    report.projected_usd_monthly,
-                    strata.config().alerts.monthly_cost_usd
-                );
-            }
-            for (t, e) in &inventory.errors {
-                eprintln!("strata: target {t} could not be listed: {e}");
-            }
-            if inventory.errors.is_empty() {
-                Ok(())
-            } else {
-                Err(Failure(
-                    exit::FAILED,
-                    format!(
-                        "{} target(s) could not be listed; the figures leave them out",
-                        inventory.errors.len()
-                    ),
-                ))
-            }
-        }
-        Command::Compliance { json } => {
-            let strata = Strata::build(load(&cli.config)?).await;
-            let jobs = crate::commands::prune::gather_jobs(&strata).await;
-            let report = crate::commands::compliance::report(
-                &strata,
-                Utc::now(),
-                &jobs,
-                &Default::default(),
-            )
-            .await;
-            if json {
-                print_json(&report);
-            } else {
-                for c in &report.checks {
-                    println!("{} {}", if c.pass { "PASS" } else { "FAIL" }, c.check);
-                    for e in &c.evidence {
-                        println!("     {e}");
-                    }
-                }
-            }
-            if report.pass {
-                Ok(())
-            } else {
-                let failed: Vec<&str> = report
-                    .checks
-                    .iter()
-                    .filter(|c| !c.pass)
-                    .map(|c| c.check.as_str())
-                    .collect();
-                Err(Failure(
-                    exit::FAILED,
-                    format!("compliance checks failed: {}", failed.join(", ")),
-                ))
-            }
-        }
+        Command::Cost { json } => report_cmds::cost(&cli.config, json).await,
+        Command::Compliance { json } => report_cmds::compliance(&cli.config, json).await,
         Command::List { job, target, json } => {
-            let strata = Strata::build(load(&cli.config)?).await;
-            let job_cfg = strata.job(&job)?;
-            let names = match target {
-                Some(t) if job_cfg.targets.contains(&t) => vec![t],
-                Some(t) => {
-                    return Err(Failure(
-                        exit::USAGE,
-                        format!("target '{t}' is not one of job '{job}''s targets"),
-                    ));
-                }
-                None => job_cfg.targets.clone(),
-            };
-            let mut rows = Vec::new();
-            let mut refused = Vec::new();
-            for name in names {
-                let listing = crate::catalog::list_all(&strata, &name, &job).await?;
-                for e in listing.entries {
-                    rows.push((name.clone(), e));
-                }
-                for r in listing.refused {
-                    refused.push((name.clone(), r));
-                }
-            }
-            if json {
-                let mut items: Vec<_> = rows
-                    .iter()
-                    .map(|(t, e)| serde_json::json!({"target": t, "key": e.object_key(), "manifest": e.manifest, "trust": trust_word(&e.trust)}))
-                    .collect();
-                items.extend(refused.iter().map(|(t, r)| {
-                    serde_json::json!({"target": t, "manifest_key": r.manifest_key, "trust": if r.error.is_forgery() { "forged" } else { "refused" }, "error": r.error.to_string()})
-                }));
-                print_json(&items);
-            } else {
-                for (t, e) in &rows {
-                    let m = &e.manifest;
-                    println!(
-                        "{}  {}  {:>10}  {:>10}  {}  {}{}",
-                        m.backup_id,
-                        m.started_at.to_rfc3339(),
-                        mib(m.raw_bytes),
-                        mib(m.stored_bytes),
-                        t,
-                        e.object_key(),
-                        if e.trust == crate::domain::manifest::Trust::Unsigned
-                            && strata.config().encryption.is_some()
-                        {
-                            "  (unauthenticated: no MAC)"
-                        } else {
-                            ""
-                        }
-                    );
-                }
-                for (t, r) in &refused {
-                    println!("REFUSED  {t}  {}: {}", r.manifest_key, r.error);
-                }
-            }
-            if refused.iter().any(|(_, r)| r.error.is_forgery()) {
-                return Err(Failure(
-                    exit::FAILED,
-                    format!(
-                        "{} manifest(s) of job '{job}' are forged or cannot be authenticated; they are never restored, counted or pruned (see above)",
-                        refused.iter().filter(|(_, r)| r.error.is_forgery()).count()
-                    ),
-                ));
-            }
-            Ok(())
+            restore_cmds::list(&cli.config, job, target, json).await
         }
-        Command::Restore {
-            job,
-            backup,
-            from,
-            into,
-            replace,
-            jobs,
-            roles,
-            thaw,
-            json,
-        } => {
-            let into: DbUrl = into.parse()?;
-            let strata = Strata::build(load(&cli.config)?).await;
-            let progress = crate::pipeline::progress::Progress::new(format!("restore {job}"), None);
-            let reporter = crate::pipeline::progress::Reporter::start(
-                progress.clone(),
-                crate::pipeline::progress::Display::choose(json),
-            );
-            let opts = crate::commands::restore::RestoreOptions {
-                backup: backup.clone(),
-                from,
-                replace,
-                jobs,
-                thaw: thaw.options(strata.config()),
-                globals: roles.options(),
-                progress: Some(progress),
-            };
-            let result = crate::commands::restore::restore(&strata, &job, &into, &opts).await;
-            reporter.finish().await;
-            let detail = match &result {
-                Ok(r) => {
-                    serde_json::json!({ "backup_id": r.backup_id, "into": r.database, "ok": true, "seconds": r.seconds, "roles_created": r.roles_created })
-                }
-                Err(e) => {
-                    serde_json::json!({ "backup": backup, "into": into.to_string(), "ok": false, "error": e.to_string() })
-                }
-            };
-            audit_cli(strata.config(), "restore", Some(&job), detail).await;
-            let report = result.map_err(Failure::from)?;
-            if json {
-                print_json(&report);
-            } else {
-                let t = &report.timings;
-                println!(
-                    "restored {} from {} into {}: {} tables, {} rows, verified, in {:.1} s ({} connections: schema {:.1} s, data {:.1} s, indexes {:.1} s, rest {:.1} s)",
-                    report.backup_id,
-                    report.target,
-                    report.database,
-                    report.tables,
-                    report.rows,
-                    report.seconds,
-                    report.jobs,
-                    t.schema,
-                    t.data,
-                    t.indexes,
-                    t.rest
-                );
-                if !report.roles_created.is_empty() {
-                    println!("  roles created: {}", report.roles_created.join(", "));
-                }
-                for w in &report.warnings {
-                    println!("  note: {w}");
-                }
-            }
-            Ok(())
-        }
+        Command::Restore(args) => restore_cmds::restore(&cli.config, args).await,
         Command::Verify {
             job,
             backup,
             restore_into,
             thaw,
             json,
-        } => {
-            let server = restore_into.map(|u| u.parse::<DbUrl>()).transpose()?;
-            let strata = Strata::build(load(&cli.config)?).await;
-            let progress = crate::pipeline::progress::Progress::new(format!("verify {job}"), None);
-            let reporter = crate::pipeline::progress::Reporter::start(
-                progress.clone(),
-                crate::pipeline::progress::Display::choose(json),
-            );
-            let result = crate::commands::restore::verify_with(
-                &strata,
-                &job,
-                &backup,
-                server.as_ref(),
-                &thaw.options(strata.config()),
-                Some(progress),
-            )
-            .await;
-            reporter.finish().await;
-            let detail = match &result {
-                Ok(r) => {
-                    serde_json::json!({ "backup_id": r.backup_id, "ok": r.ok(), "targets": r.targets, "restore": r.restore })
-                }
-                Err(e) => {
-                    serde_json::json!({ "backup": backup, "ok": false, "error": e.to_string() })
-                }
-            };
-            audit_cli(strata.config(), "verify", Some(&job), detail).await;
-            // A restore into a scratch database by hand is a restore test too:
-            // its measured time goes where the scheduled ones go.
-            if let (Ok(Some(test)), Some(url)) = (
-                result.as_ref().map(|r| r.restore_test.as_ref()),
-                &strata.config().state_url,
-            ) {
-                let state = crate::state::StateDb::open(url.clone());
-                if let Err(e) = state
-                    .save_restore_test(test, &crate::state::host_id())
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not record the restore test");
-                }
-            }
-            let report = result?;
-            if json {
-                print_json(&report);
-            } else {
-                for (t, r) in &report.targets {
-                    println!("{} on {t}: {r}", report.backup_id);
-                }
-                if let Some(r) = &report.restore {
-                    println!("{} restore test: {r}", report.backup_id);
-                }
-                for (t, r) in &report.thawing {
-                    println!("{} on {t}: not checked: {r}", report.backup_id);
-                }
-            }
-            if !report.ok() {
-                Err(Failure(
-                    exit::FAILED,
-                    format!("verification of {} failed", report.backup_id),
-                ))
-            } else if !report.thawing.is_empty() {
-                Err(Failure(
-                    exit::NOT_YET,
-                    format!(
-                        "{} copy(ies) of {} are thawing; run the same command again later, or add --wait",
-                        report.thawing.len(),
-                        report.backup_id
-                    ),
-                ))
-            } else if report.targets.is_empty() {
-                Err(Failure(
-                    exit::FAILED,
-                    format!("no copy of {} could be checked", report.backup_id),
-                ))
-            } else {
-                Ok(())
-            }
-        }
+        } => restore_cmds::verify(&cli.config, job, backup, restore_into, thaw, json).await,
     }
 }
 

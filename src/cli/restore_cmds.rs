@@ -1,0 +1,234 @@
+//! `list`, `restore` and `verify`: reading backups back.
+
+use super::*;
+
+/// `strata restore`.
+pub(super) async fn restore(config: &std::path::Path, args: RestoreArgs) -> Result<(), Failure> {
+    let RestoreArgs {
+        job,
+        backup,
+        from,
+        into,
+        replace,
+        jobs,
+        roles,
+        thaw,
+        json,
+    } = args;
+    let into: DbUrl = into.parse()?;
+    let strata = Strata::build(load(config)?).await;
+    let progress = crate::pipeline::progress::Progress::new(format!("restore {job}"), None);
+    let reporter = crate::pipeline::progress::Reporter::start(
+        progress.clone(),
+        crate::pipeline::progress::Display::choose(json),
+    );
+    let opts = crate::commands::restore::RestoreOptions {
+        backup: backup.clone(),
+        from,
+        replace,
+        jobs,
+        thaw: thaw.options(strata.config()),
+        globals: roles.options(),
+        progress: Some(progress),
+    };
+    let result = crate::commands::restore::restore(&strata, &job, &into, &opts).await;
+    reporter.finish().await;
+    let detail = match &result {
+        Ok(r) => {
+            serde_json::json!({ "backup_id": r.backup_id, "into": r.database, "ok": true, "seconds": r.seconds, "roles_created": r.roles_created })
+        }
+        Err(e) => {
+            serde_json::json!({ "backup": backup, "into": into.to_string(), "ok": false, "error": e.to_string() })
+        }
+    };
+    audit_cli(strata.config(), "restore", Some(&job), detail).await;
+    let report = result.map_err(Failure::from)?;
+    if json {
+        print_json(&report);
+    } else {
+        let t = &report.timings;
+        println!(
+            "restored {} from {} into {}: {} tables, {} rows, verified, in {:.1} s ({} connections: schema {:.1} s, data {:.1} s, indexes {:.1} s, rest {:.1} s)",
+            report.backup_id,
+            report.target,
+            report.database,
+            report.tables,
+            report.rows,
+            report.seconds,
+            report.jobs,
+            t.schema,
+            t.data,
+            t.indexes,
+            t.rest
+        );
+        if !report.roles_created.is_empty() {
+            println!("  roles created: {}", report.roles_created.join(", "));
+        }
+        for w in &report.warnings {
+            println!("  note: {w}");
+        }
+    }
+    Ok(())
+}
+
+/// `strata verify`.
+pub(super) async fn verify(
+    config: &std::path::Path,
+    job: String,
+    backup: String,
+    restore_into: Option<String>,
+    thaw: ThawArgs,
+    json: bool,
+) -> Result<(), Failure> {
+    let server = restore_into.map(|u| u.parse::<DbUrl>()).transpose()?;
+    let strata = Strata::build(load(config)?).await;
+    let progress = crate::pipeline::progress::Progress::new(format!("verify {job}"), None);
+    let reporter = crate::pipeline::progress::Reporter::start(
+        progress.clone(),
+        crate::pipeline::progress::Display::choose(json),
+    );
+    let result = crate::commands::restore::verify_with(
+        &strata,
+        &job,
+        &backup,
+        server.as_ref(),
+        &thaw.options(strata.config()),
+        Some(progress),
+    )
+    .await;
+    reporter.finish().await;
+    let detail = match &result {
+        Ok(r) => {
+            serde_json::json!({ "backup_id": r.backup_id, "ok": r.ok(), "targets": r.targets, "restore": r.restore })
+        }
+        Err(e) => {
+            serde_json::json!({ "backup": backup, "ok": false, "error": e.to_string() })
+        }
+    };
+    audit_cli(strata.config(), "verify", Some(&job), detail).await;
+    // A restore into a scratch database by hand is a restore test too:
+    // its measured time goes where the scheduled ones go.
+    if let (Ok(Some(test)), Some(url)) = (
+        result.as_ref().map(|r| r.restore_test.as_ref()),
+        &strata.config().state_url,
+    ) {
+        let state = crate::state::StateDb::open(url.clone());
+        if let Err(e) = state
+            .save_restore_test(test, &crate::state::host_id())
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the restore test");
+        }
+    }
+    let report = result?;
+    if json {
+        print_json(&report);
+    } else {
+        for (t, r) in &report.targets {
+            println!("{} on {t}: {r}", report.backup_id);
+        }
+        if let Some(r) = &report.restore {
+            println!("{} restore test: {r}", report.backup_id);
+        }
+        for (t, r) in &report.thawing {
+            println!("{} on {t}: not checked: {r}", report.backup_id);
+        }
+    }
+    if !report.ok() {
+        Err(Failure(
+            exit::FAILED,
+            format!("verification of {} failed", report.backup_id),
+        ))
+    } else if !report.thawing.is_empty() {
+        Err(Failure(
+            exit::NOT_YET,
+            format!(
+                "{} copy(ies) of {} are thawing; run the same command again later, or add --wait",
+                report.thawing.len(),
+                report.backup_id
+            ),
+        ))
+    } else if report.targets.is_empty() {
+        Err(Failure(
+            exit::FAILED,
+            format!("no copy of {} could be checked", report.backup_id),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// `strata list`.
+pub(super) async fn list(
+    config: &std::path::Path,
+    job: String,
+    target: Option<String>,
+    json: bool,
+) -> Result<(), Failure> {
+    let strata = Strata::build(load(config)?).await;
+    let job_cfg = strata.job(&job)?;
+    let names = match target {
+        Some(t) if job_cfg.targets.contains(&t) => vec![t],
+        Some(t) => {
+            return Err(Failure(
+                exit::USAGE,
+                format!("target '{t}' is not one of job '{job}''s targets"),
+            ));
+        }
+        None => job_cfg.targets.clone(),
+    };
+    let mut rows = Vec::new();
+    let mut refused = Vec::new();
+    for name in names {
+        let listing = crate::catalog::list_all(&strata, &name, &job).await?;
+        for e in listing.entries {
+            rows.push((name.clone(), e));
+        }
+        for r in listing.refused {
+            refused.push((name.clone(), r));
+        }
+    }
+    if json {
+        let mut items: Vec<_> = rows
+            .iter()
+            .map(|(t, e)| serde_json::json!({"target": t, "key": e.object_key(), "manifest": e.manifest, "trust": trust_word(&e.trust)}))
+            .collect();
+        items.extend(refused.iter().map(|(t, r)| {
+            serde_json::json!({"target": t, "manifest_key": r.manifest_key, "trust": if r.error.is_forgery() { "forged" } else { "refused" }, "error": r.error.to_string()})
+        }));
+        print_json(&items);
+    } else {
+        for (t, e) in &rows {
+            let m = &e.manifest;
+            println!(
+                "{}  {}  {:>10}  {:>10}  {}  {}{}",
+                m.backup_id,
+                m.started_at.to_rfc3339(),
+                mib(m.raw_bytes),
+                mib(m.stored_bytes),
+                t,
+                e.object_key(),
+                if e.trust == crate::domain::manifest::Trust::Unsigned
+                    && strata.config().encryption.is_some()
+                {
+                    "  (unauthenticated: no MAC)"
+                } else {
+                    ""
+                }
+            );
+        }
+        for (t, r) in &refused {
+            println!("REFUSED  {t}  {}: {}", r.manifest_key, r.error);
+        }
+    }
+    if refused.iter().any(|(_, r)| r.error.is_forgery()) {
+        return Err(Failure(
+            exit::FAILED,
+            format!(
+                "{} manifest(s) of job '{job}' are forged or cannot be authenticated; they are never restored, counted or pruned (see above)",
+                refused.iter().filter(|(_, r)| r.error.is_forgery()).count()
+            ),
+        ));
+    }
+    Ok(())
+}
