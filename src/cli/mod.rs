@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
 mod exit;
+mod maintain_cmds;
 mod report_cmds;
 mod restore_cmds;
 mod run_cmds;
@@ -336,10 +337,10 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             approve,
             force,
         } => {
-            prune(
+            maintain_cmds::prune(
                 &cli.config,
                 &job,
-                PruneArgs {
+                maintain_cmds::PruneArgs {
                     dry_run,
                     json,
                     now,
@@ -353,7 +354,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             action,
             target,
             json,
-        } => lifecycle(&cli.config, action, target.as_deref(), json).await,
+        } => maintain_cmds::lifecycle(&cli.config, action, target.as_deref(), json).await,
         Command::Alert {
             action: AlertAction::Test,
         } => {
@@ -390,7 +391,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 ))
             }
         }
-        Command::Status { json } => status(&cli.config, json).await,
+        Command::Status { json } => maintain_cmds::status(&cli.config, json).await,
         Command::Cost { json } => report_cmds::cost(&cli.config, json).await,
         Command::Compliance { json } => report_cmds::compliance(&cli.config, json).await,
         Command::List { job, target, json } => {
@@ -405,315 +406,6 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             json,
         } => restore_cmds::verify(&cli.config, job, backup, restore_into, thaw, json).await,
     }
-}
-
-async fn status(config: &std::path::Path, json: bool) -> Result<(), Failure> {
-    use crate::commands::status::{JobFacts, RestoreTestFact, RunFact};
-    let strata = Strata::build(load(config)?).await;
-    let config = strata.config();
-    let mut listings = std::collections::BTreeMap::new();
-    for (name, job) in &config.jobs {
-        let mut per = std::collections::BTreeMap::new();
-        for t in &job.targets {
-            let listed = crate::catalog::list_all(&strata, t, name).await;
-            per.insert(t.clone(), listed.map_err(|e| e.to_string()));
-        }
-        listings.insert(name.clone(), per);
-    }
-    let mut facts = std::collections::BTreeMap::new();
-    if let Some(url) = &config.state_url {
-        let state = crate::state::StateDb::open(url.clone());
-        let wait = std::time::Duration::from_secs(5);
-        for name in config.jobs.keys() {
-            let mut f = JobFacts::default();
-            if let Ok(Ok(Some((at, ok, seconds, error)))) =
-                tokio::time::timeout(wait, state.last_restore_test(name)).await
-            {
-                f.restore_test = Some(RestoreTestFact {
-                    at,
-                    ok,
-                    seconds,
-                    error,
-                });
-            }
-            if let Ok(Ok(Some((run_id, status)))) =
-                tokio::time::timeout(wait, state.latest_finished(name)).await
-            {
-                f.last_run = Some(RunFact {
-                    run_id,
-                    status: status.as_str().to_owned(),
-                });
-            }
-            facts.insert(name.clone(), f);
-        }
-    }
-    let inventory = crate::commands::inventory::take(&strata).await;
-    let sizes: std::collections::BTreeMap<String, u64> = listings
-        .iter()
-        .filter_map(|(job, per)| {
-            let newest = per
-                .values()
-                .flatten()
-                .flat_map(|l| &l.entries)
-                .max_by_key(|e| e.started_at())?;
-            Some((job.clone(), newest.manifest.stored_bytes))
-        })
-        .collect();
-    let cost = crate::commands::inventory::cost_report(&strata, &inventory, &sizes);
-    let report = crate::commands::status::report(config, Utc::now(), &listings, &facts, &cost);
-    if json {
-        print_json(&report);
-    } else {
-        print!("{}", report.text(config.timezone));
-    }
-    let unhealthy: Vec<&str> = report
-        .jobs
-        .iter()
-        .filter(|j| j.status != "ok")
-        .map(|j| j.job.as_str())
-        .collect();
-    if unhealthy.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure(
-            exit::FAILED,
-            format!("job(s) not ok: {}", unhealthy.join(", ")),
-        ))
-    }
-}
-
-/// Options of `strata prune`.
-struct PruneArgs {
-    dry_run: bool,
-    json: bool,
-    now: Option<DateTime<chrono::FixedOffset>>,
-    approve: bool,
-    force: bool,
-}
-
-async fn prune(config: &std::path::Path, job: &str, args: PruneArgs) -> Result<(), Failure> {
-    let config = load(config)?;
-    let state = config
-        .state_url
-        .as_ref()
-        .map(|url| crate::state::StateDb::open(url.clone()));
-    let result = prune_with(config, state.clone(), job, args).await;
-    // The deletions were audited: write that before exiting.
-    if let Some(s) = &state {
-        sync_state(s).await;
-    }
-    result
-}
-
-async fn prune_with(
-    config: Config,
-    state: Option<Arc<crate::state::StateDb>>,
-    job: &str,
-    args: PruneArgs,
-) -> Result<(), Failure> {
-    use crate::commands::prune::{self, Recorder};
-    let PruneArgs {
-        dry_run,
-        json,
-        now,
-        approve,
-        force,
-    } = args;
-    let strata = Strata::build(config).await;
-    let mode = strata.job(job)?.prune;
-    let now = now.map_or_else(Utc::now, |t| t.with_timezone(&Utc));
-    let plan = prune::plan(&strata, job, now).await?;
-    if json {
-        print_json(&plan.items);
-    } else {
-        for item in &plan.items {
-            println!(
-                "{}  {}  {}  [{}]  {}",
-                if item.keep { "keep  " } else { "DELETE" },
-                item.backup_id,
-                item.started_at.to_rfc3339(),
-                item.targets.join(","),
-                item.reasons.join("; ")
-            );
-        }
-    }
-    let deletions = plan.deletions();
-    if force && !dry_run {
-        let actor = cli_actor();
-        let rec = Recorder {
-            state: state.as_deref(),
-            metrics: None,
-            actor: &actor,
-        };
-        let purged = prune::purge_refused(&strata, job, &rec).await?;
-        for (target, key, result) in &purged {
-            match result {
-                Ok(()) => eprintln!("deleted refused manifest {key} from {target}"),
-                Err(e) => eprintln!("FAILED to delete refused manifest {key} from {target}: {e}"),
-            }
-        }
-        if purged.iter().any(|(_, _, r)| r.is_err()) {
-            return Err(Failure(
-                exit::FAILED,
-                "some refused manifests could not be deleted".into(),
-            ));
-        }
-    }
-    if dry_run || deletions.is_empty() {
-        eprintln!(
-            "strata: {} backup(s), {} to delete{}",
-            plan.items.len(),
-            deletions.len(),
-            if dry_run {
-                " (dry run: nothing deleted)"
-            } else {
-                ""
-            }
-        );
-        return Ok(());
-    }
-    prune::check_latest_run(state.as_deref(), job).await?;
-    let actor = cli_actor();
-    let rec = Recorder {
-        state: state.as_deref(),
-        metrics: None,
-        actor: &actor,
-    };
-    if mode == crate::config::PruneMode::Approval && !approve {
-        return match prune::propose(&rec, &plan).await {
-            Some(id) => {
-                eprintln!(
-                    "strata: {} deletion(s) wait for approval (plan {id}): run `strata prune {job} --approve` or POST /prune/{job}/approve with the admin token",
-                    deletions.len()
-                );
-                Ok(())
-            }
-            None => Err(Failure(
-                exit::FAILED,
-                format!(
-                    "job '{job}' deletes only with approval and the plan could not be recorded (no reachable state database); nothing deleted; pass --approve to delete now"
-                ),
-            )),
-        };
-    }
-    let out = prune::execute(&strata, &plan, None, &rec).await;
-    for d in &out.deleted {
-        eprintln!("deleted {} from {}", d.backup_id, d.target);
-    }
-    for l in &out.locked {
-        eprintln!(
-            "kept {} on {}: Object Lock until {}",
-            l.backup_id,
-            l.target,
-            l.retain_until.to_rfc3339()
-        );
-    }
-    for f in &out.failed {
-        eprintln!(
-            "FAILED to delete {} from {}: {}",
-            f.backup_id, f.target, f.error
-        );
-    }
-    if out.failed.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure(
-            exit::FAILED,
-            format!(
-                "{} deletion(s) failed; the manifests of those copies may already be gone (their objects are then unlisted debris)",
-                out.failed.len()
-            ),
-        ))
-    }
-}
-
-async fn lifecycle(
-    config: &std::path::Path,
-    action: LifecycleAction,
-    only: Option<&str>,
-    json: bool,
-) -> Result<(), Failure> {
-    let strata = Strata::build(load(config)?).await;
-    let config = strata.config();
-    if let Some(t) = only {
-        match config.targets.get(t).map(|c| &c.kind) {
-            Some(TargetKind::S3 { .. }) => {}
-            Some(TargetKind::Local { .. }) => {
-                return Err(Failure(
-                    exit::USAGE,
-                    format!("target '{t}' is local disk: it has no lifecycle rules"),
-                ));
-            }
-            None => return Err(Failure(exit::USAGE, format!("unknown target '{t}'"))),
-        }
-    }
-    let mut statuses = Vec::new();
-    let mut errors = Vec::new();
-    for (name, t) in &config.targets {
-        if only.is_some_and(|o| o != name) {
-            continue;
-        }
-        let target = strata.target(name);
-        let Some(s3) = target.as_s3() else { continue };
-        let result = match action {
-            LifecycleAction::Show => crate::commands::lifecycle::status(t, s3).await,
-            LifecycleAction::Apply => crate::commands::lifecycle::apply(t, s3).await,
-        };
-        match result {
-            Ok(s) => statuses.push(s),
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    if matches!(action, LifecycleAction::Apply) {
-        audit_cli(config, "lifecycle.apply", None, serde_json::json!({ "targets": statuses.iter().map(|s| &s.target).collect::<Vec<_>>(), "errors": errors })).await;
-    }
-    if json {
-        print_json(&statuses);
-    } else {
-        for s in &statuses {
-            println!("{} (bucket {}): {}", s.target, s.bucket, s.summary());
-            for r in &s.wanted {
-                let state = if s.missing.contains(&r.id) {
-                    "MISSING"
-                } else if s.differs.contains(&r.id) {
-                    "DIFFERS"
-                } else {
-                    "ok"
-                };
-                println!("  {state:<7} {}", describe_rule(r));
-            }
-            for id in &s.foreign {
-                println!("  other   {id} (not strata's; left alone)");
-            }
-        }
-    }
-    if let Some(e) = errors.first() {
-        return Err(Failure(exit::FAILED, e.clone()));
-    }
-    if matches!(action, LifecycleAction::Show) && statuses.iter().any(|s| !s.in_sync) {
-        return Err(Failure(
-            exit::FAILED,
-            "lifecycle rules differ from the config; run `strata lifecycle apply`".into(),
-        ));
-    }
-    Ok(())
-}
-
-fn describe_rule(r: &crate::commands::lifecycle::Rule) -> String {
-    let mut parts = vec![format!("{} on '{}'", r.id, r.prefix)];
-    if let Some((k, v)) = &r.tag {
-        parts.push(format!("tagged {k}={v}"));
-    }
-    for t in &r.transitions {
-        parts.push(format!("{} after {} d", t.storage_class, t.days));
-    }
-    if let Some(d) = r.expiration_days {
-        parts.push(format!("delete after {d} d"));
-    }
-    if let Some(d) = r.abort_incomplete_days {
-        parts.push(format!("abort incomplete uploads after {d} d"));
-    }
-    parts.join(", ")
 }
 
 /// Records a CLI operation in the state database's audit log, when one is
