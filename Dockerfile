@@ -9,7 +9,9 @@ RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
 # Migrations are embedded into the binary at compile time.
 COPY migrations migrations
 COPY src src
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+COPY scripts/release scripts/release
+# dist/strata without debug info (what ships); dist/strata.debug stays in this stage.
+RUN touch src/main.rs src/lib.rs && scripts/release
 
 # Runtime: PostgreSQL client tools of every supported server version (pg_dump must
 # be at least the server's major version; strata picks the matching one and names
@@ -26,7 +28,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/strata --create-home strata \
     && install -d -o strata -g strata -m 0700 /var/backups/strata
-COPY --from=build /src/target/release/strata /usr/local/bin/strata
+COPY --from=build /src/dist/strata /usr/local/bin/strata
 COPY deploy/docker/healthcheck.sh /usr/local/bin/strata-healthcheck
 # Works with a read-only root filesystem: strata writes only to the backup volume
 # (and the local target's staging files there). Config, keys and tokens are

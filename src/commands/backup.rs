@@ -9,12 +9,13 @@ use chrono::{DateTime, Datelike, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{Strata, UnknownJob};
-use crate::config::ReadBack;
+use crate::config::{JobConfig, ReadBack};
 use crate::domain::DumpFormat;
 use crate::domain::RunStatus;
 use crate::domain::manifest::{
     EncryptionInfo, FORMAT_VERSION, GlobalsRecord, Layout, Manifest, TargetRecord,
 };
+use crate::keys::MasterKey;
 use crate::pg::{self, PgDump, SourceError};
 use crate::pipeline::encrypt::{CryptoError, Encryptor};
 use crate::pipeline::progress::Progress;
@@ -117,6 +118,7 @@ pub async fn run_job(
 /// # Errors
 /// The dump could not be taken or no target holds the result. A backup that
 /// reached only some targets is a report with `failed` entries, not an error.
+// Long on purpose: the steps of one backup in order, each failure aborting what is open at that point.
 #[tracing::instrument(skip_all, fields(job = job_name, backup_id))]
 pub async fn backup(
     strata: &Strata,
@@ -130,86 +132,18 @@ pub async fn backup(
     let config = strata.config();
     let local = now.with_timezone(&config.timezone);
     let encryption = config.encryption.as_ref();
-    let layouts = |sequence: u32| -> Vec<(Arc<dyn Target>, Layout)> {
-        job.targets
-            .iter()
-            .map(|name| {
-                let t = &config.targets[name];
-                let layout = Layout::new(
-                    &t.prefix,
-                    &job.name,
-                    &job.file_prefix,
-                    &local,
-                    job.format,
-                    job.compression,
-                    encryption.is_some(),
-                )
-                .sequence(sequence);
-                (strata.target(name), layout)
-            })
-            .collect()
-    };
-    // Two backups started in the same second get distinct ids: the second is
-    // `…_HHMMSS-2`, and so on (a manifest or a data object under the name on
-    // any target means it is taken).
-    let mut sequence = 1;
-    let plan = loop {
-        let plan = layouts(sequence);
-        let mut taken = None;
-        for (target, layout) in &plan {
-            for key in [layout.manifest_key(), layout.object_key()] {
-                if target.head(&key).await.is_ok() {
-                    taken = Some(target.name().to_owned());
-                }
-            }
-        }
-        match taken {
-            None => break plan,
-            Some(target) if sequence >= 100 => {
-                return Err(RunError::Exists {
-                    backup_id: plan[0].1.backup_id.clone(),
-                    target,
-                });
-            }
-            Some(_) => sequence += 1,
-        }
-    };
+    let plan = plan_layouts(strata, job, &local).await?;
     let backup_id = plan[0].1.backup_id.clone();
     tracing::Span::current().record("backup_id", &backup_id);
 
     let url = &job.database_url;
-    let client = url.connect().await?;
-    // The snapshot connection outlives the dump, idle in its transaction: the
-    // server's own statement and idle timeouts (set for applications) must not
-    // end it, and a server that stops answering costs at most STATEMENT_LIMIT
-    // per query (the run's `timeout` bounds the whole).
-    client
-        .batch_execute(&format!(
-            "SET statement_timeout = '{}s'; SET idle_in_transaction_session_timeout = 0",
-            pg::STATEMENT_LIMIT.as_secs()
-        ))
-        .await
-        .map_err(|e| url.query_error(&e))?;
-    let info = pg::database_info(url, &client).await?;
-    let tool = pg::find_tool("pg_dump", &info).await?;
-    // Roles, tablespaces and database settings: before the dump, so a role
-    // that may not read them fails the run before anything is written.
-    let globals = pg::globals::capture(
-        url,
-        &client,
-        info.server_version_num,
-        job.globals.role_passwords,
-    )
-    .await?;
-    client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(|e| url.query_error(&e))?;
-    let snapshot: String = client
-        .query_one("SELECT pg_export_snapshot()", &[])
-        .await
-        .map_err(|e| url.query_error(&e))?
-        .get(0);
+    let Snapshot {
+        client,
+        info,
+        tool,
+        globals,
+        id: snapshot,
+    } = open_snapshot(job).await?;
 
     let mut failed = BTreeMap::new();
     let mut uploads = Vec::new();
@@ -286,35 +220,7 @@ pub async fn backup(
     if let Some(p) = &ctl.progress {
         p.set_detail("completing the uploads");
     }
-    let completions =
-        futures::future::join_all(uploads.into_iter().map(|(name, upload)| async move {
-            match upload {
-                Ok(u) => (name, u.complete().await),
-                Err(e) => (name, Err(e)),
-            }
-        }))
-        .await;
-    let mut records = Vec::new();
-    for (name, result) in completions {
-        match result {
-            Ok(put) => {
-                let layout = &plan
-                    .iter()
-                    .find(|(t, _)| t.name() == name)
-                    .expect("planned target")
-                    .1;
-                records.push(TargetRecord {
-                    target: name,
-                    key: layout.object_key(),
-                    version_id: put.version_id,
-                    storage_class: put.storage_class,
-                });
-            }
-            Err(e) => {
-                failed.insert(name, e.to_string());
-            }
-        }
-    }
+    let mut records = complete_uploads(&plan, uploads, &mut failed).await;
     if records.is_empty() {
         return Err(RunError::NoTarget(failed.into_values().collect()));
     }
@@ -356,26 +262,8 @@ pub async fn backup(
         globals: Some(globals),
         mac: None,
     };
-    let json = bytes::Bytes::from(crate::domain::manifest::seal(
-        &manifest,
-        encryption.map(|e| e.keyring.active()),
-    ));
-    let mut written = 0;
-    for record in &records {
-        let (target, layout) = plan
-            .iter()
-            .find(|(t, _)| t.name() == record.target)
-            .expect("planned target");
-        match target.put_small(&layout.manifest_key(), json.clone()).await {
-            Ok(_) => written += 1,
-            Err(e) => {
-                // Without a manifest the object is debris; remove it now.
-                let _ = target.delete(&layout.object_key()).await;
-                failed.insert(record.target.clone(), e.to_string());
-            }
-        }
-    }
-    if written == 0 {
+    let key = encryption.map(|e| e.keyring.active());
+    if write_manifests(&plan, &records, &manifest, key, &mut failed).await == 0 {
         return Err(RunError::NoTarget(failed.into_values().collect()));
     }
     let report = BackupReport {
@@ -392,6 +280,180 @@ pub async fn backup(
         "backup finished"
     );
     Ok(report)
+}
+
+/// The source as one backup sees it: a connection holding an exported snapshot
+/// (idle in its transaction until the dump is done), the server's facts, the
+/// `pg_dump` to use, and the cluster globals.
+struct Snapshot {
+    client: tokio_postgres::Client,
+    info: crate::domain::DatabaseInfo,
+    tool: pg::Tool,
+    globals: crate::pg::globals::Globals,
+    id: String,
+}
+
+async fn open_snapshot(job: &JobConfig) -> Result<Snapshot, RunError> {
+    let url = &job.database_url;
+    let client = url.connect().await?;
+    // The snapshot connection outlives the dump, idle in its transaction: the
+    // server's own statement and idle timeouts (set for applications) must not
+    // end it, and a server that stops answering costs at most STATEMENT_LIMIT
+    // per query (the run's `timeout` bounds the whole).
+    client
+        .batch_execute(&format!(
+            "SET statement_timeout = '{}s'; SET idle_in_transaction_session_timeout = 0",
+            pg::STATEMENT_LIMIT.as_secs()
+        ))
+        .await
+        .map_err(|e| url.query_error(&e))?;
+    let info = pg::database_info(url, &client).await?;
+    let tool = pg::find_tool("pg_dump", &info).await?;
+    // Roles, tablespaces and database settings: before the dump, so a role
+    // that may not read them fails the run before anything is written.
+    let globals = pg::globals::capture(
+        url,
+        &client,
+        info.server_version_num,
+        job.globals.role_passwords,
+    )
+    .await?;
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(|e| url.query_error(&e))?;
+    let snapshot: String = client
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(|e| url.query_error(&e))?
+        .get(0);
+    Ok(Snapshot {
+        client,
+        info,
+        tool,
+        globals,
+        id: snapshot,
+    })
+}
+
+/// Where the backup goes on each target: named after `local`, with `-2`, `-3`, …
+/// when two backups start in the same second (a manifest or a data object under
+/// the name on any target means it is taken).
+async fn plan_layouts(
+    strata: &Strata,
+    job: &JobConfig,
+    local: &DateTime<chrono_tz::Tz>,
+) -> Result<Vec<(Arc<dyn Target>, Layout)>, RunError> {
+    let config = strata.config();
+    let encryption = config.encryption.as_ref();
+    let layouts = |sequence: u32| -> Vec<(Arc<dyn Target>, Layout)> {
+        job.targets
+            .iter()
+            .map(|name| {
+                let t = &config.targets[name];
+                let layout = Layout::new(
+                    &t.prefix,
+                    &job.name,
+                    &job.file_prefix,
+                    local,
+                    job.format,
+                    job.compression,
+                    encryption.is_some(),
+                )
+                .sequence(sequence);
+                (strata.target(name), layout)
+            })
+            .collect()
+    };
+    let mut sequence = 1;
+    loop {
+        let plan = layouts(sequence);
+        let mut taken = None;
+        for (target, layout) in &plan {
+            for key in [layout.manifest_key(), layout.object_key()] {
+                if target.head(&key).await.is_ok() {
+                    taken = Some(target.name().to_owned());
+                }
+            }
+        }
+        match taken {
+            None => return Ok(plan),
+            Some(target) if sequence >= 100 => {
+                return Err(RunError::Exists {
+                    backup_id: plan[0].1.backup_id.clone(),
+                    target,
+                });
+            }
+            Some(_) => sequence += 1,
+        }
+    }
+}
+
+/// Completes every open upload; the targets that hold the object now, and the
+/// reasons of those that do not (into `failed`).
+async fn complete_uploads(
+    plan: &[(Arc<dyn Target>, Layout)],
+    uploads: Vec<TargetUpload>,
+    failed: &mut BTreeMap<String, String>,
+) -> Vec<TargetRecord> {
+    let completions =
+        futures::future::join_all(uploads.into_iter().map(|(name, upload)| async move {
+            match upload {
+                Ok(u) => (name, u.complete().await),
+                Err(e) => (name, Err(e)),
+            }
+        }))
+        .await;
+    let mut records = Vec::new();
+    for (name, result) in completions {
+        match result {
+            Ok(put) => {
+                let layout = &plan
+                    .iter()
+                    .find(|(t, _)| t.name() == name)
+                    .expect("planned target")
+                    .1;
+                records.push(TargetRecord {
+                    target: name,
+                    key: layout.object_key(),
+                    version_id: put.version_id,
+                    storage_class: put.storage_class,
+                });
+            }
+            Err(e) => {
+                failed.insert(name, e.to_string());
+            }
+        }
+    }
+    records
+}
+
+/// Writes the sealed manifest (last) beside every stored object; an object whose
+/// manifest cannot be written is debris and removed. Returns how many were written.
+async fn write_manifests(
+    plan: &[(Arc<dyn Target>, Layout)],
+    records: &[TargetRecord],
+    manifest: &Manifest,
+    key: Option<&MasterKey>,
+    failed: &mut BTreeMap<String, String>,
+) -> usize {
+    let json = bytes::Bytes::from(crate::domain::manifest::seal(manifest, key));
+    let mut written = 0;
+    for record in records {
+        let (target, layout) = plan
+            .iter()
+            .find(|(t, _)| t.name() == record.target)
+            .expect("planned target");
+        match target.put_small(&layout.manifest_key(), json.clone()).await {
+            Ok(_) => written += 1,
+            Err(e) => {
+                // Without a manifest the object is debris; remove it now.
+                let _ = target.delete(&layout.object_key()).await;
+                failed.insert(record.target.clone(), e.to_string());
+            }
+        }
+    }
+    written
 }
 
 /// Writes the cluster globals beside the dump on every target that holds it;

@@ -157,6 +157,7 @@ pub fn server_side_encryption(config: &Config) -> Check {
 /// The compliance report at `now`, from every job's backups (`jobs`) and, where
 /// the caller has just read them, the targets' lifecycle states (`lifecycle`, by
 /// target; any target missing there is read here).
+// Long on purpose: One block per compliance check, in the order the report prints them.
 pub async fn report(
     strata: &Strata,
     now: DateTime<Utc>,

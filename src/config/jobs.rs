@@ -5,6 +5,7 @@ use super::raw::*;
 use super::validate::{cron, db_url, valid_name};
 use super::*;
 
+// Long on purpose: One check per key of a job, in the order of docs/config-reference.yaml.
 pub(super) fn validate_job(
     name: &str,
     j: RawJob,

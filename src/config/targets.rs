@@ -28,6 +28,7 @@ pub(super) fn check_class(class: &str, path: &str, problems: &mut Problems) -> b
     }
 }
 
+// Long on purpose: One check per key of a target, in the order of docs/config-reference.yaml.
 pub(super) fn validate_target(name: &str, t: RawTarget, p: &mut Problems) -> Option<TargetConfig> {
     let at = |key: &str| format!("targets.{name}.{key}");
     let prefix = t

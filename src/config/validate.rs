@@ -94,6 +94,7 @@ pub(super) fn cron(text: &str, at: &str, problems: &mut Problems) -> Option<Cron
         .ok()
 }
 
+// Long on purpose: One check per top-level section, in the order of docs/config-reference.yaml.
 pub(super) fn validate(raw: RawConfig, path: &Path, p: &mut Problems) -> Option<Config> {
     let timezone = match raw
         .timezone

@@ -355,6 +355,7 @@ impl Daemon {
     ///
     /// # Errors
     /// The HTTP server failed.
+    // Long on purpose: The daemon's tasks, started in order: start-up work, pings, periodic checks, the API thread, systemd, then the graceful stop.
     pub async fn run_until_stopped(
         self: Arc<Self>,
         listener: TcpListener,

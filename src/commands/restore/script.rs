@@ -189,6 +189,7 @@ impl ScriptParser {
 
     /// Lexes `cur` from `pos`. Returns the bytes after a `COPY … FROM stdin;`
     /// (data), or `None` when more input is needed.
+    // Long on purpose: One state machine over the bytes (quotes, dollar quotes, comments, COPY data): split, its states would pass each other half a statement.
     fn statements(&mut self, out: &mut Vec<Event>) -> Result<Option<Bytes>, ScriptError> {
         loop {
             let n = self.cur.len();
