@@ -188,10 +188,11 @@ fn backup_list_restore_and_verify_from_the_command_line() {
         .map(|v| (v["kind"].as_str().unwrap(), v["ok"].as_bool().unwrap()))
         .collect();
     assert_eq!(kinds, vec![("read_back", true), ("restore", true)]);
-    // Every operation is in the audit log, in order.
+    // Every operation is in the audit log, in order (a backup as the daemon
+    // records one: its start and its end).
     assert_eq!(
         state.exec("SELECT string_agg(action, ',' ORDER BY id) FROM audit_log"),
-        "backup,restore,verify"
+        "backup.start,backup.finish,restore,verify"
     );
 }
 
