@@ -8,7 +8,9 @@
 use chrono::{DateTime, Utc};
 
 use crate::app::Strata;
-use crate::domain::manifest::{self, MANIFEST_SUFFIX, Manifest, ManifestError, Trust, job_prefix};
+use crate::domain::manifest::{
+    self, Layout, MANIFEST_SUFFIX, Manifest, ManifestError, Trust, job_prefix,
+};
 use crate::storage::{StorageError, read_all};
 
 /// One listed backup.
@@ -113,9 +115,14 @@ pub async fn list_all(strata: &Strata, target: &str, job: &str) -> Result<Listin
             }
         }
     }
-    // Same start (two backups in one second): the one that finished later is newer.
-    out.entries
-        .sort_by_key(|e| (e.started_at(), e.manifest.finished_at));
+    // Same start (two backups in one second): the one named after it is newer.
+    out.entries.sort_by_key(|e| {
+        (
+            e.started_at(),
+            Layout::sequence_of(&e.manifest.backup_id),
+            e.manifest.finished_at,
+        )
+    });
     Ok(out)
 }
 

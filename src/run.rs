@@ -1,17 +1,21 @@
 //! One backup run, whoever starts it (a schedule, `POST /backups/{job}`,
 //! `strata backup`): its record and audit entries in the state database, and
 //! the run itself on a task of its own, so a panic becomes a failed run and a
-//! run past its deadline is cancelled like a shutdown. The daemon adds what only
-//! it has on top (slots, health, metrics, alerts); the CLI uses it as it is.
+//! run past its deadline is cancelled like a shutdown. Restore tests (scheduled,
+//! or `strata verify --restore-into`) run and are recorded the same way; a
+//! job's refresh is a step of its run. The daemon adds what only it has on top
+//! (slots, health, metrics, alerts); the CLI uses it as it is.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::Strata;
 use crate::commands::backup::{self, BackupReport, RunControl, RunError};
+use crate::domain::RestoreTest;
 use crate::pipeline::PipelineError;
 use crate::state::{AuditEntry, RunRecord, StateDb};
 
@@ -28,6 +32,64 @@ pub fn audit(state: Option<&StateDb>, entry: AuditEntry) {
     );
     if let Some(state) = state {
         state.audit(entry);
+    }
+}
+
+/// How work run by [`on_own_task`] ended.
+#[derive(Debug)]
+pub enum Ended<T> {
+    /// Before its deadline.
+    Done(T),
+    /// Within its grace after being cancelled at its deadline.
+    Late(T),
+    /// Cancelled at its deadline and aborted when its grace ran out.
+    TimedOut,
+    /// It panicked; the panic's message.
+    Panicked(String),
+}
+
+/// Runs `work` on a task of its own: a panic is caught and reported instead of
+/// taking the caller down, and past `timeout` `cancel` is cancelled (as a
+/// shutdown would) and the work gets `grace` to stop before it is aborted.
+pub async fn on_own_task<T: Send + 'static>(
+    job: &str,
+    timeout: Duration,
+    cancel: &CancellationToken,
+    grace: Duration,
+    work: impl Future<Output = T> + Send + 'static,
+) -> Ended<T> {
+    let mut task = tokio::spawn(work);
+    let joined = tokio::select! {
+        joined = &mut task => joined,
+        () = tokio::time::sleep(timeout) => {
+            tracing::error!(job, timeout = %humantime::format_duration(timeout), "past its deadline: cancelling it");
+            cancel.cancel();
+            match tokio::time::timeout(grace, &mut task).await {
+                Ok(Ok(done)) => return Ended::Late(done),
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    task.abort();
+                    return Ended::TimedOut;
+                }
+            }
+        }
+    };
+    match joined {
+        Ok(done) => Ended::Done(done),
+        Err(e) => {
+            let message = if e.is_panic() {
+                let payload = e.into_panic();
+                payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_owned())
+            } else {
+                "the task was cancelled".to_owned()
+            };
+            tracing::error!(job, error = %message, "a run panicked; it is recorded as failed");
+            Ended::Panicked(message)
+        }
     }
 }
 
@@ -97,42 +159,22 @@ impl Session {
         let cancel = ctl.cancel.clone();
         let name = self.record.job.clone();
         let started_at = self.record.started_at;
-        let mut task = tokio::spawn(async move {
+        let run = async move {
             #[cfg(debug_assertions)]
             if std::env::var("STRATA_TEST_PANIC_JOB").is_ok_and(|j| j == name) {
                 panic!("injected panic (STRATA_TEST_PANIC_JOB) in a run of {name}");
             }
             backup::run_job(&strata, &name, started_at, &ctl).await
-        });
-        let job = self.record.job.as_str();
-        let joined = tokio::select! {
-            joined = &mut task => joined,
-            () = tokio::time::sleep(timeout) => {
-                tracing::error!(job, timeout = %humantime::format_duration(timeout), "run past its deadline: cancelling it");
-                cancel.cancel();
-                match tokio::time::timeout(Duration::from_secs(60), &mut task).await {
-                    // It completed its last step as the deadline passed.
-                    Ok(Ok(Ok(report))) => return Ok(report),
-                    Ok(_) => {}
-                    Err(_) => task.abort(),
-                }
-                return Err(RunError::TimedOut(timeout));
-            }
         };
-        joined.unwrap_or_else(|e| {
-            let message = if e.is_panic() {
-                let payload = e.into_panic();
-                payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic without a message".to_owned())
-            } else {
-                "the run's task was cancelled".to_owned()
-            };
-            tracing::error!(job, error = %message, "a run panicked; it is recorded as failed");
-            Err(RunError::Panicked(message))
-        })
+        // A minute to close uploads cleanly after the cancellation.
+        let grace = Duration::from_secs(60);
+        match on_own_task(&self.record.job, timeout, &cancel, grace, run).await {
+            Ended::Done(result) => result,
+            // It completed its last step as the deadline passed.
+            Ended::Late(Ok(report)) => Ok(report),
+            Ended::Late(Err(_)) | Ended::TimedOut => Err(RunError::TimedOut(timeout)),
+            Ended::Panicked(message) => Err(RunError::Panicked(message)),
+        }
     }
 
     /// Records how the run ended (`backup.finish`; a `refresh` entry first for a
@@ -186,4 +228,107 @@ impl Session {
             }
         }
     }
+}
+
+/// Runs `job`'s restore test (its newest readable backup into a scratch
+/// database on `verify.restore_into`, checked, dropped) on a task of its own
+/// under the job's `timeout`, as a run is: a panic or the deadline is a failed
+/// test whose scratch database is dropped all the same. The test is recorded
+/// ([`record_restore_test`]). `None` when the job has no `restore_into`.
+pub async fn restore_test(
+    strata: Arc<Strata>,
+    state: Option<&StateDb>,
+    job: &str,
+    actor: &str,
+    host: &str,
+    now: DateTime<Utc>,
+) -> Option<RestoreTest> {
+    let cfg = strata.config().job(job)?;
+    let server = cfg.verify.restore_into.clone()?;
+    let (timeout, sql) = (cfg.timeout, cfg.verify.sql.clone());
+    let scratch = crate::commands::restore::scratch_name();
+    let clock = std::time::Instant::now();
+    let work = {
+        let (job, server, scratch) = (job.to_owned(), server.clone(), scratch.clone());
+        async move {
+            #[cfg(debug_assertions)]
+            if std::env::var("STRATA_TEST_PANIC_RESTORE_TEST").is_ok_and(|j| j == job) {
+                panic!(
+                    "injected panic (STRATA_TEST_PANIC_RESTORE_TEST) in a restore test of {job}"
+                );
+            }
+            crate::commands::restore::restore_test(&strata, &job, &server, &scratch, &sql, now)
+                .await
+        }
+    };
+    // Nothing in a restore test watches a cancellation: at the deadline it is
+    // aborted at once, and its scratch database dropped below.
+    let never = CancellationToken::new();
+    let why = match on_own_task(job, timeout, &never, Duration::ZERO, work).await {
+        Ended::Done(test) | Ended::Late(test) => Ok(test),
+        Ended::TimedOut => Err(format!(
+            "the restore test ran past the job's timeout ({})",
+            humantime::format_duration(timeout)
+        )),
+        Ended::Panicked(message) => Err(format!("the restore test panicked: {message}")),
+    };
+    let test = match why {
+        Ok(test) => test,
+        Err(error) => {
+            let dropped = crate::commands::restore::drop_scratch(&server, &scratch);
+            if tokio::time::timeout(Duration::from_secs(10), dropped)
+                .await
+                .is_err()
+            {
+                tracing::warn!(job, database = %scratch, "the server did not answer: a restore test's database may be left behind");
+            }
+            RestoreTest {
+                job: job.to_owned(),
+                backup_id: None,
+                target: None,
+                started_at: now,
+                seconds: clock.elapsed().as_secs_f64(),
+                ok: false,
+                error: Some(error),
+                tables: 0,
+                rows: 0,
+            }
+        }
+    };
+    tracing::info!(
+        job,
+        ok = test.ok,
+        backup_id = test.backup_id.as_deref().unwrap_or("-"),
+        seconds = test.seconds,
+        error = test.error.as_deref().unwrap_or(""),
+        "restore test finished"
+    );
+    record_restore_test(state, &test, actor, host).await;
+    Some(test)
+}
+
+/// Records a restore test in the state database (its measured time is the
+/// job's RTO in `strata status`) and the audit log (`restore_test`).
+pub async fn record_restore_test(
+    state: Option<&StateDb>,
+    test: &RestoreTest,
+    actor: &str,
+    host: &str,
+) {
+    if let Some(state) = state {
+        if let Err(e) = state.save_restore_test(test, host).await {
+            tracing::warn!(job = %test.job, error = %e, "restore test not recorded in the state database");
+        }
+    }
+    audit(
+        state,
+        AuditEntry {
+            at: test.finished_at(),
+            actor: actor.to_owned(),
+            action: "restore_test".to_owned(),
+            job: Some(test.job.clone()),
+            run_id: None,
+            detail: serde_json::to_value(test).unwrap_or_default(),
+        },
+    );
 }

@@ -1,6 +1,7 @@
 //! `status`, `prune` and `lifecycle`: looking after what is stored.
 
 use super::*;
+use crate::policy::schedule::SystemClock;
 
 pub(super) async fn status(config: &std::path::Path, json: bool) -> Result<(), Failure> {
     use crate::commands::status::{JobFacts, RestoreTestFact, RunFact};
@@ -143,6 +144,7 @@ pub(super) async fn prune_with(
             state: state.as_deref(),
             metrics: None,
             actor: &actor,
+            clock: &SystemClock,
         };
         let purged = prune::purge_refused(&strata, job, &rec).await?;
         for (target, key, result) in &purged {
@@ -177,6 +179,7 @@ pub(super) async fn prune_with(
         state: state.as_deref(),
         metrics: None,
         actor: &actor,
+        clock: &SystemClock,
     };
     if mode == crate::config::PruneMode::Approval && !approve {
         return match prune::propose(&rec, &plan).await {

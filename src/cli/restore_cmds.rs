@@ -94,6 +94,7 @@ pub(super) async fn verify(
         server.as_ref(),
         &thaw.options(strata.config()),
         Some(progress),
+        chrono::Utc::now(),
     )
     .await;
     reporter.finish().await;
@@ -108,16 +109,17 @@ pub(super) async fn verify(
     audit_cli(strata.config(), "verify", Some(&job), detail).await;
     // A restore into a scratch database by hand is a restore test too:
     // its measured time goes where the scheduled ones go.
-    if let (Ok(Some(test)), Some(url)) = (
-        result.as_ref().map(|r| r.restore_test.as_ref()),
-        &strata.config().state_url,
-    ) {
-        let state = crate::state::StateDb::open(url.clone());
-        if let Err(e) = state
-            .save_restore_test(test, &crate::state::host_id())
-            .await
-        {
-            tracing::warn!(error = %e, "could not record the restore test");
+    if let Ok(Some(test)) = result.as_ref().map(|r| r.restore_test.as_ref()) {
+        let state = strata
+            .config()
+            .state_url
+            .clone()
+            .map(crate::state::StateDb::open);
+        let actor = cli_actor();
+        crate::run::record_restore_test(state.as_deref(), test, &actor, &crate::state::host_id())
+            .await;
+        if let Some(state) = &state {
+            sync_state(state).await;
         }
     }
     let report = result?;

@@ -103,9 +103,13 @@ pub async fn run_job(
         ReadBack::Never => false,
     };
     if read_back {
-        for (target, why) in
-            crate::commands::restore::read_back_new(strata, job_name, &report.manifest.backup_id)
-                .await
+        for (target, why) in crate::commands::restore::read_back_new(
+            strata,
+            job_name,
+            &report.manifest.backup_id,
+            now,
+        )
+        .await
         {
             report.failed.insert(target, why);
         }
@@ -241,7 +245,8 @@ pub async fn backup(
         backup_id: backup_id.clone(),
         job: job.name.clone(),
         started_at: now,
-        finished_at: Utc::now(),
+        // On the run's clock (tests move it): started plus the time it took.
+        finished_at: now + chrono::Duration::from_std(clock.elapsed()).unwrap_or_default(),
         database: info,
         pg_dump_version: tool.version.clone(),
         format: job.format,

@@ -6,16 +6,14 @@ use std::collections::BTreeMap;
 
 use crate::app::Strata;
 use crate::config::TargetKind;
+use crate::domain::StorageClass;
 use crate::policy::cost::{self, CostReport, JobProjection, Projection};
 use crate::storage::Medium;
-
-/// Storage class name used for local disk (not priced).
-pub const LOCAL_CLASS: &str = "LOCAL";
 
 /// Bytes per (target, storage class), plus targets that could not be listed.
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
-    pub objects: BTreeMap<String, Vec<(String, u64)>>,
+    pub objects: BTreeMap<String, Vec<(StorageClass, u64)>>,
     pub errors: BTreeMap<String, String>,
 }
 
@@ -36,9 +34,9 @@ pub async fn take(strata: &Strata) -> Inventory {
                         .into_iter()
                         .map(|o| {
                             let class = if local {
-                                LOCAL_CLASS.to_owned()
+                                StorageClass::Local
                             } else {
-                                o.storage_class.unwrap_or_else(|| "STANDARD".into())
+                                o.storage_class.unwrap_or(StorageClass::Standard)
                             };
                             (class, o.size)
                         })
@@ -98,7 +96,10 @@ pub fn cost_report(
                 retention: cfg.retention,
                 lifecycle,
                 backup_bytes: bytes,
-                initial_class: settings.storage_class.as_deref().unwrap_or("STANDARD"),
+                initial_class: settings
+                    .storage_class
+                    .as_ref()
+                    .unwrap_or(&StorageClass::Standard),
                 part_bytes: settings.part_size as u64,
             };
             projections.push(JobProjection {

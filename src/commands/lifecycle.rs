@@ -16,6 +16,7 @@ use aws_sdk_s3::types::{
 use serde::Serialize;
 
 use crate::config::{TargetConfig, TargetKind};
+use crate::domain::StorageClass;
 use crate::storage::s3::{BACKUP_TAG, S3Target, s3_error};
 use crate::storage::{StorageError, Target};
 
@@ -28,7 +29,7 @@ pub const ABORT_INCOMPLETE_DAYS: u32 = 2;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Transition {
     pub days: u32,
-    pub storage_class: String,
+    pub storage_class: StorageClass,
 }
 
 /// A lifecycle rule in the terms strata compares.
@@ -167,10 +168,9 @@ pub fn from_sdk(r: &LifecycleRule) -> Rule {
             .iter()
             .map(|t| Transition {
                 days: days(t.days()).unwrap_or(0),
-                storage_class: t
-                    .storage_class()
-                    .map(|c| c.as_str().to_owned())
-                    .unwrap_or_default(),
+                storage_class: StorageClass::reported(
+                    t.storage_class().map_or("", TransitionStorageClass::as_str),
+                ),
             })
             .collect(),
         expiration_days: r.expiration().and_then(|e| days(e.days())),
@@ -348,7 +348,7 @@ mod tests {
         .into_iter()
         .map(|(d, c)| Tier {
             after_days: d,
-            storage_class: c.map(str::to_owned),
+            storage_class: c.map(StorageClass::reported),
         })
         .collect()
     }

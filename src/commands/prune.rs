@@ -13,6 +13,7 @@ use crate::catalog;
 use crate::domain::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::policy::retention::{self, Candidate};
+use crate::policy::schedule::Clock;
 use crate::state::{AuditEntry, RunStatus, StateDb};
 use crate::storage::{StorageError, Target};
 
@@ -247,6 +248,8 @@ pub struct Recorder<'a> {
     pub state: Option<&'a StateDb>,
     pub metrics: Option<&'a Metrics>,
     pub actor: &'a str,
+    /// Stamps the audit entries (the daemon's clock, which tests move).
+    pub clock: &'a dyn Clock,
 }
 
 /// Deletes the plan's `only` backups (all its deletions when `None`) from every
@@ -334,7 +337,7 @@ fn json_detail(
 async fn record(rec: &Recorder<'_>, job: &str, action: &str, detail: serde_json::Value) {
     if let Some(state) = rec.state {
         state.audit(AuditEntry {
-            at: Utc::now(),
+            at: rec.clock.now(),
             actor: rec.actor.to_owned(),
             action: action.into(),
             job: Some(job.to_owned()),

@@ -27,7 +27,7 @@ use serde_yaml::Value;
 
 use crate::domain::{
     Compression, DEFAULT_CHUNK_SIZE, DumpFormat, LockMode, MAX_CHUNK_SIZE, ObjectLock,
-    ServerSideEncryption,
+    ServerSideEncryption, StorageClass, UnknownStorageClass,
 };
 use crate::keys::{Keyring, MasterKey};
 use crate::pg::DbUrl;
@@ -35,16 +35,6 @@ use crate::pipeline::cpu::cores;
 use crate::policy::LifecycleRule;
 use crate::policy::retention::Retention;
 use crate::policy::schedule::CronSchedule;
-
-/// Storage classes strata knows prices and lifecycle transitions for.
-pub const STORAGE_CLASSES: [&str; 4] = ["STANDARD", "STANDARD_IA", "GLACIER", "DEEP_ARCHIVE"];
-const OTHER_CLASSES: [&str; 5] = [
-    "ONEZONE_IA",
-    "INTELLIGENT_TIERING",
-    "GLACIER_IR",
-    "REDUCED_REDUNDANCY",
-    "EXPRESS_ONEZONE",
-];
 
 /// The configuration could not be used; lists every problem found.
 #[derive(Debug, thiserror::Error)]
@@ -255,7 +245,7 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     pub state_url: Option<DbUrl>,
     pub encryption: Option<EncryptionConfig>,
-    pub pricing: BTreeMap<String, f64>,
+    pub pricing: BTreeMap<StorageClass, f64>,
     pub alerts: AlertsConfig,
     /// Connections a restore loads with (`restore.jobs`, default: the cores).
     pub restore_jobs: usize,

@@ -13,19 +13,16 @@ pub(super) fn valid_bucket(name: &str) -> bool {
         && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
-pub(super) fn check_class(class: &str, path: &str, problems: &mut Problems) -> bool {
-    if STORAGE_CLASSES.contains(&class) || OTHER_CLASSES.contains(&class) {
-        true
-    } else {
-        problems.add(
-            path,
-            format!(
-                "unknown storage class '{class}' (expected one of {})",
-                STORAGE_CLASSES.join(", ")
-            ),
-        );
-        false
-    }
+/// The class named at `path`, or a problem there.
+pub(super) fn check_class(
+    class: &str,
+    path: &str,
+    problems: &mut Problems,
+) -> Option<StorageClass> {
+    class
+        .parse()
+        .map_err(|e: UnknownStorageClass| problems.add(path, e.to_string()))
+        .ok()
 }
 
 // Long on purpose: One check per key of a target, in the order of docs/config-reference.yaml.
@@ -110,10 +107,9 @@ pub(super) fn validate_target(name: &str, t: RawTarget, p: &mut Problems) -> Opt
                     None
                 }
             };
-            if let Some(class) = &t.storage_class {
-                check_class(class, &at("storage_class"), p);
-            }
-            settings.storage_class = t.storage_class;
+            settings.storage_class = t
+                .storage_class
+                .and_then(|class| check_class(&class, &at("storage_class"), p));
             settings.tags = t.tags.unwrap_or_default().into_iter().collect();
             if let Some(mib) = t.part_size_mib {
                 if (5..=5120).contains(&mib) {
@@ -190,11 +186,12 @@ pub(super) fn validate_lifecycle(
         last_day = r.after_days;
         match (r.storage_class, r.expire.unwrap_or(false)) {
             (Some(class), false) => {
-                check_class(&class, &format!("{at}.storage_class"), p);
-                out.push(LifecycleRule {
-                    after_days: r.after_days,
-                    storage_class: Some(class),
-                });
+                if let Some(class) = check_class(&class, &format!("{at}.storage_class"), p) {
+                    out.push(LifecycleRule {
+                        after_days: r.after_days,
+                        storage_class: Some(class),
+                    });
+                }
             }
             (None, true) => {
                 if i + 1 != count {

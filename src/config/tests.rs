@@ -151,7 +151,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(job.format, DumpFormat::Plain);
     assert_eq!(job.file_prefix, "app");
     assert_eq!(job.rpo, Duration::from_secs(86_400));
-    assert_eq!(c.pricing["STANDARD"], 0.023);
+    assert_eq!(c.pricing[&StorageClass::Standard], 0.023);
     assert_eq!(c.timezone, chrono_tz::UTC);
 }
 

@@ -138,18 +138,13 @@ pub(super) fn validate(raw: RawConfig, path: &Path, p: &mut Problems) -> Option<
         .state
         .and_then(|s| db_url(&s.database_url, "state.database_url", p));
     let encryption = raw.encryption.and_then(|e| validate_encryption(e, p));
-    let mut pricing: BTreeMap<String, f64> = [
-        ("STANDARD", 0.023),
-        ("STANDARD_IA", 0.0125),
-        ("GLACIER", 0.004),
-        ("DEEP_ARCHIVE", 0.00099),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let mut pricing: BTreeMap<StorageClass, f64> = StorageClass::PRICED
+        .into_iter()
+        .zip([0.023, 0.0125, 0.004, 0.00099])
+        .collect();
     for (class, price) in raw.pricing.unwrap_or_default() {
         let at = format!("pricing.{class}");
-        if check_class(&class, &at, p) {
+        if let Some(class) = check_class(&class, &at, p) {
             if price.is_finite() && price >= 0.0 {
                 pricing.insert(class, price);
             } else {

@@ -45,7 +45,7 @@ impl Daemon {
             for (class, c) in &t.classes {
                 self.metrics
                     .storage_bytes
-                    .with_label_values(&[&t.target, class])
+                    .with_label_values(&[t.target.as_str(), class.as_str()])
                     .set(c.bytes as f64);
             }
             self.metrics
@@ -168,37 +168,15 @@ impl Daemon {
     /// a scratch database on `verify.restore_into`, checked and dropped; recorded,
     /// measured, alerted.
     pub async fn run_restore_test(&self, job: &str) -> Option<RestoreTest> {
-        let cfg = self.strata.config().job(job)?;
-        let server = cfg.verify.restore_into.as_ref()?;
-        let test = crate::commands::restore::restore_test(
-            &self.strata,
+        let test = crate::run::restore_test(
+            self.strata.clone(),
+            self.state.as_deref(),
             job,
-            server,
-            &cfg.verify.sql,
+            "scheduler",
+            &self.host,
             self.clock.now(),
         )
-        .await;
-        tracing::info!(
-            job,
-            ok = test.ok,
-            backup_id = test.backup_id.as_deref().unwrap_or("-"),
-            seconds = test.seconds,
-            error = test.error.as_deref().unwrap_or(""),
-            "restore test finished"
-        );
-        if let Some(state) = &self.state {
-            if let Err(e) = state.save_restore_test(&test, &self.host).await {
-                tracing::warn!(job, error = %e, "restore test not recorded in the state database");
-            }
-        }
-        self.audit(
-            "scheduler",
-            "restore_test",
-            Some(job),
-            None,
-            serde_json::to_value(&test).unwrap_or_default(),
-        )
-        .await;
+        .await?;
         self.metrics
             .restore_test_duration
             .with_label_values(&[job])

@@ -272,6 +272,7 @@ impl Daemon {
                 state: self.state.as_deref(),
                 metrics: Some(&self.metrics),
                 actor: "retention",
+                clock: self.clock.as_ref(),
             };
             prune::after_backup(&self.strata, &job, &rec, self.clock.now()).await;
         }

@@ -183,6 +183,13 @@ pub struct RestoreTest {
     pub rows: u64,
 }
 
+impl RestoreTest {
+    /// When the test ended, on the clock it started on.
+    pub fn finished_at(&self) -> DateTime<Utc> {
+        self.started_at + chrono::Duration::milliseconds((self.seconds * 1000.0) as i64)
+    }
+}
+
 /// Outcome of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

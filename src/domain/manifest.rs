@@ -47,7 +47,7 @@ pub struct TargetRecord {
     pub target: String,
     pub key: String,
     pub version_id: Option<String>,
-    pub storage_class: Option<String>,
+    pub storage_class: Option<super::StorageClass>,
 }
 
 /// A later check of the stored backup.
@@ -441,6 +441,16 @@ impl Layout {
             dir,
             object_name,
         }
+    }
+
+    /// Which of the backups started in one second `backup_id` names: `n` for an
+    /// id ending in `-n` ([`Self::sequence`]), else 1.
+    pub fn sequence_of(backup_id: &str) -> u32 {
+        backup_id
+            .rsplit_once('-')
+            .and_then(|(_, n)| n.parse().ok())
+            .filter(|n| *n >= 2)
+            .unwrap_or(1)
     }
 
     /// The `n`th backup started in the same second (`n` ≥ 2 appends `-n` to

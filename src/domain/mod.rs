@@ -4,8 +4,10 @@
 
 pub mod formats;
 pub mod manifest;
+pub mod storage_class;
 
 pub use formats::{
     Compression, CompressionParseError, DEFAULT_CHUNK_SIZE, DatabaseInfo, DumpFormat, LockMode,
     MAX_CHUNK_SIZE, ObjectLock, Outcome, RestoreTest, RunStatus, ServerSideEncryption, ThawTier,
 };
+pub use storage_class::{StorageClass, UnknownStorageClass};

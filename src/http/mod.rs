@@ -307,6 +307,7 @@ async fn approve_prune(
         state: Some(state),
         metrics: Some(&d.metrics),
         actor: &actor,
+        clock: d.clock.as_ref(),
     };
     match prune::approve(&d.strata, &job, state, &rec, d.clock.now()).await {
         Ok((plan_id, out)) => axum::Json(json!({

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use chrono::{Duration, NaiveDate, TimeZone, Utc};
 use serde::Serialize;
 
+use crate::domain::StorageClass;
 use crate::policy::LifecycleRule;
 use crate::policy::retention::Retention;
 use crate::policy::retention::{self, Candidate};
@@ -24,27 +25,9 @@ pub const GIB: f64 = 1_073_741_824.0;
 /// Days per billing month in this model.
 const MONTH_DAYS: f64 = 30.0;
 
-/// Minimum storage duration (days) S3 charges for a class.
-pub fn minimum_days(class: &str) -> u32 {
-    match class {
-        "STANDARD_IA" | "ONEZONE_IA" => 30,
-        "GLACIER" | "GLACIER_IR" => 90,
-        "DEEP_ARCHIVE" => 180,
-        _ => 0,
-    }
-}
-
-/// USD per 1,000 requests: PUT/POST/LIST-class requests, and lifecycle transitions
-/// into a class (AWS us-east-1 list prices).
+/// USD per 1,000 PUT/POST/LIST-class requests (AWS us-east-1 list prices); the
+/// transitions into a class are priced by [`StorageClass::transition_per_1000`].
 const PUT_PER_1000: f64 = 0.005;
-fn transition_per_1000(class: &str) -> f64 {
-    match class {
-        "STANDARD_IA" | "ONEZONE_IA" => 0.01,
-        "GLACIER" | "GLACIER_IR" => 0.03,
-        "DEEP_ARCHIVE" => 0.05,
-        _ => 0.0,
-    }
-}
 
 /// Sum of dollar amounts; 0.0 (not Rust's -0.0) when there are none.
 fn total(amounts: impl Iterator<Item = f64>) -> f64 {
@@ -67,7 +50,7 @@ pub struct ClassCost {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TargetCost {
     pub target: String,
-    pub classes: BTreeMap<String, ClassCost>,
+    pub classes: BTreeMap<StorageClass, ClassCost>,
     pub usd_monthly: f64,
 }
 
@@ -75,10 +58,10 @@ pub struct TargetCost {
 /// a price (local disk) cost nothing here.
 pub fn price_target(
     target: &str,
-    objects: impl IntoIterator<Item = (String, u64)>,
-    prices: &BTreeMap<String, f64>,
+    objects: impl IntoIterator<Item = (StorageClass, u64)>,
+    prices: &BTreeMap<StorageClass, f64>,
 ) -> TargetCost {
-    let mut classes: BTreeMap<String, ClassCost> = BTreeMap::new();
+    let mut classes: BTreeMap<StorageClass, ClassCost> = BTreeMap::new();
     for (class, bytes) in objects {
         classes.entry(class).or_default().bytes += bytes;
     }
@@ -100,7 +83,7 @@ pub struct Projection<'a> {
     /// Size of one stored backup (the newest).
     pub backup_bytes: u64,
     /// Class objects are written in.
-    pub initial_class: &'a str,
+    pub initial_class: &'a StorageClass,
     /// Multipart part size, for request counts.
     pub part_bytes: u64,
 }
@@ -109,7 +92,7 @@ pub struct Projection<'a> {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Projected {
     /// Storage, by class.
-    pub storage_usd_monthly: BTreeMap<String, f64>,
+    pub storage_usd_monthly: BTreeMap<StorageClass, f64>,
     /// Charges for leaving a class before its minimum duration.
     pub early_deletion_usd_monthly: f64,
     /// Uploads and lifecycle transitions.
@@ -172,21 +155,21 @@ fn lifetimes(retention: &Retention, expire_days: Option<u32>) -> Vec<u32> {
 }
 
 /// Steady-state monthly cost of a policy on one target.
-pub fn project(p: &Projection<'_>, prices: &BTreeMap<String, f64>) -> Projected {
+pub fn project(p: &Projection<'_>, prices: &BTreeMap<StorageClass, f64>) -> Projected {
     let expire = p
         .lifecycle
         .iter()
         .find(|r| r.storage_class.is_none())
         .map(|r| r.after_days);
-    let transitions: Vec<(u32, &str)> = p
+    let transitions: Vec<(u32, &StorageClass)> = p
         .lifecycle
         .iter()
-        .filter_map(|r| r.storage_class.as_deref().map(|c| (r.after_days, c)))
+        .filter_map(|r| r.storage_class.as_ref().map(|c| (r.after_days, c)))
         .collect();
     let gb = p.backup_bytes as f64 / GIB;
-    let price = |class: &str| prices.get(class).copied().unwrap_or(0.0);
+    let price = |class: &StorageClass| prices.get(class).copied().unwrap_or(0.0);
     let mut out = Projected::default();
-    let mut year_storage: BTreeMap<String, f64> = BTreeMap::new();
+    let mut year_storage: BTreeMap<StorageClass, f64> = BTreeMap::new();
     let mut year_early = 0.0;
     let mut year_requests = 0.0;
     let mut held_days = 0.0;
@@ -203,19 +186,19 @@ pub fn project(p: &Projection<'_>, prices: &BTreeMap<String, f64>) -> Projected 
                 break;
             }
             let days = after - since;
-            *year_storage.entry(class.to_owned()).or_default() +=
+            *year_storage.entry(class.clone()).or_default() +=
                 gb * price(class) * f64::from(days) / MONTH_DAYS;
-            year_early += gb * price(class) * f64::from(minimum_days(class).saturating_sub(days))
+            year_early += gb * price(class) * f64::from(class.minimum_days().saturating_sub(days))
                 / MONTH_DAYS;
-            year_requests += transition_per_1000(next) / 1000.0;
+            year_requests += next.transition_per_1000() / 1000.0;
             class = next;
             since = after;
         }
         let days = life - since;
-        *year_storage.entry(class.to_owned()).or_default() +=
+        *year_storage.entry(class.clone()).or_default() +=
             gb * price(class) * f64::from(days) / MONTH_DAYS;
         year_early +=
-            gb * price(class) * f64::from(minimum_days(class).saturating_sub(days)) / MONTH_DAYS;
+            gb * price(class) * f64::from(class.minimum_days().saturating_sub(days)) / MONTH_DAYS;
     }
     out.storage_usd_monthly = year_storage
         .into_iter()

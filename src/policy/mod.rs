@@ -5,10 +5,12 @@ pub mod cost;
 pub mod retention;
 pub mod schedule;
 
+use crate::domain::StorageClass;
+
 /// One lifecycle rule (by object age).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LifecycleRule {
     pub after_days: u32,
     /// `None` means expire (delete).
-    pub storage_class: Option<String>,
+    pub storage_class: Option<StorageClass>,
 }

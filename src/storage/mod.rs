@@ -13,6 +13,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 
+use crate::domain::StorageClass;
+
 pub mod local;
 pub mod s3;
 
@@ -69,7 +71,7 @@ impl StorageError {
 pub struct PutResult {
     pub size: u64,
     pub version_id: Option<String>,
-    pub storage_class: Option<String>,
+    pub storage_class: Option<StorageClass>,
 }
 
 /// An object as listed.
@@ -77,7 +79,7 @@ pub struct PutResult {
 pub struct ObjectMeta {
     pub key: String,
     pub size: u64,
-    pub storage_class: Option<String>,
+    pub storage_class: Option<StorageClass>,
     /// Set by versioned buckets on `head`; `None` elsewhere.
     pub version_id: Option<String>,
     /// Object Lock retain-until date (`head` on S3 only).
@@ -102,8 +104,8 @@ pub enum Thaw {
 
 impl Thaw {
     /// Parses S3's `x-amz-restore` header for an object in `class`.
-    pub fn from_header(class: Option<&str>, header: Option<&str>) -> Self {
-        let archived = matches!(class, Some("GLACIER" | "DEEP_ARCHIVE"));
+    pub fn from_header(class: Option<&StorageClass>, header: Option<&str>) -> Self {
+        let archived = class.is_some_and(StorageClass::is_archive);
         match header {
             Some(h) if h.contains("ongoing-request=\"true\"") => Self::InProgress,
             Some(h) if h.contains("ongoing-request=\"false\"") => Self::Ready(

@@ -20,13 +20,14 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream as SdkBody, DateTime as SdkDateTime};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockMode,
-    ServerSideEncryption, StorageClass,
+    ServerSideEncryption, StorageClass as SdkStorageClass,
 };
 use bytes::{Bytes, BytesMut};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::task::JoinSet;
 
 use super::{ByteStream, Medium, ObjectMeta, PutResult, StorageError, Target, Thaw, Upload};
+use crate::domain::StorageClass;
 
 mod upload;
 
@@ -50,7 +51,7 @@ pub struct S3Settings {
     pub endpoint: Option<String>,
     pub path_style: bool,
     pub server_side_encryption: Option<crate::domain::ServerSideEncryption>,
-    pub storage_class: Option<String>,
+    pub storage_class: Option<StorageClass>,
     pub tags: Vec<(String, String)>,
     /// Explicit credentials (access key id, secret); `None` uses the standard AWS
     /// chain. The secret never shows in `Debug`.
@@ -123,11 +124,13 @@ impl S3Settings {
     /// Storage class of an upload: manifests and globals always stay in
     /// STANDARD, where they can be read to list and start restores; backups go
     /// to the configured class.
-    fn class_for(&self, key: &str) -> Option<StorageClass> {
+    fn class_for(&self, key: &str) -> Option<SdkStorageClass> {
         if !crate::domain::manifest::is_archivable(key) {
             None
         } else {
-            self.storage_class.as_deref().map(StorageClass::from)
+            self.storage_class
+                .as_ref()
+                .map(|c| SdkStorageClass::from(c.as_str()))
         }
     }
 
@@ -417,11 +420,13 @@ impl Target for S3Target {
             .send()
             .await
             .map_err(|e| self.err(key, e))?;
-        let storage_class = out.storage_class.map(|c| c.as_str().to_owned());
+        let storage_class = out
+            .storage_class
+            .map(|c| StorageClass::reported(c.as_str()));
         Ok(ObjectMeta {
             key: key.to_owned(),
             size: u64::try_from(out.content_length.unwrap_or(0)).unwrap_or(0),
-            thaw: Thaw::from_header(storage_class.as_deref(), out.restore.as_deref()),
+            thaw: Thaw::from_header(storage_class.as_ref(), out.restore.as_deref()),
             storage_class,
             version_id: out.version_id.filter(|v| v != "null"),
             retain_until: out
@@ -445,7 +450,9 @@ impl Target for S3Target {
                 out.push(ObjectMeta {
                     key: obj.key.unwrap_or_default(),
                     size: u64::try_from(obj.size.unwrap_or(0)).unwrap_or(0),
-                    storage_class: obj.storage_class.map(|c| c.as_str().to_owned()),
+                    storage_class: obj
+                        .storage_class
+                        .map(|c| StorageClass::reported(c.as_str())),
                     ..ObjectMeta::default()
                 });
             }

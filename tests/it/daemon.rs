@@ -1303,6 +1303,43 @@ async fn restore_tests_measure_the_rto_and_catch_a_tampered_backup() {
     app.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_restore_test_past_the_jobs_timeout_fails_is_recorded_and_alerted() {
+    // The restore server accepts connections and never answers: only the run's
+    // deadline (the job's `timeout`, far below the 30 s connect timeout) ends it.
+    let silent = crate::helpers::Silent::start().await;
+    let hook = crate::helpers::WebhookReceiver::start().await;
+    let alerts = format!("alerts:\n  webhook: {{ url: \"{}\" }}\n", hook.url);
+    let verify = format!(
+        ", timeout: 5s, verify: {{ restore_test: \"0 5 1 * *\", restore_into: \"postgres://postgres@127.0.0.1:{}/postgres\" }}",
+        silent.port
+    );
+    let app = App::spawn_with(&alerts, &verify, None, true).await;
+    app.backup_now().await;
+    let test = app.daemon.run_restore_test("app").await.unwrap();
+    assert!(!test.ok, "{test:?}");
+    let error = test.error.clone().unwrap();
+    assert!(error.contains("past the job's timeout (5s)"), "{error}");
+    let alert = hook.wait_for("restore_test_failed", 1).await;
+    assert!(alert[0]["cause"].as_str().unwrap().contains(&error));
+    let state = app.state.as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state.exec("SELECT count(*) FROM audit_log WHERE action = 'restore_test' AND job = 'app'")
+        != "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restore test was not audited"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        state.exec("SELECT string_agg(ok::text, ',') FROM restore_tests"),
+        "false"
+    );
+    app.shutdown().await;
+}
+
 /// `strata_…` metric names an expression uses.
 fn metric_names(expr: &str) -> Vec<String> {
     let mut out = Vec::new();

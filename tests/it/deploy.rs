@@ -180,6 +180,7 @@ async fn iam_policies_allow_every_s3_call_strata_makes_and_the_writer_never_dele
         state: None,
         metrics: None,
         actor: "test",
+        clock: &strata::policy::schedule::SystemClock,
     };
     strata::commands::prune::execute(&strata, &plan, None, &rec).await;
     let used = check(&proxy.requests()[before..], "admin-policy.json");

@@ -374,7 +374,7 @@ async fn tampered_or_truncated_objects_never_reach_the_database() {
         let err = restore_latest(&strata, &dest).await.unwrap_err();
         assert!(matches!(err, RestoreError::Verify(_)), "{what}: {err}");
         assert!(!dest.exists(), "{what}: a partial database was left behind");
-        let v = restore::verify(&strata, "app", "latest", None)
+        let v = restore::verify(&strata, "app", "latest", None, chrono::Utc::now())
             .await
             .unwrap();
         assert!(!v.ok(), "{what}: verify passed a damaged object");

@@ -541,3 +541,22 @@ impl Drop for SmtpServer {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP server that accepts every connection and never says a word.
+pub struct Silent {
+    pub port: u16,
+}
+
+impl Silent {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        Self { port }
+    }
+}

@@ -9,27 +9,8 @@ use serde_json::Value;
 
 use crate::cluster::{ADMIN, Cluster, Options};
 use crate::daemon::{Proc, TOKEN, run_id_of};
-use crate::helpers::{Bucket, S3Kind, Setup, TestDb, WebhookReceiver, files, job};
+use crate::helpers::{Bucket, S3Kind, Setup, Silent, TestDb, WebhookReceiver, files, job};
 use crate::proxy::{Fault, FaultProxy, Rule};
-
-/// A TCP server that accepts every connection and never says a word.
-struct Silent {
-    port: u16,
-}
-
-impl Silent {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((conn, _)) = listener.accept().await {
-                held.push(conn);
-            }
-        });
-        Self { port }
-    }
-}
 
 async fn post(url: &str, job: &str) -> reqwest::Response {
     reqwest::Client::new()

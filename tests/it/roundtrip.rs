@@ -89,7 +89,7 @@ async fn backup_and_restore(kind: Option<S3Kind>, format: &str, compression: &st
             "restore from {t} differs from the source"
         );
     }
-    let v = restore::verify(&strata, "app", &m.backup_id, None)
+    let v = restore::verify(&strata, "app", &m.backup_id, None, chrono::Utc::now())
         .await
         .unwrap();
     assert!(v.ok(), "{v:?}");
@@ -185,7 +185,10 @@ async fn s3_objects_carry_encryption_storage_class_and_tags() {
         .await
         .unwrap();
     let record = &report.manifest.targets[0];
-    assert_eq!(record.storage_class.as_deref(), Some("STANDARD_IA"));
+    assert_eq!(
+        record.storage_class.as_ref().map(|c| c.as_str()),
+        Some("STANDARD_IA")
+    );
     let client = bucket.client().await;
     let head = client
         .head_object()

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use futures::SinkExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_postgres::error::SqlState;
 
 use super::rewrite::Rewrite;
 use super::script::{Event, Kind, Statement, excerpt};
@@ -42,13 +43,28 @@ pub enum LoadError {
     #[error("{0}")]
     Connect(crate::pg::SourceError),
     #[error("restoring `{statement}` failed: {message}")]
-    Statement { statement: String, message: String },
+    Statement {
+        statement: String,
+        message: String,
+        /// The server's SQLSTATE, for callers that react to one (a deadlock).
+        code: Option<SqlState>,
+    },
     #[error("loading the data of {table} failed: {message}")]
     Copy { table: String, message: String },
     #[error("reading the backup failed: {0}")]
     Input(String),
     #[error("a restore connection stopped unexpectedly: {0}")]
     Worker(String),
+}
+
+impl LoadError {
+    fn statement(statement: String, e: &tokio_postgres::Error) -> Self {
+        Self::Statement {
+            statement,
+            message: crate::pg::pg_message(e),
+            code: e.code().cloned(),
+        }
+    }
 }
 
 /// What was loaded.
@@ -87,10 +103,7 @@ impl Conn {
         client
             .batch_execute(SESSION)
             .await
-            .map_err(|e| LoadError::Statement {
-                statement: SESSION.into(),
-                message: crate::pg::pg_message(&e),
-            })?;
+            .map_err(|e| LoadError::statement(SESSION.into(), &e))?;
         Ok(Self {
             client,
             applied: HashMap::new(),
@@ -112,10 +125,7 @@ impl Conn {
         self.client
             .batch_execute(&sql)
             .await
-            .map_err(|e| LoadError::Statement {
-                statement: excerpt(&sql),
-                message: crate::pg::pg_message(&e),
-            })?;
+            .map_err(|e| LoadError::statement(excerpt(&sql), &e))?;
         for (name, stmt) in wanted.iter() {
             self.applied.insert(name.clone(), stmt.clone());
         }
@@ -126,10 +136,7 @@ impl Conn {
         self.client
             .batch_execute(sql)
             .await
-            .map_err(|e| LoadError::Statement {
-                statement: excerpt(sql),
-                message: crate::pg::pg_message(&e),
-            })
+            .map_err(|e| LoadError::statement(excerpt(sql), &e))
     }
 
     /// Runs statements in order without waiting for each answer (tokio-postgres
@@ -141,10 +148,7 @@ impl Conn {
                 .await;
         for (stmt, result) in statements.iter().zip(results) {
             if let Err(e) = result {
-                return Err(LoadError::Statement {
-                    statement: excerpt(stmt),
-                    message: crate::pg::pg_message(&e),
-                });
+                return Err(LoadError::statement(excerpt(stmt), &e));
             }
         }
         Ok(())
@@ -227,7 +231,7 @@ fn release(counts: &mut HashMap<String, usize>, key: &str) {
 }
 
 fn is_deadlock(e: &LoadError) -> bool {
-    matches!(e, LoadError::Statement { message, .. } if message.contains("deadlock detected"))
+    matches!(e, LoadError::Statement { code: Some(code), .. } if *code == SqlState::T_R_DEADLOCK_DETECTED)
 }
 
 impl Pool {

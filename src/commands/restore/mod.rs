@@ -52,7 +52,8 @@ use feed::restore_into;
 pub use database::{drop_database, swap_in};
 pub use thaw::{ThawOptions, ensure_readable};
 pub use verify::{
-    RestoreTest, VerifyReport, newest_readable, read_back_new, restore_test, verify, verify_with,
+    RestoreTest, VerifyReport, drop_scratch, newest_readable, read_back_new, restore_test,
+    scratch_name, verify, verify_with,
 };
 
 const COPY_BUF: usize = 1 << 20;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::RestoreError;
-use crate::domain::ThawTier;
+use crate::domain::{StorageClass, ThawTier};
 use crate::storage::s3::S3Target;
 use crate::storage::{Target, Thaw};
 
@@ -35,17 +35,6 @@ impl Default for ThawOptions {
     }
 }
 
-/// Hours a thaw takes at most, as AWS documents it per class and tier.
-fn thaw_hours(class: &str, tier: ThawTier) -> i64 {
-    match (class, tier) {
-        ("DEEP_ARCHIVE", ThawTier::Bulk) => 48,
-        ("DEEP_ARCHIVE", _) => 12,
-        (_, ThawTier::Expedited) => 1,
-        (_, ThawTier::Bulk) => 12,
-        (_, ThawTier::Standard) => 5,
-    }
-}
-
 /// Returns once `key` can be read; requests a thaw of an archived object and
 /// then waits (`wait`) or says when it should be ready.
 ///
@@ -62,7 +51,7 @@ pub async fn ensure_readable(
     let mut requested_at: Option<DateTime<Utc>> = None;
     loop {
         let meta = target.head(key).await?;
-        let class = meta.storage_class.clone().unwrap_or_default();
+        let class = meta.storage_class.clone();
         let state = match meta.thaw {
             Thaw::NotArchived | Thaw::Ready(_) => return Ok(()),
             Thaw::Archived => {
@@ -76,11 +65,17 @@ pub async fn ensure_readable(
             Thaw::InProgress => "a thaw is in progress".to_owned(),
         };
         let ready_by = requested_at.unwrap_or_else(Utc::now)
-            + chrono::Duration::hours(thaw_hours(&class, opts.tier));
+            + chrono::Duration::hours(i64::from(
+                // S3 names the class of every archived object; GLACIER's times otherwise.
+                class
+                    .as_ref()
+                    .unwrap_or(&StorageClass::Glacier)
+                    .thaw_hours(opts.tier),
+            ));
         let err = RestoreError::Thawing {
             target: target.name().to_owned(),
             key: key.to_owned(),
-            class,
+            class: class.map(|c| c.to_string()).unwrap_or_default(),
             state,
             ready_by,
         };

@@ -43,7 +43,8 @@ impl VerifyReport {
 
 /// Re-reads a backup from every target that holds it (hash, authentication,
 /// decompressed size) and, with `restore_into`, restores it into a scratch
-/// database on that server, checks row counts and drops it.
+/// database on that server, checks row counts and drops it. The checks are
+/// recorded as made at `now` (the caller's clock).
 ///
 /// # Errors
 /// The backup cannot be found; individual check failures are in the report.
@@ -52,6 +53,7 @@ pub async fn verify(
     job: &str,
     which: &str,
     restore_into: Option<&DbUrl>,
+    now: DateTime<Utc>,
 ) -> Result<VerifyReport, RestoreError> {
     verify_with(
         strata,
@@ -60,6 +62,7 @@ pub async fn verify(
         restore_into,
         &ThawOptions::default(),
         None,
+        now,
     )
     .await
 }
@@ -77,6 +80,7 @@ pub async fn verify_with(
     restore_into: Option<&DbUrl>,
     thaw: &ThawOptions,
     progress: Option<Arc<Progress>>,
+    now: DateTime<Utc>,
 ) -> Result<VerifyReport, RestoreError> {
     let (_, entry, _) = find(strata, job, which, None).await?;
     if let Some(p) = &progress {
@@ -118,7 +122,7 @@ pub async fn verify_with(
     let restore = match restore_into {
         None => None,
         Some(server) => {
-            let started_at = Utc::now();
+            let started_at = now;
             let clock = Instant::now();
             let scratch = format!(
                 "strata_verify_{}",
@@ -164,14 +168,18 @@ pub async fn verify_with(
         thawing,
         restore,
     };
-    record_verification(strata, &entry, &report).await;
+    record_verification(strata, &entry, &report, now).await;
     Ok(report)
 }
 
 /// Appends the results to the manifest on every target that holds the backup. A
 /// failure to record is logged; it does not change the verdict.
-async fn record_verification(strata: &Strata, entry: &Entry, report: &VerifyReport) {
-    let now = chrono::Utc::now();
+async fn record_verification(
+    strata: &Strata,
+    entry: &Entry,
+    report: &VerifyReport,
+    now: DateTime<Utc>,
+) {
     let mut results: Vec<Verification> = report
         .targets
         .iter()
@@ -302,11 +310,13 @@ pub async fn newest_readable(
 /// database on `server`, checks every table's row count against the manifest,
 /// runs the `sql` assertions (each must succeed, and when it returns a row its
 /// first column must not be false), records the result in the backup's
-/// manifests, and drops the database. `started_at` is the caller's clock.
+/// manifests, and drops the database. `scratch` names the database (from
+/// [`scratch_name`]); `started_at` is the caller's clock.
 pub async fn restore_test(
     strata: &Strata,
     job: &str,
     server: &DbUrl,
+    scratch: &str,
     sql: &[String],
     started_at: DateTime<Utc>,
 ) -> RestoreTest {
@@ -333,11 +343,7 @@ pub async fn restore_test(
     test.target = Some(target.name().to_owned());
     test.tables = entry.manifest.tables.len();
     test.rows = entry.manifest.total_rows();
-    let scratch = format!(
-        "strata_restore_test_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    let dest = server.with_dbname(&scratch);
+    let dest = server.with_dbname(scratch);
     let opts = RestoreOptions {
         backup: entry.manifest.backup_id.clone(),
         from: Some(target.name().to_owned()),
@@ -351,7 +357,7 @@ pub async fn restore_test(
     test.seconds = clock.elapsed().as_secs_f64();
     let result = match restored {
         Ok(report) => {
-            clean_up(server, &scratch, &report).await;
+            clean_up(server, scratch, &report).await;
             result
         }
         Err(e) => Err(e),
@@ -365,8 +371,45 @@ pub async fn restore_test(
         restore: Some(test.error.clone().map_or(Outcome::Ok, Outcome::Failed)),
         restore_test: None,
     };
-    record_verification(strata, &entry, &report).await;
+    record_verification(strata, &entry, &report, test.finished_at()).await;
     test
+}
+
+/// A fresh, unique name for a restore test's database.
+pub fn scratch_name() -> String {
+    format!(
+        "strata_restore_test_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// Drops `scratch` and the restore's own scratch database beside it (named
+/// after it), for a restore test that did not end on its own (a panic, its
+/// deadline). Best effort: logged when the server cannot be reached.
+pub async fn drop_scratch(server: &DbUrl, scratch: &str) {
+    let admin_url = server.with_dbname("postgres");
+    let Ok(admin) = admin_url.connect().await else {
+        tracing::warn!(
+            database = scratch,
+            "could not reach the server to drop a restore test's database"
+        );
+        return;
+    };
+    let names = admin
+        .query(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1)",
+            &[&scratch],
+        )
+        .await
+        .map(|rows| {
+            rows.iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    for name in names {
+        drop_database(&admin, &admin_url, &name).await;
+    }
 }
 
 /// Drops a scratch restore and the roles and tablespaces it created, so a
@@ -415,8 +458,13 @@ async fn run_assertions(dest: &DbUrl, sql: &[String]) -> Result<(), RestoreError
 /// Re-reads a just-written backup from every target that holds it (hash,
 /// decryption, size) and records the checks in its manifests; returns the
 /// targets whose copy failed, with the reason.
-pub async fn read_back_new(strata: &Strata, job: &str, backup_id: &str) -> Vec<(String, String)> {
-    match verify(strata, job, backup_id, None).await {
+pub async fn read_back_new(
+    strata: &Strata,
+    job: &str,
+    backup_id: &str,
+    now: DateTime<Utc>,
+) -> Vec<(String, String)> {
+    match verify(strata, job, backup_id, None, now).await {
         Ok(report) => report
             .targets
             .into_iter()

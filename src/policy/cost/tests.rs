@@ -1,6 +1,10 @@
 use super::*;
 
-fn prices() -> BTreeMap<String, f64> {
+fn c(name: &str) -> StorageClass {
+    StorageClass::reported(name)
+}
+
+fn prices() -> BTreeMap<StorageClass, f64> {
     [
         ("STANDARD", 0.023),
         ("STANDARD_IA", 0.0125),
@@ -8,14 +12,14 @@ fn prices() -> BTreeMap<String, f64> {
         ("DEEP_ARCHIVE", 0.00099),
     ]
     .into_iter()
-    .map(|(c, p)| (c.to_owned(), p))
+    .map(|(name, p)| (c(name), p))
     .collect()
 }
 
 fn rule(after_days: u32, class: Option<&str>) -> LifecycleRule {
     LifecycleRule {
         after_days,
-        storage_class: class.map(str::to_owned),
+        storage_class: class.map(c),
     }
 }
 
@@ -42,17 +46,17 @@ fn a_gib_month_costs_the_class_price() {
     let t = price_target(
         "primary",
         [
-            ("STANDARD".to_owned(), 1 << 30),
-            ("STANDARD".to_owned(), 1 << 30),
-            ("GLACIER".to_owned(), 10 << 30),
-            ("LOCAL".to_owned(), 5 << 30),
+            (c("STANDARD"), 1 << 30),
+            (c("STANDARD"), 1 << 30),
+            (c("GLACIER"), 10 << 30),
+            (c("LOCAL"), 5 << 30),
         ],
         &prices(),
     );
-    assert_eq!(t.classes["STANDARD"].bytes, 2 << 30);
-    assert!((t.classes["STANDARD"].usd_monthly - 0.046).abs() < 1e-12);
-    assert!((t.classes["GLACIER"].usd_monthly - 0.04).abs() < 1e-12);
-    assert_eq!(t.classes["LOCAL"].usd_monthly, 0.0);
+    assert_eq!(t.classes[&c("STANDARD")].bytes, 2 << 30);
+    assert!((t.classes[&c("STANDARD")].usd_monthly - 0.046).abs() < 1e-12);
+    assert!((t.classes[&c("GLACIER")].usd_monthly - 0.04).abs() < 1e-12);
+    assert_eq!(t.classes[&c("LOCAL")].usd_monthly, 0.0);
     assert!((t.usd_monthly - 0.086).abs() < 1e-12);
 }
 
@@ -89,12 +93,12 @@ fn storage_only_policy_is_size_times_backups_times_price() {
         },
         lifecycle: &[],
         backup_bytes: 10 << 30,
-        initial_class: "STANDARD",
+        initial_class: &StorageClass::Standard,
         part_bytes: 8 << 20,
     };
     let got = project(&p, &prices());
     assert!((got.backups_held - 7.0).abs() < 1e-9);
-    let storage = got.storage_usd_monthly["STANDARD"];
+    let storage = got.storage_usd_monthly[&c("STANDARD")];
     // 7 backups × 10 GiB × $0.023, × 365/360 for 30-day months.
     assert!(
         (storage - 7.0 * 10.0 * 0.023 * 365.0 / 360.0).abs() < 1e-9,
@@ -118,13 +122,13 @@ fn early_deletion_is_charged_for_classes_left_too_soon() {
         },
         lifecycle: &tiers,
         backup_bytes: 1 << 30,
-        initial_class: "STANDARD",
+        initial_class: &StorageClass::Standard,
         part_bytes: 8 << 20,
     };
     let got = project(&p, &prices());
     assert!(got.early_deletion_usd_monthly > 0.0);
-    assert!(got.storage_usd_monthly.contains_key("STANDARD_IA"));
-    assert!(!got.storage_usd_monthly.contains_key("GLACIER"));
+    assert!(got.storage_usd_monthly.contains_key(&c("STANDARD_IA")));
+    assert!(!got.storage_usd_monthly.contains_key(&c("GLACIER")));
 }
 
 #[test]
@@ -136,7 +140,7 @@ fn the_strategy_worked_example_is_about_2_70_a_month() {
         retention: PROD,
         lifecycle: &tiers,
         backup_bytes: 5 << 30,
-        initial_class: "STANDARD",
+        initial_class: &StorageClass::Standard,
         part_bytes: 8 << 20,
     };
     let got = project(&p, &prices());
@@ -148,7 +152,7 @@ fn the_strategy_worked_example_is_about_2_70_a_month() {
     );
     assert!((got.usd_monthly - 2.65).abs() < 0.05, "{got:?}");
     // STANDARD holds the young backups and dominates the bill.
-    assert!(got.storage_usd_monthly["STANDARD"] > 0.7 * got.usd_monthly);
+    assert!(got.storage_usd_monthly[&c("STANDARD")] > 0.7 * got.usd_monthly);
     let parts: f64 = got.storage_usd_monthly.values().sum::<f64>()
         + got.early_deletion_usd_monthly
         + got.requests_usd_monthly;

@@ -168,7 +168,7 @@ impl S3Upload {
             storage_class: meta
                 .storage_class
                 .or_else(|| s.storage_class.clone())
-                .or_else(|| Some("STANDARD".into())),
+                .or(Some(StorageClass::Standard)),
         })
     }
 
