@@ -15,6 +15,10 @@ pub const USAGE: u8 = 2;
 /// Not yet: an archived object is thawing; run the same command again later
 /// (`EX_TEMPFAIL`).
 pub const NOT_YET: u8 = 75;
+/// `wal-fetch` could not read the archive (or was misconfigured): PostgreSQL
+/// stops recovery on any status above 125 instead of taking the file as
+/// missing and ending recovery early.
+pub const STOP_RECOVERY: u8 = 126;
 
 /// Failure of a command: exit status plus message.
 pub struct Failure(pub u8, pub String);

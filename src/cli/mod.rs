@@ -2,7 +2,7 @@
 //! exit status (0 done, 1 failed, 2 bad usage or config, 75 not yet).
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ mod maintain_cmds;
 mod report_cmds;
 mod restore_cmds;
 mod run_cmds;
+mod wal_cmds;
 
 use exit::Failure;
 
@@ -144,6 +145,22 @@ pub enum Command {
     Decrypt {
         #[arg(long)]
         key_file: PathBuf,
+    },
+    /// Archive one WAL file of a physical job on every target (PostgreSQL's
+    /// `archive_command`: `strata -c CONFIG wal-push JOB %p`). Exit 0 only when
+    /// every target holds it; 1 otherwise, and PostgreSQL tries again.
+    WalPush { job: String, path: PathBuf },
+    /// Fetch one WAL file of a physical job from the archive (PostgreSQL's
+    /// `restore_command`: `strata -c CONFIG wal-fetch JOB %f %p`). Exit 1 when
+    /// the archive does not hold it (recovery ends there), 126 when the archive
+    /// could not be read (PostgreSQL stops recovery instead of ending it early).
+    WalFetch {
+        job: String,
+        name: String,
+        dest: PathBuf,
+        /// Read only this target.
+        #[arg(long)]
+        from: Option<String>,
     },
 }
 
@@ -296,6 +313,13 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Decrypt { key_file } => decrypt(&key_file),
+        Command::WalPush { job, path } => wal_cmds::push(&cli.config, &job, &path).await,
+        Command::WalFetch {
+            job,
+            name,
+            dest,
+            from,
+        } => wal_cmds::fetch(&cli.config, &job, &name, &dest, from.as_deref()).await,
         Command::Run => {
             let config = load(&cli.config)?;
             crate::http::run(config).await?;

@@ -51,6 +51,10 @@ pub enum RunError {
     TimedOut(std::time::Duration),
     #[error("the run panicked: {0}")]
     Panicked(String),
+    #[error(
+        "job '{0}' is a physical job: its base backups are not available in this version yet (its WAL is archived by `strata wal-push`)"
+    )]
+    Physical(String),
 }
 
 impl RunError {
@@ -133,6 +137,9 @@ pub async fn backup(
     let cancel = &ctl.cancel;
     let clock = Instant::now();
     let job = strata.job(job_name)?;
+    if job.kind.is_physical() {
+        return Err(RunError::Physical(job.name.clone()));
+    }
     let config = strata.config();
     let local = now.with_timezone(&config.timezone);
     let encryption = config.encryption.as_ref();

@@ -9,3 +9,4 @@ pub mod prune;
 pub mod refresh;
 pub mod restore;
 pub mod status;
+pub mod wal;

@@ -21,6 +21,7 @@ pub(super) fn validate_job(
         );
     }
     let database_url = db_url(&j.database_url, &at("database_url"), p);
+    let kind = validate_kind(name, &j, p);
     let schedule = j
         .schedule
         .as_deref()
@@ -171,5 +172,56 @@ pub(super) fn validate_job(
             role_passwords: j.globals.and_then(|g| g.role_passwords).unwrap_or(false),
         },
         timeout: timeout?,
+        kind: kind?,
     })
+}
+
+/// `kind` and what only one kind may use: a physical job copies the cluster,
+/// so dump settings, refreshes and separate globals mean nothing for it.
+fn validate_kind(name: &str, j: &RawJob, p: &mut Problems) -> Option<JobKind> {
+    let at = |key: &str| format!("jobs.{name}.{key}");
+    match j.kind.as_deref().unwrap_or("logical") {
+        "logical" => {
+            if j.recovery_window.is_some() {
+                p.add(
+                    at("recovery_window"),
+                    "only a physical job (kind: physical) has a recovery window",
+                );
+            }
+            Some(JobKind::Logical)
+        }
+        "physical" => {
+            for (key, set) in [
+                ("format", j.format.is_some()),
+                ("refresh", j.refresh.is_some()),
+                ("globals", j.globals.is_some()),
+                (
+                    "verify.restore_test",
+                    j.verify.as_ref().is_some_and(|v| v.restore_test.is_some()),
+                ),
+            ] {
+                if set {
+                    p.add(at(key), "not used by a physical job (kind: physical)");
+                }
+            }
+            let text = j.recovery_window.as_deref().unwrap_or("14d");
+            match humantime::parse_duration(text) {
+                Ok(d) if d >= Duration::from_secs(3600) => {
+                    Some(JobKind::Physical { recovery_window: d })
+                }
+                Ok(_) => {
+                    p.add(at("recovery_window"), "must be at least 1h");
+                    None
+                }
+                Err(e) => {
+                    p.add(at("recovery_window"), format!("'{text}': {e}"));
+                    None
+                }
+            }
+        }
+        other => {
+            p.add(at("kind"), format!("'{other}' is not logical or physical"));
+            None
+        }
+    }
 }

@@ -235,6 +235,25 @@ pub struct JobConfig {
     pub globals: GlobalsConfig,
     /// A run longer than this is cancelled like a shutdown (default 12h).
     pub timeout: Duration,
+    /// What the job backs up: a database (`logical`, the default) or the whole
+    /// cluster with its write-ahead log (`physical`).
+    pub kind: JobKind,
+}
+
+/// What a job backs up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// One database with `pg_dump`.
+    Logical,
+    /// The cluster: base backups and the archived WAL between them, so any
+    /// moment of the last `recovery_window` can be restored.
+    Physical { recovery_window: Duration },
+}
+
+impl JobKind {
+    pub fn is_physical(self) -> bool {
+        matches!(self, Self::Physical { .. })
+    }
 }
 
 /// The whole validated configuration.

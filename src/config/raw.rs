@@ -126,6 +126,8 @@ pub(super) struct RawJob {
     pub(super) refresh: Option<RawRefresh>,
     pub(super) globals: Option<RawGlobals>,
     pub(super) timeout: Option<String>,
+    pub(super) kind: Option<String>,
+    pub(super) recovery_window: Option<String>,
 }
 
 #[derive(Deserialize)]

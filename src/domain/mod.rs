@@ -5,6 +5,7 @@
 pub mod formats;
 pub mod manifest;
 pub mod storage_class;
+pub mod wal;
 
 pub use formats::{
     Compression, CompressionParseError, DEFAULT_CHUNK_SIZE, DatabaseInfo, DumpFormat, LockMode,

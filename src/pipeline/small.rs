@@ -75,6 +75,28 @@ pub fn open(
             actual,
         });
     }
+    let read = unseal(stored, compression, keys, raw_bytes)?;
+    if read.len() as u64 != raw_bytes {
+        return Err(VerifyError::Decompress(format!(
+            "{} bytes after decompression, the manifest says {raw_bytes}",
+            read.len()
+        )));
+    }
+    Ok(read)
+}
+
+/// Decrypts (with `keys`) and decompresses a sealed object, reading at most
+/// `limit` + 1 bytes of output so a hostile object cannot inflate without
+/// bound; the caller compares the length it got with the one it expects.
+///
+/// # Errors
+/// Authentication or decompression failed.
+pub fn unseal(
+    stored: &[u8],
+    compression: Compression,
+    keys: Option<&Arc<Keyring>>,
+    limit: u64,
+) -> Result<Vec<u8>, VerifyError> {
     let packed = match keys {
         Some(keys) => {
             let mut dec = Decryptor::new(keys.clone());
@@ -85,28 +107,18 @@ pub fn open(
         }
         None => stored.to_vec(),
     };
-    // Never inflate more than the manifest says (a bounded read).
-    let limit = raw_bytes.saturating_add(1);
+    let limit = limit.saturating_add(1);
     let mut plain = Vec::new();
-    let read = match compression {
+    match compression {
         Compression::None => Ok(packed),
         Compression::Gzip(_) => flate2::read::MultiGzDecoder::new(&packed[..])
             .take(limit)
             .read_to_end(&mut plain)
             .map(|_| plain),
-        Compression::Zstd(_) => zstd::Decoder::new(&packed[..]).and_then(|d| {
-            let mut out = Vec::new();
-            d.take(limit).read_to_end(&mut out).map(|_| out)
-        }),
+        Compression::Zstd(_) => zstd::Decoder::new(&packed[..])
+            .and_then(|d| d.take(limit).read_to_end(&mut plain).map(|_| plain)),
     }
-    .map_err(|e| VerifyError::Decompress(e.to_string()))?;
-    if read.len() as u64 != raw_bytes {
-        return Err(VerifyError::Decompress(format!(
-            "{} bytes after decompression, the manifest says {raw_bytes}",
-            read.len()
-        )));
-    }
-    Ok(read)
+    .map_err(|e| VerifyError::Decompress(e.to_string()))
 }
 
 #[cfg(test)]

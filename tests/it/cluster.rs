@@ -41,7 +41,8 @@ fn pg_command(program: &Path) -> Command {
     }
 }
 
-fn give_to_postgres(path: &Path) {
+/// Hands `path` (recursively) to the user the servers run as.
+pub fn give_to_postgres(path: &Path) {
     if is_root() {
         let status = Command::new("chown")
             .args(["-R", "postgres:postgres"])
@@ -147,6 +148,8 @@ pub struct Options {
     pub hba: Vec<String>,
     /// Extra `postgresql.conf` settings.
     pub settings: Vec<String>,
+    /// Environment of the server (and so of its `archive_command`).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running throwaway cluster; stopped and removed when dropped.
@@ -226,6 +229,7 @@ impl Cluster {
                 dir.path().display()
             ))
             .arg("start")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap();
         assert!(
@@ -251,6 +255,11 @@ impl Cluster {
             format!("?{extra}")
         };
         format!("postgres://{user}@127.0.0.1:{}/{db}{q}", self.port)
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> &Path {
+        &self.data
     }
 
     /// Runs SQL as the bootstrap superuser over the Unix socket (which every

@@ -19,4 +19,5 @@ mod resilience;
 mod retention;
 mod roundtrip;
 mod tls;
+mod wal;
 mod walkthrough;

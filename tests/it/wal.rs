@@ -1,0 +1,453 @@
+//! WAL archiving against a real server: a throwaway cluster with
+//! `archive_mode = on` whose `archive_command` is `strata wal-push`, archiving
+//! to local disk and an S3 bucket (moto) at once; `strata wal-fetch` reading
+//! it back as `restore_command` would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::cluster::{Cluster, Options, give_to_postgres};
+use crate::helpers::{Bucket, S3Kind, Setup, bin, files};
+use crate::proxy::{Fault, FaultProxy, Rule};
+
+/// A cluster archiving into job `prod` through strata.
+struct Archiving {
+    setup: Setup,
+    bucket: Bucket,
+    cluster: Cluster,
+    config: PathBuf,
+}
+
+fn moto_env() -> Vec<(String, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+    ]
+}
+
+fn targets_yaml(bucket: &Bucket, endpoint: Option<&str>) -> String {
+    bucket.yaml("offsite", endpoint)
+}
+
+fn job_yaml(port: u16) -> String {
+    format!(
+        "  prod: {{ kind: physical, database_url: \"postgres://strata_admin@127.0.0.1:{port}/postgres\", targets: [local, offsite], compression: \"zstd:3\" }}\n"
+    )
+}
+
+impl Archiving {
+    async fn start() -> Self {
+        let setup = Setup::new();
+        let bucket = Bucket::create(S3Kind::Moto).await;
+        let config = setup.path().join("config.yaml");
+        let cluster = Cluster::start(Options {
+            settings: vec![
+                "wal_level = replica".into(),
+                "archive_mode = on".into(),
+                format!(
+                    "archive_command = '{} -c {} wal-push prod %p'",
+                    bin(),
+                    config.display()
+                ),
+            ],
+            env: moto_env(),
+            ..Options::default()
+        });
+        setup.write_config(&targets_yaml(&bucket, None), &job_yaml(cluster.port));
+        share(setup.path());
+        Self {
+            setup,
+            bucket,
+            cluster,
+            config,
+        }
+    }
+
+    /// Writes some rows, switches to a new segment and returns the name of
+    /// the one just finished.
+    fn fill_segment(&self, rows: u32) -> String {
+        self.cluster.psql(
+            "postgres",
+            &format!("CREATE TABLE IF NOT EXISTS t (g int); INSERT INTO t SELECT generate_series(1, {rows})"),
+        );
+        self.cluster
+            .psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")
+    }
+
+    /// Waits until the archiver reports `segment` archived.
+    fn archived(&self, segment: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let row = self.cluster.psql(
+                "postgres",
+                "SELECT coalesce(last_archived_wal, '') || ' ' || failed_count || ' ' || coalesce(last_failed_wal, '') FROM pg_stat_archiver",
+            );
+            let last = row.split(' ').next().unwrap_or_default();
+            if !last.is_empty() && last >= segment {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{segment} not archived: {row}\n{}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn server_log(&self) -> String {
+        std::fs::read_to_string(self.cluster.data().parent().unwrap().join("server.log"))
+            .unwrap_or_default()
+    }
+
+    fn strata(&self, args: &[&str]) -> Output {
+        strata_with(&self.config, args)
+    }
+
+    fn wal_files(&self) -> Vec<String> {
+        files(&self.setup.backups())
+            .into_iter()
+            .filter(|f| f.contains("/wal/"))
+            .collect()
+    }
+}
+
+fn strata_with(config: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .envs(moto_env())
+        .output()
+        .unwrap()
+}
+
+/// The directory and everything in it readable by the server's user (which
+/// runs `archive_command`), as a production install would arrange.
+fn share(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir.join("backups")).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    give_to_postgres(dir);
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn archive_command_puts_every_segment_on_every_target_and_fetch_returns_it_byte_for_byte() {
+    let a = Archiving::start().await;
+    let first = a.fill_segment(10_000);
+    let second = a.fill_segment(10);
+    a.archived(&second);
+    let stats = a.cluster.psql(
+        "postgres",
+        "SELECT archived_count >= 2, failed_count FROM pg_stat_archiver",
+    );
+    assert_eq!(stats, "t|0", "{}", a.server_log());
+
+    // Local disk and S3 hold the same objects, under the documented layout.
+    let local = a.wal_files();
+    let key = |seg: &str| {
+        local
+            .iter()
+            .find(|f| f.contains(&format!("prod/wal/00000001/{seg}.")))
+            .cloned()
+            .unwrap_or_else(|| panic!("{seg} not on local disk: {local:?}"))
+    };
+    for seg in [&first, &second] {
+        let k = key(seg);
+        assert!(k.ends_with(".zst.enc"), "{k}");
+        assert!(a.bucket.keys().await.contains(&k), "{k} not in the bucket");
+    }
+    assert!(local.contains(&"database-backups/prod/wal/archive.json".to_owned()));
+
+    // Fetched from either target: exactly the server's own segment.
+    let original = std::fs::read(a.cluster.data().join("pg_wal").join(&first)).unwrap();
+    for from in ["local", "offsite"] {
+        let dest = a.setup.path().join(format!("fetched-{from}"));
+        let out = a.strata(&[
+            "wal-fetch",
+            "prod",
+            &first,
+            dest.to_str().unwrap(),
+            "--from",
+            from,
+        ]);
+        assert!(out.status.success(), "{from}: {}", stderr(&out));
+        assert!(
+            std::fs::read(&dest).unwrap() == original,
+            "{from}: content differs"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_second_push_of_the_same_segment_succeeds_and_different_content_is_refused() {
+    let a = Archiving::start().await;
+    let seg = a.fill_segment(1000);
+    a.archived(&seg);
+    let before = a.wal_files();
+    let bucket_before = a.bucket.keys().await;
+    let original = std::fs::read(a.cluster.data().join("pg_wal").join(&seg)).unwrap();
+    let dir = a.setup.path().join("by-hand");
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join(&seg);
+
+    // The archiver retrying after a crash: the same bytes again.
+    std::fs::write(&copy, &original).unwrap();
+    let out = a.strata(&["wal-push", "prod", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Another server's segment of the same name: refused, nothing overwritten.
+    let mut changed = original.clone();
+    changed[100_000] ^= 0xFF;
+    std::fs::write(&copy, &changed).unwrap();
+    let out = a.strata(&["wal-push", "prod", copy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("different content"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("split brain"), "{}", stderr(&out));
+
+    // A segment of another cluster (its system identifier differs).
+    let mut foreign = original.clone();
+    foreign[24] ^= 0x01;
+    std::fs::write(&copy, &foreign).unwrap();
+    let out = a.strata(&["wal-push", "prod", copy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refusing to mix two clusters' WAL"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Not WAL, or not what its name says: refused before anything is written.
+    let stray = dir.join("notes.txt");
+    std::fs::write(&stray, "hello").unwrap();
+    let out = a.strata(&["wal-push", "prod", stray.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a WAL file name"),
+        "{}",
+        stderr(&out)
+    );
+    let misnamed = dir.join("0000000100000000000000F0");
+    std::fs::write(&misnamed, &original).unwrap();
+    let out = a.strata(&["wal-push", "prod", misnamed.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not what its name says"),
+        "{}",
+        stderr(&out)
+    );
+
+    assert_eq!(a.wal_files(), before);
+    assert_eq!(a.bucket.keys().await, bucket_before);
+    // And the archived copy is still the original.
+    let dest = dir.join("fetched");
+    let out = a.strata(&["wal-fetch", "prod", &seg, dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read(&dest).unwrap() == original);
+}
+
+#[tokio::test]
+async fn wal_fetch_tells_a_missing_file_from_an_archive_it_cannot_read() {
+    let a = Archiving::start().await;
+    let seg = a.fill_segment(1000);
+    a.archived(&seg);
+    let dest = a.setup.path().join("RECOVERYXLOG");
+    let fetch = |config: &Path, name: &str, from: Option<&str>| {
+        let mut args = vec!["wal-fetch", "prod", name, dest.to_str().unwrap()];
+        if let Some(f) = from {
+            args.extend(["--from", f]);
+        }
+        strata_with(config, &args)
+    };
+
+    // Not archived: status 1, so recovery ends there.
+    for name in ["0000000100000000000000A0", "00000002.history"] {
+        let out = fetch(&a.config, name, None);
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("is not in the archive"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!dest.exists());
+    }
+
+    // A damaged copy on local disk: that target fails its checks (126 stops
+    // recovery); without --from the S3 copy is used instead.
+    let object = a
+        .wal_files()
+        .into_iter()
+        .find(|f| f.contains(&format!("{seg}.")))
+        .unwrap();
+    let path = a.setup.backups().join(object);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let out = fetch(&a.config, &seg, Some("local"));
+    assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("failed its checks"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dest.exists(), "a damaged segment was handed to recovery");
+    let out = fetch(&a.config, &seg, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let original = std::fs::read(a.cluster.data().join("pg_wal").join(&seg)).unwrap();
+    assert!(std::fs::read(&dest).unwrap() == original);
+    std::fs::remove_file(&dest).unwrap();
+
+    // An archive that does not answer is not "missing": 126.
+    let refused = a.setup.path().join("refused.yaml");
+    std::fs::write(
+        &refused,
+        std::fs::read_to_string(&a.config).unwrap().replace(
+            a.bucket.settings.endpoint.as_deref().unwrap(),
+            &format!("http://127.0.0.1:{}", crate::helpers::free_port()),
+        ),
+    )
+    .unwrap();
+    let out = fetch(&refused, &seg, Some("offsite"));
+    assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+    assert!(!dest.exists());
+    // Nor is a job that does not exist, or one that is not physical.
+    let out = strata_with(
+        &a.config,
+        &["wal-fetch", "nope", &seg, dest.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn a_push_killed_mid_upload_leaves_nothing_that_counts() {
+    let a = Archiving::start().await;
+    let seg = a.fill_segment(1000);
+    a.archived(&seg);
+    let next = a.fill_segment(50_000);
+    a.archived(&next);
+    let original = std::fs::read(a.cluster.data().join("pg_wal").join(&next)).unwrap();
+    // Forget the segment on S3 only, then push it again through a proxy that
+    // holds the upload, and kill the push while it waits.
+    let client = a.bucket.client().await;
+    let key = a
+        .bucket
+        .keys()
+        .await
+        .into_iter()
+        .find(|k| k.contains(&format!("{next}.")))
+        .unwrap();
+    client
+        .delete_object()
+        .bucket(&a.bucket.settings.bucket)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(a.bucket.settings.endpoint.as_deref().unwrap()).await;
+    proxy.add(Rule {
+        method: "PUT",
+        query_has: "",
+        fault: Fault::Delay(120_000),
+        times: None,
+    });
+    let slow = a.setup.path().join("slow.yaml");
+    std::fs::write(
+        &slow,
+        std::fs::read_to_string(&a.config)
+            .unwrap()
+            .replace(a.bucket.settings.endpoint.as_deref().unwrap(), &proxy.url()),
+    )
+    .unwrap();
+    let copy = a.setup.path().join(&next);
+    std::fs::write(&copy, &original).unwrap();
+    let mut push = Command::new(bin())
+        .arg("-c")
+        .arg(&slow)
+        .args(["wal-push", "prod", copy.to_str().unwrap()])
+        .envs(moto_env())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.hits() == 0 {
+        assert!(Instant::now() < deadline, "the upload never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    push.kill().unwrap();
+    push.wait().unwrap();
+    assert!(
+        !a.bucket
+            .keys()
+            .await
+            .iter()
+            .any(|k| k.contains(&format!("{next}."))),
+        "a killed push left an object"
+    );
+    let dest = a.setup.path().join("fetched");
+    let out = a.strata(&[
+        "wal-fetch",
+        "prod",
+        &next,
+        dest.to_str().unwrap(),
+        "--from",
+        "offsite",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+
+    // The archiver's retry (the same push, reaching S3) completes the copy.
+    let out = a.strata(&["wal-push", "prod", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = a.strata(&[
+        "wal-fetch",
+        "prod",
+        &next,
+        dest.to_str().unwrap(),
+        "--from",
+        "offsite",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read(&dest).unwrap() == original);
+}
+
+#[tokio::test]
+async fn a_physical_job_refuses_what_only_logical_jobs_have() {
+    let setup = Setup::new();
+    let config = setup.write_config(
+        "",
+        "  prod: { kind: physical, database_url: \"postgres://postgres@127.0.0.1:5432/postgres\", targets: [local], format: custom, refresh: { from: prod }, recovery_window: 10m }\n  app: { database_url: \"postgres://postgres@127.0.0.1:5432/postgres\", targets: [local], recovery_window: 14d }\n",
+    );
+    let out = strata_with(&config, &["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    for needle in [
+        "jobs.prod.format: not used by a physical job",
+        "jobs.prod.refresh: not used by a physical job",
+        "jobs.prod.recovery_window: must be at least 1h",
+        "jobs.app.recovery_window: only a physical job",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    // wal-push for a logical job says so, and is an ordinary failure (< 126).
+    let config = setup.write_config(
+        "",
+        "  app: { database_url: \"postgres://postgres@127.0.0.1:5432/postgres\", targets: [local] }\n",
+    );
+    let wal = setup.path().join("000000010000000000000001");
+    std::fs::write(&wal, vec![0u8; 16 << 20]).unwrap();
+    let out = strata_with(&config, &["wal-push", "app", wal.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a physical job"),
+        "{}",
+        stderr(&out)
+    );
+}
