@@ -105,6 +105,7 @@ pub(super) async fn prune(
     result
 }
 
+// Long on purpose: the prune modes (dry run, plan for approval, approve, force) share one plan and one output.
 pub(super) async fn prune_with(
     config: Config,
     state: Option<Arc<crate::state::StateDb>>,
@@ -316,4 +317,41 @@ pub(super) fn describe_rule(r: &crate::commands::lifecycle::Rule) -> String {
         parts.push(format!("abort incomplete uploads after {d} d"));
     }
     parts.join(", ")
+}
+
+/// `strata check`: the config is valid; its warnings.
+pub(super) fn check(path: &Path) -> Result<(), Failure> {
+    let config = load(path)?;
+    println!(
+        "{}: ok ({} job(s), {} target(s))",
+        path.display(),
+        config.jobs.len(),
+        config.targets.len()
+    );
+    for w in config.warnings() {
+        println!("warning: {w}");
+    }
+    Ok(())
+}
+
+/// `strata next`: the job's upcoming runs, local time then UTC.
+pub(super) fn next(
+    path: &Path,
+    job: &str,
+    from: Option<DateTime<chrono::FixedOffset>>,
+    count: usize,
+) -> Result<(), Failure> {
+    let config = load(path)?;
+    let job = config
+        .job(job)
+        .ok_or_else(|| Failure(exit::USAGE, format!("unknown job '{job}'")))?;
+    let schedule = job
+        .schedule
+        .as_ref()
+        .ok_or_else(|| Failure(exit::FAILED, format!("job '{}' has no schedule", job.name)))?;
+    let start = from.map_or_else(Utc::now, |t| t.with_timezone(&Utc));
+    for t in crate::policy::schedule::upcoming(schedule, config.timezone, start, count) {
+        println!("{}  {}", t.to_rfc3339(), t.with_timezone(&Utc).to_rfc3339());
+    }
+    Ok(())
 }

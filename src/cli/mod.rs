@@ -325,33 +325,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             crate::http::run(config).await?;
             Ok(())
         }
-        Command::Check => {
-            let config = load(&cli.config)?;
-            println!(
-                "{}: ok ({} job(s), {} target(s))",
-                cli.config.display(),
-                config.jobs.len(),
-                config.targets.len()
-            );
-            for w in config.warnings() {
-                println!("warning: {w}");
-            }
-            Ok(())
-        }
-        Command::Next { job, from, count } => {
-            let config = load(&cli.config)?;
-            let job = config
-                .job(&job)
-                .ok_or_else(|| Failure(exit::USAGE, format!("unknown job '{job}'")))?;
-            let schedule = job.schedule.as_ref().ok_or_else(|| {
-                Failure(exit::FAILED, format!("job '{}' has no schedule", job.name))
-            })?;
-            let start = from.map_or_else(Utc::now, |t| t.with_timezone(&Utc));
-            for t in crate::policy::schedule::upcoming(schedule, config.timezone, start, count) {
-                println!("{}  {}", t.to_rfc3339(), t.with_timezone(&Utc).to_rfc3339());
-            }
-            Ok(())
-        }
+        Command::Check => maintain_cmds::check(&cli.config),
+        Command::Next { job, from, count } => maintain_cmds::next(&cli.config, &job, from, count),
         Command::Backup { job, json } => run_cmds::backup(&cli.config, job, json).await,
         Command::Prune {
             job,
@@ -381,40 +356,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         } => maintain_cmds::lifecycle(&cli.config, action, target.as_deref(), json).await,
         Command::Alert {
             action: AlertAction::Test,
-        } => {
-            let config = load(&cli.config)?;
-            let alerter = crate::alerts::Alerter::from_config(&config.alerts)?;
-            if !alerter.has_channels() {
-                return Err(Failure(
-                    exit::FAILED,
-                    "no alert channel is configured (alerts.email, alerts.webhook)".into(),
-                ));
-            }
-            let alert = crate::alerts::Alert::new(
-                crate::alerts::Kind::Test,
-                None,
-                format!("test message from `strata alert test` ({})", cli_actor()),
-                "nothing: this checks that alerts reach you",
-            );
-            let mut failed = 0;
-            for (channel, result) in alerter.send_all(&alert, None).await {
-                match result {
-                    Ok(()) => println!("{channel}: sent"),
-                    Err(e) => {
-                        failed += 1;
-                        println!("{channel}: FAILED: {}", e.message);
-                    }
-                }
-            }
-            if failed == 0 {
-                Ok(())
-            } else {
-                Err(Failure(
-                    exit::FAILED,
-                    format!("{failed} alert channel(s) failed"),
-                ))
-            }
-        }
+        } => report_cmds::alert_test(&cli.config).await,
         Command::Status { json } => maintain_cmds::status(&cli.config, json).await,
         Command::Cost { json } => report_cmds::cost(&cli.config, json).await,
         Command::Compliance { json } => report_cmds::compliance(&cli.config, json).await,

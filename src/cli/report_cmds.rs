@@ -95,3 +95,39 @@ pub(super) async fn compliance(config: &std::path::Path, json: bool) -> Result<(
         ))
     }
 }
+
+/// `strata alert test`: one message to every configured channel.
+pub(super) async fn alert_test(config: &Path) -> Result<(), Failure> {
+    let config = load(config)?;
+    let alerter = crate::alerts::Alerter::from_config(&config.alerts)?;
+    if !alerter.has_channels() {
+        return Err(Failure(
+            exit::FAILED,
+            "no alert channel is configured (alerts.email, alerts.webhook)".into(),
+        ));
+    }
+    let alert = crate::alerts::Alert::new(
+        crate::alerts::Kind::Test,
+        None,
+        format!("test message from `strata alert test` ({})", cli_actor()),
+        "nothing: this checks that alerts reach you",
+    );
+    let mut failed = 0;
+    for (channel, result) in alerter.send_all(&alert, None).await {
+        match result {
+            Ok(()) => println!("{channel}: sent"),
+            Err(e) => {
+                failed += 1;
+                println!("{channel}: FAILED: {}", e.message);
+            }
+        }
+    }
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(Failure(
+            exit::FAILED,
+            format!("{failed} alert channel(s) failed"),
+        ))
+    }
+}

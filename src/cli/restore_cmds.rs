@@ -72,6 +72,7 @@ pub(super) async fn restore(config: &std::path::Path, args: RestoreArgs) -> Resu
 }
 
 /// `strata verify`.
+// Long on purpose: one command's whole path: arguments, progress, the checks, audit, the restore-test record, output, exit status.
 pub(super) async fn verify(
     config: &std::path::Path,
     job: String,

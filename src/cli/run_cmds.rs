@@ -3,6 +3,7 @@
 use super::*;
 
 /// `strata backup`.
+// Long on purpose: the CLI's run in order: session, progress, the run, its record, output and exit status.
 pub(super) async fn backup(
     config: &std::path::Path,
     job: String,

@@ -116,6 +116,7 @@ fn line(e: &Entry, now: DateTime<Utc>) -> BackupLine {
 }
 
 /// Builds the status from what was read.
+// Long on purpose: one section per source it reads (jobs, targets, restore tests, cost), in screen order.
 pub fn report(
     config: &Config,
     now: DateTime<Utc>,
@@ -273,6 +274,7 @@ fn age(seconds: i64) -> String {
 
 impl Status {
     /// The text screen.
+    // Long on purpose: the status screen line by line, in the order it is printed.
     pub fn text(&self, tz: chrono_tz::Tz) -> String {
         let mut out = String::new();
         for j in &self.jobs {

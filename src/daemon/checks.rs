@@ -7,6 +7,7 @@ use super::*;
 impl Daemon {
     /// Lifecycle drift (fixed when the target says `manage_lifecycle: true`),
     /// storage bytes and cost, and the compliance checks: metrics and `/health`.
+    // Long on purpose: the periodic checks in the order /health shows them, each read, measured and reported in a few lines.
     pub async fn refresh_checks(&self) {
         let config = self.strata.config();
         let mut lifecycle = BTreeMap::new();

@@ -197,6 +197,7 @@ impl Daemon {
 
     /// Bookkeeping after a run: metrics, health, the state database, alerts,
     /// retention; then the guard releases the job.
+    // Long on purpose: the run's bookkeeping in order (metrics, health, record, alerts, retention) before the guard releases the job.
     pub(super) async fn finish_run(
         &self,
         guard: RunGuard,
@@ -283,6 +284,7 @@ impl Daemon {
 
     /// Alerts (or resolves) backup failure, degraded targets and size anomalies
     /// after a run. Alert delivery never changes the run's outcome.
+    // Long on purpose: one raise-or-resolve per alert a run can change (failure, degraded targets, size anomaly).
     pub(super) async fn alert_on_run(
         &self,
         run: &RunRecord,

@@ -117,6 +117,7 @@ fn check_bearer(headers: &HeaderMap, expected: &TokenHash) -> Result<String, Aut
     Ok(format!("api:{}", &hex::encode(hash.as_ref())[..8]))
 }
 
+// Long on purpose: the /health document field by field, as the README's contract lists it.
 async fn health(State(d): State<Arc<Daemon>>) -> Response {
     let now = d.clock.now();
     let config = d.strata.config();

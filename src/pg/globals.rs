@@ -125,6 +125,7 @@ fn query_error(url: &DbUrl, what: &str, e: &tokio_postgres::Error) -> SourceErro
 /// # Errors
 /// A catalog query failed; with `passwords`, also when the role may not read
 /// `pg_authid` (only superusers may).
+// Long on purpose: one catalog query per kind of global (roles, memberships, tablespaces, settings), in the order a restore applies them.
 pub async fn capture(
     url: &DbUrl,
     client: &tokio_postgres::Client,
@@ -245,6 +246,7 @@ pub async fn capture(
     })
 }
 
+// Long on purpose: one query per database property a restore recreates.
 async fn database(url: &DbUrl, client: &tokio_postgres::Client) -> Result<Database, SourceError> {
     // to_jsonb reads the columns each version has (datlocprovider 15+,
     // daticulocale 15-16, datlocale 17+, daticurules 16+).

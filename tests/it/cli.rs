@@ -189,10 +189,15 @@ fn backup_list_restore_and_verify_from_the_command_line() {
         .collect();
     assert_eq!(kinds, vec![("read_back", true), ("restore", true)]);
     // Every operation is in the audit log, in order (a backup as the daemon
-    // records one: its start and its end).
+    // records one: its start and its end; a restore into a scratch database
+    // as the daemon records a restore test).
     assert_eq!(
         state.exec("SELECT string_agg(action, ',' ORDER BY id) FROM audit_log"),
-        "backup.start,backup.finish,restore,verify"
+        "backup.start,backup.finish,restore,verify,restore_test"
+    );
+    assert_eq!(
+        state.exec("SELECT count(*) FROM restore_tests WHERE ok"),
+        "1"
     );
 }
 

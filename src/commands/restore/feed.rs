@@ -82,6 +82,7 @@ pub(super) async fn pg_restore_tool(
 }
 
 /// Streams the verified dump into `dest` and returns what was loaded.
+// Long on purpose: both dump formats share the verified stream and the loader; the branches differ only in how the stream is parsed.
 pub(super) async fn restore_into(
     strata: &Strata,
     target: &dyn Target,

@@ -300,6 +300,7 @@ pub async fn read_globals(
 ///
 /// # Errors
 /// Anything that stops the restore; the destination is then as it was.
+// Long on purpose: the steps of one restore in order (find, thaw, globals, load into a scratch database, check, swap), each failure undoing what is open at that point.
 #[tracing::instrument(skip_all, fields(job, backup = %opts.backup, into = %into))]
 pub async fn restore(
     strata: &Strata,

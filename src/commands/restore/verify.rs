@@ -73,6 +73,7 @@ pub async fn verify(
 ///
 /// # Errors
 /// See [`verify`].
+// Long on purpose: one pass per stored copy, then the optional restore into a scratch database, recorded together.
 pub async fn verify_with(
     strata: &Strata,
     job: &str,

@@ -82,6 +82,7 @@ impl Globals {
         plan
     }
 
+    // Long on purpose: one decision per role (create, keep, map, update), memberships only once every role exists.
     fn plan_roles(
         &self,
         dest: &Destination,
@@ -211,6 +212,7 @@ impl Globals {
         }
     }
 
+    // Long on purpose: one decision per database property (owner, encoding, locale, tablespace, settings), each with its own refusal.
     fn plan_database(
         &self,
         dest: &Destination,

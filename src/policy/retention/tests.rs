@@ -129,6 +129,7 @@ fn development_keeps_a_week_of_days_and_four_sundays() {
 
 /// Table of small histories: (case, policy, backups as (local time, good), now,
 /// expected kept backup ids).
+// Long on purpose: the table of cases is the test.
 #[test]
 fn table() {
     type Row = (
