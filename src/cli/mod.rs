@@ -176,8 +176,16 @@ pub struct RestoreArgs {
     from: Option<String>,
     /// Destination database URL (or set STRATA_RESTORE_INTO to keep a password
     /// off the command line).
-    #[arg(long, env = "STRATA_RESTORE_INTO", hide_env_values = true)]
-    into: String,
+    #[arg(
+        long,
+        env = "STRATA_RESTORE_INTO",
+        hide_env_values = true,
+        required_unless_present = "into_datadir",
+        conflicts_with = "into_datadir"
+    )]
+    into: Option<String>,
+    #[command(flatten)]
+    pitr: PitrArgs,
     /// Replace a non-empty database (restored beside it, then swapped in).
     #[arg(long)]
     replace: bool,
@@ -191,6 +199,25 @@ pub struct RestoreArgs {
     /// The result as JSON on stdout, progress as JSON lines on stderr.
     #[arg(long)]
     json: bool,
+}
+
+/// Point-in-time recovery of a physical job into a data directory.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PitrArgs {
+    /// Restore a physical job's cluster into this new or empty directory, set
+    /// up to recover to `--to-time`, `--to-lsn` or `--to latest` (then start it
+    /// with `pg_ctl -D DIR start` as the server's user).
+    #[arg(long, value_name = "DIR")]
+    into_datadir: Option<PathBuf>,
+    /// Recover up to this moment (RFC 3339).
+    #[arg(long, requires = "into_datadir", conflicts_with_all = ["to_lsn", "to"])]
+    to_time: Option<DateTime<chrono::FixedOffset>>,
+    /// Recover up to this WAL position (as PostgreSQL prints it: 0/3000060).
+    #[arg(long, requires = "into_datadir", conflicts_with = "to")]
+    to_lsn: Option<String>,
+    /// `latest`: replay everything the archive holds.
+    #[arg(long, requires = "into_datadir", value_parser = ["latest"])]
+    to: Option<String>,
 }
 
 /// `alert` actions.

@@ -14,8 +14,22 @@ pub(super) async fn restore(config: &std::path::Path, args: RestoreArgs) -> Resu
         roles,
         thaw,
         json,
+        pitr,
     } = args;
-    let into: DbUrl = into.parse()?;
+    if let Some(dir) = pitr.into_datadir {
+        return restore_datadir(
+            config,
+            &job,
+            &dir,
+            pitr.to_time,
+            pitr.to_lsn,
+            pitr.to,
+            from,
+            json,
+        )
+        .await;
+    }
+    let into: DbUrl = into.unwrap_or_default().parse()?;
     let strata = Strata::build(load(config)?).await;
     let progress = crate::pipeline::progress::Progress::new(format!("restore {job}"), None);
     let reporter = crate::pipeline::progress::Reporter::start(
@@ -232,6 +246,80 @@ pub(super) async fn list(
                 refused.iter().filter(|(_, r)| r.error.is_forgery()).count()
             ),
         ));
+    }
+    Ok(())
+}
+
+/// `strata restore JOB --into-datadir DIR --to…`.
+#[allow(clippy::too_many_arguments)]
+async fn restore_datadir(
+    config: &std::path::Path,
+    job: &str,
+    dir: &std::path::Path,
+    to_time: Option<DateTime<chrono::FixedOffset>>,
+    to_lsn: Option<String>,
+    to: Option<String>,
+    from: Option<String>,
+    json: bool,
+) -> Result<(), Failure> {
+    use crate::commands::restore::datadir::{FetchCommand, RecoveryTarget};
+    let target = match (to_time, to_lsn, to) {
+        (Some(t), None, None) => RecoveryTarget::Time(t.with_timezone(&Utc)),
+        (None, Some(l), None) => {
+            RecoveryTarget::Lsn(crate::domain::wal::parse_lsn(&l).ok_or_else(|| {
+                Failure(
+                    exit::USAGE,
+                    format!("--to-lsn: '{l}' is not an LSN such as 0/3000060"),
+                )
+            })?)
+        }
+        (None, None, Some(_)) => RecoveryTarget::Latest,
+        _ => {
+            return Err(Failure(
+                exit::USAGE,
+                "--into-datadir needs one of --to-time, --to-lsn or --to latest".into(),
+            ));
+        }
+    };
+    let absolute = |p: &std::path::Path| {
+        std::path::absolute(p).map_err(|e| Failure(exit::FAILED, format!("{}: {e}", p.display())))
+    };
+    let fetch = FetchCommand {
+        program: std::env::current_exe()
+            .map_err(|e| Failure(exit::FAILED, format!("cannot find the strata binary: {e}")))?,
+        config: absolute(config)?,
+    };
+    let strata = Strata::build(load(config)?).await;
+    let dir = absolute(dir)?;
+    let report = crate::commands::restore::datadir::restore_datadir(
+        &strata,
+        job,
+        &dir,
+        target,
+        from.as_deref(),
+        &fetch,
+    )
+    .await?;
+    audit_cli(
+        strata.config(),
+        "restore.datadir",
+        Some(job),
+        serde_json::to_value(&report).unwrap_or_default(),
+    )
+    .await;
+    if json {
+        print_json(&report);
+    } else {
+        println!(
+            "restored base backup {} from {} into {} (WAL {} to {}); recovery replays the archive up to {} and promotes: start it with `pg_ctl -D {} start` as the server's user",
+            report.backup_id,
+            report.target,
+            report.data_directory.display(),
+            report.base_start_lsn,
+            report.newest_segment.as_deref().unwrap_or("-"),
+            report.recovery_target,
+            report.data_directory.display()
+        );
     }
     Ok(())
 }

@@ -22,6 +22,8 @@ use crate::pipeline::progress::Progress;
 use crate::pipeline::{self, PipelineError, TargetUpload};
 use crate::storage::{StorageError, Target};
 
+mod base;
+
 /// How a run is steered from outside: cancellation (shutdown, deadline) and
 /// where its progress goes.
 #[derive(Debug, Clone, Default)]
@@ -51,9 +53,7 @@ pub enum RunError {
     TimedOut(std::time::Duration),
     #[error("the run panicked: {0}")]
     Panicked(String),
-    #[error(
-        "job '{0}' is a physical job: its base backups are not available in this version yet (its WAL is archived by `strata wal-push`)"
-    )]
+    #[error("{0}")]
     Physical(String),
 }
 
@@ -138,7 +138,7 @@ pub async fn backup(
     let clock = Instant::now();
     let job = strata.job(job_name)?;
     if job.kind.is_physical() {
-        return Err(RunError::Physical(job.name.clone()));
+        return base::base_backup(strata, job, now, ctl).await;
     }
     let config = strata.config();
     let local = now.with_timezone(&config.timezone);
@@ -182,7 +182,7 @@ pub async fn backup(
     let counts = async {
         match job.format {
             DumpFormat::Custom => Some(pg::count_rows(url, &client).await),
-            DumpFormat::Plain => None,
+            DumpFormat::Plain | DumpFormat::Base => None,
         }
     };
     if let Some(p) = &ctl.progress {
@@ -201,7 +201,7 @@ pub async fn backup(
         counts
     );
     let streamed = match streamed {
-        Ok(stats) => dump.finish().await.map(|()| stats).map_err(RunError::from),
+        Ok(stats) => dump.finish().await.map(|_| stats).map_err(RunError::from),
         Err(e) => {
             dump.kill().await;
             Err(e.into())
@@ -272,6 +272,7 @@ pub async fn backup(
         targets: records.clone(),
         verifications: Vec::new(),
         globals: Some(globals),
+        physical: None,
         mac: None,
     };
     let key = encryption.map(|e| e.keyring.active());

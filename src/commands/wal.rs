@@ -485,3 +485,158 @@ fn write_atomically(dest: &Path, data: &[u8]) -> Result<(), WalError> {
     std::fs::rename(&tmp, dest).map_err(err)?;
     Ok(())
 }
+
+/// The segment names archived for `job` on `target` on `timeline`.
+async fn archived_segments(
+    strata: &Strata,
+    job: &str,
+    target: &dyn Target,
+    timeline: u32,
+) -> Result<std::collections::BTreeSet<String>, WalError> {
+    let dir = format!(
+        "{}{}/{timeline:08X}/",
+        job_prefix(strata.prefix(target.name()), job),
+        wal::WAL_DIR
+    );
+    Ok(target
+        .list(&dir)
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            let name = o.key.strip_prefix(&dir)?.split('.').next()?.to_owned();
+            matches!(WalFile::parse(&name), Ok(WalFile::Segment(_))).then_some(name)
+        })
+        .collect())
+}
+
+/// The first segment between `from` and `to` (WAL positions, inclusive) on
+/// `timeline` that `target` does not hold, if any.
+///
+/// # Errors
+/// The target could not be listed.
+pub async fn first_missing(
+    strata: &Strata,
+    job: &str,
+    target: &dyn Target,
+    timeline: u32,
+    (from, to): (u64, u64),
+    segment_size: u32,
+) -> Result<Option<String>, WalError> {
+    let have = archived_segments(strata, job, target, timeline).await?;
+    let size = u64::from(segment_size);
+    Ok((from / size..=to / size)
+        .map(|n| wal::SegmentName::from_number(timeline, n, segment_size).to_string())
+        .find(|name| !have.contains(name)))
+}
+
+/// Waits (up to two minutes, for the archiver to catch up) until `target`
+/// holds every segment of the base backup between `points.start` and
+/// `points.stop`.
+///
+/// # Errors
+/// A segment is still missing then (named), or the target cannot be listed.
+pub async fn covers(
+    strata: &Strata,
+    job: &str,
+    target: &str,
+    points: &crate::pg::BaseBackupPoints,
+    segment_size: u32,
+) -> Result<(), WalError> {
+    let t = strata.target(target);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let range = (points.start, points.stop);
+        match first_missing(
+            strata,
+            job,
+            t.as_ref(),
+            points.timeline,
+            range,
+            segment_size,
+        )
+        .await?
+        {
+            None => return Ok(()),
+            Some(name) if std::time::Instant::now() >= deadline => {
+                return Err(WalError::Targets(format!(
+                    "the base backup needs WAL segment {name}, which is not archived on {target}: check archive_command (`strata wal-push {job} %p`) and pg_stat_archiver"
+                )));
+            }
+            Some(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+        }
+    }
+}
+
+/// The newest segment `target` holds for `job` on `timeline`.
+///
+/// # Errors
+/// The target could not be listed.
+pub async fn newest_segment(
+    strata: &Strata,
+    job: &str,
+    target: &dyn Target,
+    timeline: u32,
+) -> Result<Option<wal::SegmentName>, WalError> {
+    Ok(archived_segments(strata, job, target, timeline)
+        .await?
+        .last()
+        .and_then(|n| WalFile::parse(n).ok()?.segment()))
+}
+
+/// The start and end of the base backup labelled `label`, from the backup
+/// history file the server archived when it ended (the first target of the
+/// job that holds it; the newest files are read first).
+///
+/// # Errors
+/// No target holds such a file, or one could not be read.
+pub async fn backup_history(
+    strata: &Strata,
+    job: &str,
+    label: &str,
+) -> Result<crate::pg::BaseBackupPoints, WalError> {
+    let archive = Archive::open(strata, job)?;
+    let cfg = strata.job(job)?;
+    let mut errors = Vec::new();
+    for t in &cfg.targets {
+        let target = strata.target(t);
+        let dir = format!("{}{}/", archive.prefix(t), wal::WAL_DIR);
+        let listed = match target.list(&dir).await {
+            Ok(l) => l,
+            Err(e) => {
+                errors.push(format!("{t}: {e}"));
+                continue;
+            }
+        };
+        let mut labels: Vec<WalFile> = listed
+            .iter()
+            .filter_map(|o| {
+                let name = o.key.rsplit('/').next()?;
+                let end = name.find(".backup.")? + ".backup".len();
+                WalFile::parse(&name[..end]).ok()
+            })
+            .collect();
+        labels.sort();
+        for file in labels.iter().rev() {
+            match fetch_from(&archive, target.as_ref(), file).await {
+                Ok(Some(text)) => {
+                    let text = String::from_utf8_lossy(&text);
+                    if let Some(p) = crate::pg::BaseBackupPoints::parse(&text) {
+                        if p.label == label {
+                            return Ok(p);
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(format!("{t}: {e}")),
+            }
+        }
+    }
+    Err(WalError::Targets(format!(
+        "the archive holds no backup history file for '{label}' (the server writes one when a base backup ends and archives it with archive_command){}",
+        if errors.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", errors.join("; "))
+        }
+    )))
+}

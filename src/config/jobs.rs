@@ -160,7 +160,11 @@ pub(super) fn validate_job(
         database_url: database_url?,
         schedule,
         file_prefix,
-        format: j.format.unwrap_or(DumpFormat::Plain),
+        format: if kind.is_some_and(JobKind::is_physical) {
+            DumpFormat::Base
+        } else {
+            j.format.unwrap_or(DumpFormat::Plain)
+        },
         compression: compression?,
         targets: j.targets,
         retention,
@@ -182,6 +186,12 @@ fn validate_kind(name: &str, j: &RawJob, p: &mut Problems) -> Option<JobKind> {
     let at = |key: &str| format!("jobs.{name}.{key}");
     match j.kind.as_deref().unwrap_or("logical") {
         "logical" => {
+            if j.format == Some(DumpFormat::Base) {
+                p.add(
+                    at("format"),
+                    "base is what physical jobs write (kind: physical); use plain or custom",
+                );
+            }
             if j.recovery_window.is_some() {
                 p.add(
                     at("recovery_window"),

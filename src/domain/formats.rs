@@ -85,12 +85,14 @@ impl Compression {
     }
 }
 
-/// pg_dump output format.
+/// What a backup's object holds: pg_dump output, or a physical job's base
+/// backup (`pg_basebackup`'s tar of the data directory).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DumpFormat {
     Plain,
     Custom,
+    Base,
 }
 
 impl DumpFormat {
@@ -99,6 +101,7 @@ impl DumpFormat {
         match self {
             Self::Plain => "sql",
             Self::Custom => "dump",
+            Self::Base => "tar",
         }
     }
 }

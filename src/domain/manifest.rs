@@ -50,6 +50,20 @@ pub struct TargetRecord {
     pub storage_class: Option<super::StorageClass>,
 }
 
+/// Where a base backup sits in the WAL, and whose cluster it is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PhysicalRecord {
+    /// `pg_basebackup`'s start point (the checkpoint's redo), as PostgreSQL prints it.
+    pub start_lsn: String,
+    /// The end point: recovery must replay at least this far to be consistent.
+    pub stop_lsn: String,
+    pub timeline: u32,
+    /// As text: JSON numbers lose precision past 2^53.
+    pub system_identifier: String,
+    /// The segment size of the cluster.
+    pub segment_size: u32,
+}
+
 /// A later check of the stored backup.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Verification {
@@ -111,6 +125,9 @@ pub struct Manifest {
     /// recorded have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub globals: Option<GlobalsRecord>,
+    /// A physical job's base backup: where in the WAL it starts and ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<PhysicalRecord>,
     /// Written by [`seal`]; absent on manifests of jobs without encryption and
     /// on those written before manifests were authenticated.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -422,6 +422,8 @@ pub fn check_status(tool: &str, status: ExitStatus, stderr: &str) -> Result<(), 
 
 /// A running `pg_dump`: read its stdout, then [`PgDump::finish`] decides.
 pub struct PgDump {
+    /// `pg_dump`, or `pg_basebackup` for a physical job.
+    name: &'static str,
     child: Child,
     stdout: ChildStdout,
     stderr: JoinHandle<String>,
@@ -446,6 +448,7 @@ impl PgDump {
             DumpFormat::Plain => cmd.arg("--format=plain"),
             // strata compresses the stream itself.
             DumpFormat::Custom => cmd.args(["--format=custom", "--compress=0"]),
+            DumpFormat::Base => return Self::spawn_base_backup(tool, url, "strata"),
         };
         if let Some(s) = snapshot {
             cmd.arg(format!("--snapshot={s}"));
@@ -455,17 +458,51 @@ impl PgDump {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|source| SourceError::Spawn {
+        let child = cmd.spawn().map_err(|source| SourceError::Spawn {
             tool: "pg_dump".into(),
             source,
         })?;
+        Ok(Self::wrap("pg_dump", child))
+    }
+
+    fn wrap(name: &'static str, mut child: Child) -> Self {
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = capture_stderr(child.stderr.take().expect("piped stderr"));
-        Ok(Self {
+        Self {
+            name,
             child,
             stdout,
             stderr,
-        })
+        }
+    }
+
+    /// Starts `pg_basebackup` writing the data directory as one tar to stdout,
+    /// after a fast checkpoint, without WAL (the archive holds it; the server
+    /// waits until the WAL up to the backup's end is archived before it ends).
+    /// `label` names it in the backup history file ([`BaseBackupPoints`]).
+    ///
+    /// # Errors
+    /// The program could not be started.
+    pub fn spawn_base_backup(tool: &Tool, url: &DbUrl, label: &str) -> Result<Self, SourceError> {
+        let mut cmd = Command::new(&tool.path);
+        cmd.args([
+            "--no-password",
+            "--pgdata=-",
+            "--format=tar",
+            "--wal-method=none",
+            "--checkpoint=fast",
+        ])
+        .arg(format!("--label={label}"))
+        .envs(url.libpq_env(tool.major))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+        let child = cmd.spawn().map_err(|source| SourceError::Spawn {
+            tool: "pg_basebackup".into(),
+            source,
+        })?;
+        Ok(Self::wrap("pg_basebackup", child))
     }
 
     /// Fills `buf` (up to its capacity) from pg_dump's stdout; 0 at the end.
@@ -480,7 +517,7 @@ impl PgDump {
                 .read_buf(buf)
                 .await
                 .map_err(|source| SourceError::Read {
-                    tool: "pg_dump".into(),
+                    tool: self.name.into(),
                     source,
                 })?;
             if n == 0 {
@@ -490,27 +527,57 @@ impl PgDump {
         Ok(buf.len() - start)
     }
 
-    /// Waits for pg_dump to exit and fails on anything but success, even when every
-    /// byte streamed fine.
+    /// Waits for the child to exit and fails on anything but success, even when
+    /// every byte streamed fine. Returns what it wrote on stderr.
     ///
     /// # Errors
-    /// Non-zero exit or a signal, with pg_dump's last error lines.
-    pub async fn finish(mut self) -> Result<(), SourceError> {
+    /// Non-zero exit or a signal, with the child's last error lines.
+    pub async fn finish(mut self) -> Result<String, SourceError> {
         let status = self
             .child
             .wait()
             .await
             .map_err(|source| SourceError::Spawn {
-                tool: "pg_dump".into(),
+                tool: self.name.into(),
                 source,
             })?;
         let stderr = self.stderr.await.unwrap_or_default();
-        check_status("pg_dump", status, &stderr)
+        check_status(self.name, status, &stderr).map(|()| stderr)
     }
 
     /// Stops pg_dump at once (a failed or cancelled run).
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
+    }
+}
+
+/// Where a base backup starts and ends in the WAL, from the backup history
+/// file (`….backup`) the server archives when the backup ends:
+/// "START WAL LOCATION: 0/2000028 (file …)", "STOP WAL LOCATION: …",
+/// "START TIMELINE: 1", "LABEL: …".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseBackupPoints {
+    pub start: u64,
+    pub timeline: u32,
+    pub stop: u64,
+    pub label: String,
+}
+
+impl BaseBackupPoints {
+    /// Reads a backup history file.
+    pub fn parse(text: &str) -> Option<Self> {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).map(|rest| rest.trim().to_owned()))
+        };
+        let lsn =
+            |name: &str| crate::domain::wal::parse_lsn(field(name)?.split_whitespace().next()?);
+        Some(Self {
+            start: lsn("START WAL LOCATION:")?,
+            stop: lsn("STOP WAL LOCATION:")?,
+            timeline: field("START TIMELINE:")?.parse().ok()?,
+            label: field("LABEL:")?,
+        })
     }
 }
 

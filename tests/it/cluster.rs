@@ -23,7 +23,7 @@ fn bin_dir() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY-free check: root owns /proc/self when we are root.
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
@@ -54,7 +54,7 @@ pub fn give_to_postgres(path: &Path) {
 }
 
 /// A directory the server's user can use, removed at the end.
-fn shared_dir(prefix: &str) -> tempfile::TempDir {
+pub fn shared_dir(prefix: &str) -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -217,6 +217,22 @@ impl Cluster {
         text.push('\n');
         std::fs::write(data.join("postgresql.conf"), text).unwrap();
         give_to_postgres(dir.path());
+        Self::run(dir, data, &opts.env, ca)
+    }
+
+    /// Starts the data directory `data` inside `dir` (a restored one, say)
+    /// on a free port.
+    pub fn adopt(dir: tempfile::TempDir, data: PathBuf, env: &[(String, String)]) -> Self {
+        give_to_postgres(dir.path());
+        Self::run(dir, data, env, None)
+    }
+
+    fn run(
+        dir: tempfile::TempDir,
+        data: PathBuf,
+        env: &[(String, String)],
+        ca: Option<TestCa>,
+    ) -> Self {
         let port = free_port();
         let out = pg_command(&bin_dir().join("pg_ctl"))
             .arg("-D")
@@ -229,7 +245,7 @@ impl Cluster {
                 dir.path().display()
             ))
             .arg("start")
-            .envs(opts.env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap();
         assert!(

@@ -51,6 +51,11 @@ impl Archiving {
                     config.display()
                 ),
             ],
+            hba: vec![
+                "local all all trust".into(),
+                "host all all 127.0.0.1/32 trust".into(),
+                "host replication all 127.0.0.1/32 trust".into(),
+            ],
             env: moto_env(),
             ..Options::default()
         });
@@ -103,6 +108,20 @@ impl Archiving {
 
     fn strata(&self, args: &[&str]) -> Output {
         strata_with(&self.config, args)
+    }
+
+    /// As the server's user, who also runs `archive_command`: both write the
+    /// same local target, as they would on a real host.
+    fn strata_as_server_user(&self, args: &[&str]) -> Output {
+        if !crate::cluster::is_root() {
+            return self.strata(args);
+        }
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", bin(), "-c"])
+            .arg(&self.config)
+            .args(args)
+            .envs(moto_env());
+        c.output().unwrap()
     }
 
     fn wal_files(&self) -> Vec<String> {
@@ -450,4 +469,133 @@ async fn a_physical_job_refuses_what_only_logical_jobs_have() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Restores `job` into a fresh directory with `to`, starts it and waits until
+/// recovery has reached its target and promoted.
+fn recover(a: &Archiving, to: &[&str]) -> Cluster {
+    let dir = crate::cluster::shared_dir("strata-pitr-");
+    let data = dir.path().join("data");
+    let mut args = vec!["restore", "prod", "--into-datadir", data.to_str().unwrap()];
+    args.extend(to);
+    let out = a.strata(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(data.join("recovery.signal").exists());
+    let restored = Cluster::adopt(dir, data, &moto_env());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while restored.psql("postgres", "SELECT pg_is_in_recovery()") != "f" {
+        assert!(Instant::now() < deadline, "recovery did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    restored
+}
+
+#[tokio::test]
+async fn a_base_backup_and_the_archive_restore_any_moment_after_it() {
+    let a = Archiving::start().await;
+    let sql = |s: &str| a.cluster.psql("postgres", s);
+    sql("CREATE TABLE batches (batch int, g int)");
+    sql("INSERT INTO batches SELECT 1, generate_series(1, 1000)");
+    let out = a.strata_as_server_user(&["backup", "prod"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = a.strata(&["list", "prod", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let manifest = &listed[0]["manifest"];
+    assert_eq!(manifest["format"], "base", "{listed}");
+    assert!(
+        manifest["physical"]["stop_lsn"].as_str().is_some(),
+        "{manifest}"
+    );
+
+    sql("INSERT INTO batches SELECT 2, generate_series(1, 1000)");
+    let between = sql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    sql("INSERT INTO batches SELECT 3, generate_series(1, 1000)");
+    let last = a.fill_segment(1);
+    a.archived(&last);
+    let counts = "SELECT string_agg(batch || ':' || n, ',' ORDER BY batch) FROM (SELECT batch, count(*) n FROM batches GROUP BY batch) b";
+
+    // Between the second and the third batch: exactly the first two.
+    let restored = recover(&a, &["--to-time", &between]);
+    assert_eq!(restored.psql("postgres", counts), "1:1000,2:1000");
+    drop(restored);
+    // Everything archived.
+    let restored = recover(&a, &["--to", "latest"]);
+    assert_eq!(restored.psql("postgres", counts), "1:1000,2:1000,3:1000");
+}
+
+#[tokio::test]
+async fn a_gap_in_the_archive_or_a_moment_before_every_base_backup_is_refused_before_writing() {
+    let a = Archiving::start().await;
+    let sql = |s: &str| a.cluster.psql("postgres", s);
+    let before = sql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    let dir = a.setup.path().join("restored");
+    let restore = |to: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "prod",
+            "--into-datadir",
+            dir.to_str().unwrap(),
+            "--from",
+            "local",
+        ];
+        args.extend(to);
+        a.strata(&args)
+    };
+    let out = restore(&["--to", "latest"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("has no base backup"),
+        "{}",
+        stderr(&out)
+    );
+
+    sql("CREATE TABLE t AS SELECT generate_series(1, 1000) g");
+    let out = a.strata_as_server_user(&["backup", "prod"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = restore(&["--to-time", &before]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no base backup of job 'prod' ends before"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.exists());
+
+    // A segment after the base backup lost from local disk: named, nothing written.
+    let first = a.fill_segment(1000);
+    let second = a.fill_segment(1000);
+    a.archived(&second);
+    let lost = a
+        .wal_files()
+        .into_iter()
+        .find(|f| f.contains(&format!("/{first}.")))
+        .unwrap();
+    std::fs::remove_file(a.setup.backups().join(&lost)).unwrap();
+    let out = restore(&["--to", "latest"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("WAL segment {first} is missing")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.exists(), "a refused restore wrote the directory");
+    // A directory that is not empty is never written into.
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("PG_VERSION"), "15").unwrap();
+    let out = a.strata(&[
+        "restore",
+        "prod",
+        "--into-datadir",
+        dir.to_str().unwrap(),
+        "--to",
+        "latest",
+        "--from",
+        "offsite",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not empty"), "{}", stderr(&out));
 }

@@ -104,6 +104,7 @@ pub(super) async fn restore_into(
     let (tx, rx) = mpsc::channel::<load::Input>(4);
     let mut child = None;
     let (parsed, fed) = match manifest.format {
+        DumpFormat::Base => return Err(RestoreError::BaseBackup(manifest.backup_id.clone())),
         DumpFormat::Plain => (
             spawn_parser(tokio_util::io::SyncIoBridge::new(reader), tx),
             None,

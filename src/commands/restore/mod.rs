@@ -40,6 +40,7 @@ use crate::pipeline::restore_stream::{self, Expected, VerifyError};
 use crate::storage::{StorageError, Target};
 
 pub mod database;
+pub mod datadir;
 mod feed;
 pub mod load;
 pub mod rewrite;
@@ -79,6 +80,12 @@ pub enum RestoreError {
     },
     #[error("target '{0}' is not one of this job's targets")]
     UnknownTarget(String),
+    #[error(
+        "{0} is a physical base backup, not a dump: restore it into a data directory (strata restore JOB --into-datadir DIR --to …)"
+    )]
+    BaseBackup(String),
+    #[error("{0}")]
+    Physical(String),
     #[error(
         "database {0} is not empty ({1} relations); restore into a new or empty database, or pass --replace"
     )]

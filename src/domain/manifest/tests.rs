@@ -82,6 +82,7 @@ fn sample() -> Manifest {
         }],
         verifications: Vec::new(),
         globals: None,
+        physical: None,
         mac: None,
     }
 }
