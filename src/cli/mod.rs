@@ -206,7 +206,7 @@ pub struct RestoreArgs {
 pub struct PitrArgs {
     /// Restore a physical job's cluster into this new or empty directory, set
     /// up to recover to `--to-time`, `--to-lsn` or `--to latest` (then start it
-    /// with `pg_ctl -D DIR start` as the server's user).
+    /// with `pg_ctl -D DIR start` as the server's user, or pass `--start`).
     #[arg(long, value_name = "DIR")]
     into_datadir: Option<PathBuf>,
     /// Recover up to this moment (RFC 3339).
@@ -218,6 +218,13 @@ pub struct PitrArgs {
     /// `latest`: replay everything the archive holds.
     #[arg(long, requires = "into_datadir", value_parser = ["latest"])]
     to: Option<String>,
+    /// Start the restored server, wait until recovery reached the target and
+    /// promoted, and report the recovered position (run as the server's user).
+    #[arg(long, requires_all = ["into_datadir", "port"])]
+    start: bool,
+    /// The port the restored server listens on (127.0.0.1) with `--start`.
+    #[arg(long, requires = "start")]
+    port: Option<u16>,
 }
 
 /// `alert` actions.

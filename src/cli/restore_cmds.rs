@@ -16,18 +16,8 @@ pub(super) async fn restore(config: &std::path::Path, args: RestoreArgs) -> Resu
         json,
         pitr,
     } = args;
-    if let Some(dir) = pitr.into_datadir {
-        return restore_datadir(
-            config,
-            &job,
-            &dir,
-            pitr.to_time,
-            pitr.to_lsn,
-            pitr.to,
-            from,
-            json,
-        )
-        .await;
+    if pitr.into_datadir.is_some() {
+        return restore_datadir(config, &job, pitr, from, json).await;
     }
     let into: DbUrl = into.unwrap_or_default().parse()?;
     let strata = Strata::build(load(config)?).await;
@@ -250,19 +240,24 @@ pub(super) async fn list(
     Ok(())
 }
 
-/// `strata restore JOB --into-datadir DIR --to…`.
-#[allow(clippy::too_many_arguments)]
+/// `strata restore JOB --into-datadir DIR --to… [--start --port N]`.
 async fn restore_datadir(
     config: &std::path::Path,
     job: &str,
-    dir: &std::path::Path,
-    to_time: Option<DateTime<chrono::FixedOffset>>,
-    to_lsn: Option<String>,
-    to: Option<String>,
+    pitr: PitrArgs,
     from: Option<String>,
     json: bool,
 ) -> Result<(), Failure> {
     use crate::commands::restore::datadir::{FetchCommand, RecoveryTarget};
+    let PitrArgs {
+        into_datadir,
+        to_time,
+        to_lsn,
+        to,
+        start,
+        port,
+    } = pitr;
+    let dir = into_datadir.unwrap_or_default();
     let target = match (to_time, to_lsn, to) {
         (Some(t), None, None) => RecoveryTarget::Time(t.with_timezone(&Utc)),
         (None, Some(l), None) => {
@@ -290,8 +285,12 @@ async fn restore_datadir(
         config: absolute(config)?,
     };
     let strata = Strata::build(load(config)?).await;
-    let dir = absolute(dir)?;
-    let report = crate::commands::restore::datadir::restore_datadir(
+    let dir = absolute(&dir)?;
+    let port = port.filter(|_| start);
+    if let Some(port) = port {
+        crate::commands::restore::start::preflight(port)?;
+    }
+    let mut report = crate::commands::restore::datadir::restore_datadir(
         &strata,
         job,
         &dir,
@@ -300,6 +299,13 @@ async fn restore_datadir(
         &fetch,
     )
     .await?;
+    if let Some(port) = port {
+        let cfg = strata.job(job)?;
+        report.recovered = Some(
+            crate::commands::restore::start::start(&dir, port, &cfg.database_url, cfg.timeout)
+                .await?,
+        );
+    }
     audit_cli(
         strata.config(),
         "restore.datadir",
@@ -309,6 +315,18 @@ async fn restore_datadir(
     .await;
     if json {
         print_json(&report);
+    } else if let Some(r) = &report.recovered {
+        println!(
+            "restored base backup {} from {} into {}; recovered to {} (last transaction {}) and promoted in {:.1}s; the server runs on 127.0.0.1:{} (log: {})",
+            report.backup_id,
+            report.target,
+            report.data_directory.display(),
+            r.replayed_lsn,
+            r.last_transaction_at.as_deref().unwrap_or("-"),
+            r.seconds,
+            r.port,
+            r.log.display()
+        );
     } else {
         println!(
             "restored base backup {} from {} into {} (WAL {} to {}); recovery replays the archive up to {} and promotes: start it with `pg_ctl -D {} start` as the server's user",

@@ -145,6 +145,28 @@ impl DbUrl {
         }
     }
 
+    /// The same role and password on 127.0.0.1:`port`, database `postgres`,
+    /// TLS if offered: a restored copy of this server, started locally (its
+    /// certificate names the original host, not the loopback address).
+    pub fn on_loopback(&self, port: u16) -> Self {
+        let mut config = tokio_postgres::Config::new();
+        config.host("127.0.0.1").port(port).dbname("postgres");
+        if let Some(user) = self.config.get_user() {
+            config.user(user);
+        }
+        if let Some(pw) = self.config.get_password() {
+            config.password(pw);
+        }
+        config.connect_timeout(std::time::Duration::from_secs(5));
+        config.ssl_mode(tokio_postgres::config::SslMode::Prefer);
+        let tls = tls::TlsSettings::default();
+        Self {
+            shown: describe(&config, &tls),
+            tls,
+            config,
+        }
+    }
+
     /// The TLS settings.
     pub fn tls(&self) -> &tls::TlsSettings {
         &self.tls

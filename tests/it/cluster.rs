@@ -15,7 +15,7 @@ use crate::helpers::free_port;
 /// The bootstrap superuser of every throwaway cluster.
 pub const ADMIN: &str = "strata_admin";
 
-fn bin_dir() -> PathBuf {
+pub fn bin_dir() -> PathBuf {
     let out = Command::new("bash")
         .args(["-c", "ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1"])
         .output()
@@ -31,7 +31,7 @@ pub fn is_root() -> bool {
 }
 
 /// Runs a PostgreSQL server program, as `postgres` when we are root.
-fn pg_command(program: &Path) -> Command {
+pub fn pg_command(program: &Path) -> Command {
     if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);

@@ -599,3 +599,107 @@ async fn a_gap_in_the_archive_or_a_moment_before_every_base_backup_is_refused_be
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("is not empty"), "{}", stderr(&out));
 }
+
+/// Stops a server `--start` left running when the test ends.
+struct Stopper(PathBuf);
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        let _ = crate::cluster::pg_command(&crate::cluster::bin_dir().join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.0)
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn start_runs_recovery_to_the_target_and_reports_where_it_ended() {
+    let a = Archiving::start().await;
+    let sql = |s: &str| a.cluster.psql("postgres", s);
+    sql("CREATE TABLE batches (batch int, g int)");
+    sql("INSERT INTO batches SELECT 1, generate_series(1, 500)");
+    let out = a.strata_as_server_user(&["backup", "prod"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Replayed from the archive, not in the base backup.
+    sql("INSERT INTO batches SELECT 1, generate_series(501, 1000)");
+    let between = sql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    sql("INSERT INTO batches SELECT 2, generate_series(1, 500)");
+    let last = a.fill_segment(1);
+    a.archived(&last);
+
+    let dir = crate::cluster::shared_dir("strata-pitr-");
+    give_to_postgres(dir.path());
+    let data = dir.path().join("data");
+    let port = crate::helpers::free_port();
+    let port_arg = port.to_string();
+    let args = |data: &Path| {
+        vec![
+            "restore".to_owned(),
+            "prod".into(),
+            "--into-datadir".into(),
+            data.display().to_string(),
+            "--to-time".into(),
+            between.clone(),
+            "--start".into(),
+            "--port".into(),
+            port_arg.clone(),
+            "--json".into(),
+        ]
+    };
+    let owned = args(&data);
+    let argv: Vec<&str> = owned.iter().map(String::as_str).collect();
+    if crate::cluster::is_root() {
+        let out = a.strata(&argv);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("refuses to run as root"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!data.exists(), "a refused --start wrote the directory");
+    }
+    let out = a.strata_as_server_user(&argv);
+    let _stop = Stopper(data.clone());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let recovered = &report["recovered"];
+    assert_eq!(recovered["port"], port, "{report}");
+    let lsn = recovered["replayed_lsn"].as_str().unwrap();
+    assert!(lsn.contains('/') && lsn != "0/0", "{report}");
+    let at = recovered["last_transaction_at"].as_str().unwrap();
+    assert!(at < between.as_str(), "{at} is not before {between}");
+
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=strata_admin dbname=postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), string_agg(DISTINCT batch::text, ','), count(*) FROM batches",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!row.get::<_, bool>(0));
+    assert_eq!(row.get::<_, String>(1), "1");
+    assert_eq!(row.get::<_, i64>(2), 1000);
+
+    // The port is taken now (by the copy): refused before anything is written.
+    let other = dir.path().join("other");
+    let owned = args(&other);
+    let argv: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let out = a.strata_as_server_user(&argv);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is already in use"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!other.exists());
+}

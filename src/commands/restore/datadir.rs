@@ -52,6 +52,9 @@ pub struct DatadirReport {
     pub recovery_target: String,
     /// The newest segment the archive holds on the base backup's timeline.
     pub newest_segment: Option<String>,
+    /// Where recovery ended, with `--start`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<super::start::Recovered>,
 }
 
 /// How `wal-fetch` is called from the restored server.
@@ -286,6 +289,7 @@ pub async fn restore_datadir(
         base_stop_lsn: p.stop_lsn.clone(),
         recovery_target: to.to_string(),
         newest_segment: newest.map(|n| n.to_string()),
+        recovered: None,
     })
 }
 

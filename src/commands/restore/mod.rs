@@ -45,6 +45,7 @@ mod feed;
 pub mod load;
 pub mod rewrite;
 pub mod script;
+pub mod start;
 pub mod thaw;
 pub mod verify;
 
