@@ -105,7 +105,7 @@ pub(super) async fn verify(
     reporter.finish().await;
     let detail = match &result {
         Ok(r) => {
-            serde_json::json!({ "backup_id": r.backup_id, "ok": r.ok(), "targets": r.targets, "restore": r.restore })
+            serde_json::json!({ "backup_id": r.backup_id, "ok": r.ok(), "targets": r.targets, "wal": r.wal, "restore": r.restore })
         }
         Err(e) => {
             serde_json::json!({ "backup": backup, "ok": false, "error": e.to_string() })
@@ -133,6 +133,9 @@ pub(super) async fn verify(
     } else {
         for (t, r) in &report.targets {
             println!("{} on {t}: {r}", report.backup_id);
+        }
+        for (t, r) in &report.wal {
+            println!("WAL archive on {t}: {r}");
         }
         if let Some(r) = &report.restore {
             println!("{} restore test: {r}", report.backup_id);
@@ -227,6 +230,13 @@ pub(super) async fn list(
         for (t, r) in &refused {
             println!("REFUSED  {t}  {}: {}", r.manifest_key, r.error);
         }
+        if job_cfg.kind.is_physical() {
+            let targets: std::collections::BTreeSet<&String> =
+                rows.iter().map(|(t, _)| t).collect();
+            for t in targets {
+                print_recoverable(&strata, &job, t).await;
+            }
+        }
     }
     if refused.iter().any(|(_, r)| r.error.is_forgery()) {
         return Err(Failure(
@@ -238,6 +248,22 @@ pub(super) async fn list(
         ));
     }
     Ok(())
+}
+
+/// One line for a physical job's target: the moments it can recover to.
+async fn print_recoverable(strata: &Strata, job: &str, target: &str) {
+    match crate::commands::restore::datadir::recoverable(strata, job, target).await {
+        Err(e) => println!("recoverable on {target}: unknown ({e})"),
+        Ok(r) => println!(
+            "recoverable on {target}: from {} (end of base backup {}) to the end of segment {}{}",
+            r.from.map_or_else(|| "-".into(), |f| f.to_rfc3339()),
+            r.oldest_backup.as_deref().unwrap_or("-"),
+            r.newest_segment.as_deref().unwrap_or("-"),
+            r.missing
+                .map(|m| format!("; GAP: segment {m} is missing, nothing after it is recoverable"))
+                .unwrap_or_default()
+        ),
+    }
 }
 
 /// `strata restore JOB --into-datadir DIR --to… [--start --port N]`.

@@ -569,6 +569,17 @@ async fn a_gap_in_the_archive_or_a_moment_before_every_base_backup_is_refused_be
     let first = a.fill_segment(1000);
     let second = a.fill_segment(1000);
     a.archived(&second);
+    let out = a.strata(&["verify", "prod"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(shown.contains("WAL archive on local: ok"), "{shown}");
+    assert!(shown.contains("WAL archive on offsite: ok"), "{shown}");
+    let out = a.strata(&["list", "prod"]);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown.contains(&format!("to the end of segment {second}")),
+        "{shown}"
+    );
     let lost = a
         .wal_files()
         .into_iter()
@@ -583,6 +594,23 @@ async fn a_gap_in_the_archive_or_a_moment_before_every_base_backup_is_refused_be
         stderr(&out)
     );
     assert!(!dir.exists(), "a refused restore wrote the directory");
+    // verify names the gap on the target that has it, and fails.
+    let out = a.strata(&["verify", "prod"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown.contains(&format!(
+            "WAL archive on local: WAL segment {first} is missing"
+        )),
+        "{shown}"
+    );
+    assert!(shown.contains("WAL archive on offsite: ok"), "{shown}");
+    let out = a.strata(&["list", "prod"]);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown.contains(&format!("GAP: segment {first} is missing")),
+        "{shown}"
+    );
     // A directory that is not empty is never written into.
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("PG_VERSION"), "15").unwrap();

@@ -337,3 +337,65 @@ async fn unpack(
     checked.map_err(|e| std::io::Error::other(RestoreError::Verify(e)))?;
     unpacked
 }
+
+/// What one target can recover a physical job to.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Recoverable {
+    pub target: String,
+    /// The oldest base backup there (recovery can reach any moment after it
+    /// ended, up to the newest segment, when nothing is missing).
+    pub oldest_backup: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    /// The newest archived segment on the newest base backup's timeline.
+    pub newest_segment: Option<String>,
+    /// The first segment missing after a base backup's start (a gap).
+    pub missing: Option<String>,
+}
+
+/// Checks on `target` that the WAL is gapless from each timeline's oldest
+/// base backup start to that timeline's newest archived segment.
+///
+/// # Errors
+/// The target cannot be listed.
+pub async fn recoverable(
+    strata: &Strata,
+    job: &str,
+    target: &str,
+) -> Result<Recoverable, RestoreError> {
+    let listing_failed = |e: String| RestoreError::Physical(format!("{target}: {e}"));
+    let entries = catalog::list(strata, target, job)
+        .await
+        .map_err(|e| listing_failed(e.to_string()))?;
+    let mut bases: Vec<(&Entry, &PhysicalRecord, u64)> = entries
+        .iter()
+        .filter_map(|e| physical(e).map(|(p, start, _)| (e, p, start)))
+        .collect();
+    bases.sort_by_key(|(e, _, _)| e.started_at());
+    let mut report = Recoverable {
+        target: target.to_owned(),
+        oldest_backup: bases.first().map(|(e, _, _)| e.manifest.backup_id.clone()),
+        from: bases.first().map(|(e, _, _)| e.manifest.finished_at),
+        newest_segment: None,
+        missing: None,
+    };
+    let t = strata.target(target);
+    let mut timelines: Vec<u32> = bases.iter().map(|(_, p, _)| p.timeline).collect();
+    timelines.dedup();
+    for tl in timelines {
+        let Some((_, p, start)) = bases.iter().find(|(_, p, _)| p.timeline == tl) else {
+            continue;
+        };
+        let newest = wal::newest_segment(strata, job, t.as_ref(), tl)
+            .await
+            .map_err(|e| listing_failed(e.to_string()))?;
+        let end = newest.map_or(*start, |n| n.start_lsn(p.segment_size));
+        report.newest_segment = newest.map(|n| n.to_string());
+        if report.missing.is_none() {
+            report.missing =
+                wal::first_missing(strata, job, t.as_ref(), tl, (*start, end), p.segment_size)
+                    .await
+                    .map_err(|e| listing_failed(e.to_string()))?;
+        }
+    }
+    Ok(report)
+}

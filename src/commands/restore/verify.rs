@@ -31,12 +31,17 @@ pub struct VerifyReport {
     pub restore: Option<Outcome>,
     /// The scratch restore as a restore test (when one ran): its measured RTO.
     pub restore_test: Option<RestoreTest>,
+    /// Physical jobs: per target of the job, whether the WAL archive is
+    /// gapless from the oldest base backup on to the newest segment.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub wal: Vec<(String, Outcome)>,
 }
 
 impl VerifyReport {
     /// Every check passed.
     pub fn ok(&self) -> bool {
         self.targets.iter().all(|(_, r)| r.is_ok())
+            && self.wal.iter().all(|(_, r)| r.is_ok())
             && self.restore.as_ref().is_none_or(Outcome::is_ok)
     }
 }
@@ -83,6 +88,12 @@ pub async fn verify_with(
     progress: Option<Arc<Progress>>,
     now: DateTime<Utc>,
 ) -> Result<VerifyReport, RestoreError> {
+    let physical = strata.job(job)?.kind.is_physical();
+    if physical && restore_into.is_some() {
+        return Err(RestoreError::Physical(format!(
+            "job '{job}' is physical: --restore-into loads dumps; prove a base backup with `strata restore {job} --into-datadir DIR --to latest --start --port N`"
+        )));
+    }
     let (_, entry, _) = find(strata, job, which, None).await?;
     if let Some(p) = &progress {
         let reads = entry.manifest.targets.len() + usize::from(restore_into.is_some());
@@ -162,15 +173,44 @@ pub async fn verify_with(
             }
         }
     };
+    let wal = if physical {
+        wal_continuity(strata, job).await?
+    } else {
+        Vec::new()
+    };
     let report = VerifyReport {
         backup_id: entry.manifest.backup_id.clone(),
         restore_test,
         targets,
         thawing,
         restore,
+        wal,
     };
     record_verification(strata, &entry, &report, now).await;
     Ok(report)
+}
+
+/// Per target of a physical job: the archive is gapless from the oldest base
+/// backup there to its newest segment.
+async fn wal_continuity(
+    strata: &Strata,
+    job: &str,
+) -> Result<Vec<(String, Outcome)>, RestoreError> {
+    let mut out = Vec::new();
+    for target in &strata.job(job)?.targets {
+        let outcome = match super::datadir::recoverable(strata, job, target).await {
+            Err(e) => Outcome::Failed(e.to_string()),
+            Ok(r) => match (&r.missing, &r.oldest_backup) {
+                (Some(m), Some(b)) => Outcome::Failed(format!(
+                    "WAL segment {m} is missing (needed from base backup {b} on): recovery past it is impossible"
+                )),
+                (_, None) => Outcome::Failed("no base backup here".into()),
+                (None, Some(_)) => Outcome::Ok,
+            },
+        };
+        out.push((target.clone(), outcome));
+    }
+    Ok(out)
 }
 
 /// Appends the results to the manifest on every target that holds the backup. A
@@ -371,6 +411,7 @@ pub async fn restore_test(
         thawing: Vec::new(),
         restore: Some(test.error.clone().map_or(Outcome::Ok, Outcome::Failed)),
         restore_test: None,
+        wal: Vec::new(),
     };
     record_verification(strata, &entry, &report, test.finished_at()).await;
     test
