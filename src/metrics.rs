@@ -25,6 +25,10 @@ pub struct Metrics {
     pub compliance_check: GaugeVec,
     pub restore_test_last_success: GaugeVec,
     pub restore_test_duration: GaugeVec,
+    pub wal_archived: IntCounterVec,
+    pub wal_archive_failures: IntCounterVec,
+    pub wal_last_archived: GaugeVec,
+    pub recovery_window: GaugeVec,
     pub alerts_sent: IntCounterVec,
     pub alerts_suppressed: IntCounterVec,
     pub alert_failures: IntCounterVec,
@@ -177,6 +181,30 @@ impl Metrics {
                 "Time the last restore test took to restore and check (the measured RTO).",
                 &["job"],
             ),
+            wal_archived: counter(
+                &registry,
+                "strata_wal_archived_total",
+                "WAL files the server archived through strata (pg_stat_archiver.archived_count, as seen by the daemon).",
+                &["job"],
+            ),
+            wal_archive_failures: counter(
+                &registry,
+                "strata_wal_archive_failures_total",
+                "Failed archive_command calls (pg_stat_archiver.failed_count, as seen by the daemon).",
+                &["job"],
+            ),
+            wal_last_archived: gauge(
+                &registry,
+                "strata_wal_last_archived_timestamp_seconds",
+                "When the server last archived a WAL file through strata (Unix seconds).",
+                &["job"],
+            ),
+            recovery_window: gauge(
+                &registry,
+                "strata_recovery_window_seconds",
+                "How far back a physical job can be recovered to without a gap, on the worst target (0: not at all).",
+                &["job"],
+            ),
             alerts_sent: counter(
                 &registry,
                 "strata_alerts_sent_total",
@@ -211,6 +239,10 @@ impl Metrics {
             self.progress_bytes
                 .with_label_values(&[job.as_str()])
                 .set(0.0);
+            if cfg.kind.is_physical() {
+                self.wal_archived.with_label_values(&[job.as_str()]);
+                self.wal_archive_failures.with_label_values(&[job.as_str()]);
+            }
             for target in &cfg.targets {
                 self.retention_deleted
                     .with_label_values(&[job.as_str(), target.as_str()]);

@@ -37,6 +37,7 @@ pub enum Kind {
     ComplianceViolation,
     RpoExceeded,
     RestoreTestFailed,
+    WalArchiveFailing,
     Test,
 }
 
@@ -51,6 +52,7 @@ impl Kind {
             Self::ComplianceViolation => "compliance_violation",
             Self::RpoExceeded => "rpo_exceeded",
             Self::RestoreTestFailed => "restore_test_failed",
+            Self::WalArchiveFailing => "wal_archive_failing",
             Self::Test => "test",
         }
     }
@@ -64,6 +66,7 @@ impl Kind {
             Self::ComplianceViolation => "compliance check failing",
             Self::RpoExceeded => "backup older than RPO",
             Self::RestoreTestFailed => "restore test failed",
+            Self::WalArchiveFailing => "WAL archiving failing",
             Self::Test => "test alert",
         }
     }

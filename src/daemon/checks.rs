@@ -144,15 +144,29 @@ impl Daemon {
                 continue;
             };
             let rpo = chrono::Duration::from_std(job.rpo).unwrap_or(chrono::Duration::MAX);
-            let stale = h.last_success.is_none_or(|t| now - t > rpo);
+            // A physical job's recovery point is its newest archived WAL.
+            let newest = if job.kind.is_physical() {
+                h.wal.as_ref().and_then(|w| w.last_archived)
+            } else {
+                h.last_success
+            };
+            let stale = newest.is_none_or(|t| now - t > rpo);
             if stale && !h.running {
-                let cause = match h.last_success {
+                let what = if job.kind.is_physical() {
+                    "the newest archived WAL file was archived"
+                } else {
+                    "the newest good backup started"
+                };
+                let cause = match newest {
                     Some(t) => format!(
-                        "the newest good backup started {} ({} ago), RPO {}",
+                        "{what} {} ({} ago), RPO {}",
                         t.to_rfc3339(),
                         crate::policy::schedule::format_age(now - t),
                         humantime::format_duration(job.rpo)
                     ),
+                    None if job.kind.is_physical() => {
+                        "the server has archived no WAL file through strata yet".into()
+                    }
                     None => "no good backup of this job exists".into(),
                 };
                 self.alerter

@@ -5,6 +5,7 @@
 mod checks;
 mod runs;
 mod schedules;
+mod wal;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -79,6 +80,9 @@ pub struct JobHealth {
     /// The newest backup's raw size: the estimate for the next one's progress.
     #[serde(skip)]
     pub last_raw_bytes: Option<u64>,
+    /// Physical jobs: the server's archiver and the archive's recoverable range.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<wal::WalHealth>,
 }
 
 /// Results of the periodic checks (lifecycle drift, storage cost, compliance),
@@ -138,6 +142,8 @@ pub struct Daemon {
     health: Mutex<BTreeMap<String, JobHealth>>,
     restore_tests: Mutex<BTreeMap<String, RestoreTest>>,
     checks: Mutex<Checks>,
+    /// Physical jobs: the archiver counters seen last (to count the change).
+    archiver: Mutex<BTreeMap<String, wal::ArchiverSeen>>,
     /// Wakes the periodic checks early (after a run changed what is stored).
     recheck: tokio::sync::Notify,
     recent: Mutex<(VecDeque<String>, HashMap<String, RunRecord>)>,
@@ -228,6 +234,7 @@ impl Daemon {
             api_token,
             admin_token,
             health: Mutex::new(health),
+            archiver: Mutex::default(),
             checks: Mutex::default(),
             recheck: tokio::sync::Notify::new(),
             recent: Mutex::default(),
@@ -383,7 +390,10 @@ impl Daemon {
         {
             // In the background: an unreachable server must not delay start-up.
             let me = self.clone();
-            self.tasks.spawn(async move { me.check_tools().await });
+            self.tasks.spawn(async move {
+                me.check_tools().await;
+                me.check_archiving().await;
+            });
         }
         if let Some(state) = self.state.clone() {
             let stopping = self.stopping.clone();
@@ -405,7 +415,10 @@ impl Daemon {
                 loop {
                     tokio::select! {
                         () = stopping.cancelled() => return,
-                        () = me.refresh_checks() => {}
+                        () = async {
+                            me.refresh_checks().await;
+                            me.check_recovery_windows().await;
+                        } => {}
                     }
                     tokio::select! {
                         () = stopping.cancelled() => return,
@@ -418,12 +431,20 @@ impl Daemon {
         {
             let me = self.clone();
             let stopping = self.stopping.clone();
+            // Every minute, or more often when the periodic checks are.
+            let every = self
+                .strata
+                .config()
+                .daemon
+                .check_interval
+                .min(Duration::from_secs(60));
             self.tasks.spawn(async move {
                 loop {
                     tokio::select! {
                         () = stopping.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(60)) => {}
+                        () = tokio::time::sleep(every) => {}
                     }
+                    me.check_archiving().await;
                     me.check_rpo().await;
                 }
             });

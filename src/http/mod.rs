@@ -130,9 +130,18 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
             json!({ "at": t.started_at, "ok": t.ok, "seconds": t.seconds, "backup_id": t.backup_id, "error": t.error })
         });
         let rpo = config.jobs.get(&name).map_or(0, |j| j.rpo.as_secs());
-        let age = h.last_success.map(|t| (now - t).num_seconds().max(0));
+        // A physical job's recovery point is its newest archived WAL file.
+        let point = match &h.wal {
+            Some(w) => w.last_archived,
+            None => h.last_success,
+        };
+        let age = point.map(|t| (now - t).num_seconds().max(0));
         let within = age.is_some_and(|a| a as u64 <= rpo);
         healthy &= within;
+        healthy &= h
+            .wal
+            .as_ref()
+            .is_none_or(|w| w.problem.is_none() && w.gaps.is_empty());
         let job_progress = progress.get(&name).cloned();
         jobs.insert(
             name,
@@ -149,6 +158,7 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
                 "queued": h.queued,
                 "progress": job_progress,
                 "restore_test": restore_test,
+                "wal": h.wal,
             }),
         );
     }

@@ -731,3 +731,161 @@ async fn start_runs_recovery_to_the_target_and_reports_where_it_ended() {
     );
     assert!(!other.exists());
 }
+
+/// `strata run` on the archiving cluster's config, with the API on a free
+/// port and the periodic checks every second.
+struct Watching {
+    child: std::process::Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Watching {
+    async fn start(a: &Archiving) -> Self {
+        let port = crate::helpers::free_port();
+        let config = a.setup.path().join("daemon.yaml");
+        let base = std::fs::read_to_string(&a.config).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "http: {{ listen: \"127.0.0.1:{port}\" }}\ndaemon: {{ check_interval: 1s }}\n{base}"
+            ),
+        )
+        .unwrap();
+        let log = a.setup.path().join("daemon.log");
+        let child = Command::new(bin())
+            .arg("-c")
+            .arg(&config)
+            .arg("run")
+            .envs(moto_env())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    async fn health(&self) -> (u16, serde_json::Value) {
+        match reqwest::get(format!("{}/health", self.url)).await {
+            Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or_default()),
+            Err(_) => (0, serde_json::Value::Null),
+        }
+    }
+
+    async fn metric(&self, line_start: &str) -> Option<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find(|l| l.starts_with(line_start))?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Waits until `/health` of job prod satisfies `ok`.
+    async fn until(
+        &self,
+        what: &str,
+        ok: impl Fn(u16, &serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, h) = self.health().await;
+            if ok(code, &h["jobs"]["prod"]) {
+                return h;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: /health {code} {h}\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_daemon_reports_archiving_its_failures_and_the_recovery_window() {
+    let a = Archiving::start().await;
+    let out = a.strata_as_server_user(&["backup", "prod"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let segment = a.fill_segment(100);
+    a.archived(&segment);
+    let d = Watching::start(&a).await;
+    let h = d
+        .until("archiving seen", |code, j| {
+            code == 200
+                && j["wal"]["last_archived_wal"]
+                    .as_str()
+                    .is_some_and(|w| w >= segment.as_str())
+        })
+        .await;
+    let wal = &h["jobs"]["prod"]["wal"];
+    assert!(wal["problem"].is_null(), "{h}");
+    assert!(h["jobs"]["prod"]["within_rpo"].as_bool().unwrap(), "{h}");
+    let archived = d
+        .metric("strata_wal_archived_total{job=\"prod\"}")
+        .await
+        .unwrap();
+    assert!(archived >= 2.0, "{archived}");
+    let at = d
+        .metric("strata_wal_last_archived_timestamp_seconds{job=\"prod\"}")
+        .await
+        .unwrap();
+    assert!(at > chrono::Utc::now().timestamp() as f64 - 600.0, "{at}");
+    d.until("recovery window measured", |_, j| {
+        j["wal"]["recovery_window_seconds"]
+            .as_f64()
+            .is_some_and(|s| s > 0.0)
+    })
+    .await;
+    let window = d
+        .metric("strata_recovery_window_seconds{job=\"prod\"}")
+        .await
+        .unwrap();
+    assert!(window > 0.0 && window < 3600.0, "{window}");
+
+    // archive_command starts failing: /health says so and turns 503, the counter moves.
+    let sql = |s: &str| a.cluster.psql("postgres", s);
+    sql("ALTER SYSTEM SET archive_command = 'false'");
+    sql("SELECT pg_reload_conf()");
+    a.fill_segment(10);
+    let h = d
+        .until("archive failure seen", |code, j| {
+            code == 503
+                && j["wal"]["problem"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("archive_command failed"))
+        })
+        .await;
+    assert!(h["status"] == "failing", "{h}");
+    let failures = d
+        .metric("strata_wal_archive_failures_total{job=\"prod\"}")
+        .await
+        .unwrap();
+    assert!(failures >= 1.0, "{failures}");
+
+    // Fixed: the archiver catches up and the problem clears.
+    sql("ALTER SYSTEM RESET archive_command");
+    sql("SELECT pg_reload_conf()");
+    d.until("archiving works again", |code, j| {
+        code == 200 && j["wal"]["problem"].is_null()
+    })
+    .await;
+}
