@@ -137,6 +137,12 @@ pub(super) async fn prune_with(
                 item.reasons.join("; ")
             );
         }
+        if let Some(k) = &plan.wal_keep {
+            println!(
+                "WAL     before {} on timeline {} goes but for what older base backups kept need (the start of {}, where the recovery window begins)",
+                k.start_lsn, k.timeline, k.backup_id
+            );
+        }
     }
     let deletions = plan.deletions();
     if force && !dry_run {
@@ -161,7 +167,7 @@ pub(super) async fn prune_with(
             ));
         }
     }
-    if dry_run || deletions.is_empty() {
+    if dry_run || (deletions.is_empty() && plan.wal_keep.is_none()) {
         eprintln!(
             "strata: {} backup(s), {} to delete{}",
             plan.items.len(),
@@ -182,7 +188,7 @@ pub(super) async fn prune_with(
         actor: &actor,
         clock: &SystemClock,
     };
-    if mode == crate::config::PruneMode::Approval && !approve {
+    if mode == crate::config::PruneMode::Approval && !approve && !deletions.is_empty() {
         return match prune::propose(&rec, &plan).await {
             Some(id) => {
                 eprintln!(
@@ -202,6 +208,9 @@ pub(super) async fn prune_with(
     let out = prune::execute(&strata, &plan, None, &rec).await;
     for d in &out.deleted {
         eprintln!("deleted {} from {}", d.backup_id, d.target);
+    }
+    for w in out.wal.iter().filter(|w| w.deleted > 0) {
+        eprintln!("deleted {} WAL file(s) from {}", w.deleted, w.target);
     }
     for l in &out.locked {
         eprintln!(

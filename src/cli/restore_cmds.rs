@@ -252,7 +252,7 @@ pub(super) async fn list(
 
 /// One line for a physical job's target: the moments it can recover to.
 async fn print_recoverable(strata: &Strata, job: &str, target: &str) {
-    match crate::commands::restore::datadir::recoverable(strata, job, target).await {
+    match crate::commands::restore::datadir::recoverable(strata, job, target, Utc::now()).await {
         Err(e) => println!("recoverable on {target}: unknown ({e})"),
         Ok(r) => println!(
             "recoverable on {target}: from {} (end of base backup {}) to the end of segment {}{}",

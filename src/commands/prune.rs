@@ -74,6 +74,8 @@ pub struct Plan {
     pub job: String,
     pub now: DateTime<Utc>,
     pub items: Vec<PlanItem>,
+    /// Physical jobs: where the WAL the kept base backups need begins.
+    pub wal_keep: Option<wal::WalKeep>,
     backups: BTreeMap<String, Backup>,
 }
 
@@ -95,6 +97,9 @@ pub struct Outcome {
     /// Copies left alone because Object Lock still protects them.
     pub locked: Vec<Locked>,
     pub failed: Vec<Failed>,
+    /// Physical jobs: WAL files deleted per target.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub wal: Vec<wal::WalPruned>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -200,24 +205,32 @@ pub async fn plan(strata: &Strata, job: &str, now: DateTime<Utc>) -> Result<Plan
             good: is_good(&b.manifest),
         })
         .collect();
-    let items = retention::plan(&cfg.retention, strata.config().timezone, &candidates, now)
-        .into_iter()
-        .map(|d| PlanItem {
-            targets: backups[&d.backup_id]
-                .copies
-                .iter()
-                .map(|c| c.target.clone())
-                .collect(),
-            backup_id: d.backup_id,
-            started_at: d.started_at,
-            keep: d.keep,
-            reasons: d.reasons,
-        })
-        .collect();
+    let mut items: Vec<PlanItem> =
+        retention::plan(&cfg.retention, strata.config().timezone, &candidates, now)
+            .into_iter()
+            .map(|d| PlanItem {
+                targets: backups[&d.backup_id]
+                    .copies
+                    .iter()
+                    .map(|c| c.target.clone())
+                    .collect(),
+                backup_id: d.backup_id,
+                started_at: d.started_at,
+                keep: d.keep,
+                reasons: d.reasons,
+            })
+            .collect();
+    let wal_keep = match cfg.kind {
+        crate::config::JobKind::Physical { recovery_window } => {
+            wal::keep_window(&mut items, &backups, recovery_window, now)
+        }
+        crate::config::JobKind::Logical => None,
+    };
     Ok(Plan {
         job: job.to_owned(),
         now,
         items,
+        wal_keep,
         backups,
     })
 }
@@ -314,6 +327,20 @@ pub async fn execute(
                     });
                 }
             }
+        }
+    }
+    if let Some(keep) = &plan.wal_keep {
+        out.wal = wal::prune_wal(strata, &plan.job, keep).await;
+        for w in &out.wal {
+            if w.deleted > 0 || !w.errors.is_empty() {
+                let detail = serde_json::json!({ "target": w.target, "wal_before": keep.start_lsn, "base_backup": keep.backup_id, "deleted": w.deleted, "errors": w.errors });
+                record(rec, &plan.job, "delete_wal", detail).await;
+            }
+            out.failed.extend(w.errors.iter().map(|e| Failed {
+                backup_id: "wal".into(),
+                target: w.target.clone(),
+                error: e.clone(),
+            }));
         }
     }
     out
@@ -447,13 +474,15 @@ pub async fn after_backup(strata: &Strata, job: &str, rec: &Recorder<'_>, now: D
             return;
         }
     };
-    if plan.deletions().is_empty() {
+    if plan.deletions().is_empty() && plan.wal_keep.is_none() {
         return;
     }
     let approval = strata
         .job(job)
         .is_ok_and(|j| j.prune == crate::config::PruneMode::Approval);
-    if approval {
+    // WAL below the oldest kept base backup needs no approval: nothing kept
+    // can use it.
+    if approval && !plan.deletions().is_empty() {
         propose(rec, &plan).await;
     } else {
         let out = execute(strata, &plan, None, rec).await;
@@ -594,3 +623,4 @@ mod refused_tests {
 
 #[cfg(test)]
 mod tests;
+pub mod wal;

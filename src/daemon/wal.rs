@@ -189,6 +189,7 @@ impl Daemon {
                     &self.strata,
                     name,
                     target,
+                    now,
                 )
                 .await
                 {

@@ -889,3 +889,87 @@ async fn the_daemon_reports_archiving_its_failures_and_the_recovery_window() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn pruning_a_month_later_keeps_what_the_window_needs_and_drops_older_wal() {
+    let a = Archiving::start().await;
+    let sql = |s: &str| a.cluster.psql("postgres", s);
+    sql("CREATE TABLE batches (batch int, g int)");
+    sql("INSERT INTO batches SELECT 1, generate_series(1, 100)");
+    let backup = || {
+        let out = a.strata_as_server_user(&["backup", "prod"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    backup();
+    let before_second = a.fill_segment(10);
+    a.archived(&before_second);
+    backup();
+    sql("INSERT INTO batches SELECT 2, generate_series(1, 100)");
+    let last = a.fill_segment(10);
+    a.archived(&last);
+    let listed: serde_json::Value = serde_json::from_slice(
+        &a.strata(&["list", "prod", "--json", "--target", "local"])
+            .stdout,
+    )
+    .unwrap();
+    let ids: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["manifest"]["backup_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2, "{listed}");
+    let wal_before = a.wal_files();
+    let has =
+        |files: &[String], segment: &str| files.iter().any(|f| f.contains(&format!("/{segment}.")));
+    assert!(has(&wal_before, &before_second));
+
+    // Fifteen days on, with the 14-day window: the newer base backup anchors
+    // the window (whatever GFS decides), and the WAL before the start of the
+    // oldest base backup kept goes; the dry run says so and deletes nothing.
+    let first_segment = "000000010000000000000001";
+    assert!(has(&wal_before, first_segment), "{wal_before:?}");
+    let later = (chrono::Utc::now() + chrono::Duration::days(15)).to_rfc3339();
+    let out = a.strata(&["prune", "prod", "--dry-run", "--now", &later]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    let anchor = shown
+        .lines()
+        .find(|l| l.contains("recovery window (its first moment"))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(anchor.contains(&ids[1]), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "(the start of {}, where the recovery window begins)",
+            ids[1]
+        )),
+        "{shown}"
+    );
+    assert_eq!(a.wal_files(), wal_before);
+    let out = a.strata(&["prune", "prod", "--now", &later]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("WAL file(s) from local"),
+        "{}",
+        stderr(&out)
+    );
+    // Gone: what no kept base backup needs (before the first one, and between
+    // the first one's end and the second one's start); the first one, if GFS
+    // keeps it, keeps its own segment.
+    let wal_after = a.wal_files();
+    assert!(!has(&wal_after, first_segment), "{wal_after:?}");
+    assert!(!has(&wal_after, &before_second), "{wal_after:?}");
+    assert!(has(&wal_after, &last));
+    let still_listed = a.strata(&["list", "prod", "--json"]).stdout;
+    if String::from_utf8_lossy(&still_listed).contains(&ids[0]) {
+        assert!(has(&wal_after, "000000010000000000000002"), "{wal_after:?}");
+    }
+
+    // What is left restores everything. (verify, at the real time, would
+    // rightly report the gap: in today's window it is needed.)
+    let restored = recover(&a, &["--to", "latest"]);
+    assert_eq!(
+        restored.psql("postgres", "SELECT count(*) FROM batches"),
+        "200"
+    );
+}

@@ -342,18 +342,19 @@ async fn unpack(
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Recoverable {
     pub target: String,
-    /// The oldest base backup there (recovery can reach any moment after it
-    /// ended, up to the newest segment, when nothing is missing).
+    /// The base backup the recovery window starts from: the newest that
+    /// ended before the window began, else the oldest (older ones, kept by
+    /// GFS, restore to the moment they ended).
     pub oldest_backup: Option<String>,
     pub from: Option<DateTime<Utc>>,
     /// The newest archived segment on the newest base backup's timeline.
     pub newest_segment: Option<String>,
-    /// The first segment missing after a base backup's start (a gap).
+    /// The first segment missing after that base backup's start (a gap).
     pub missing: Option<String>,
 }
 
-/// Checks on `target` that the WAL is gapless from each timeline's oldest
-/// base backup start to that timeline's newest archived segment.
+/// Checks on `target` that the WAL is gapless from the base backup the
+/// recovery window starts from to each timeline's newest archived segment.
 ///
 /// # Errors
 /// The target cannot be listed.
@@ -361,8 +362,14 @@ pub async fn recoverable(
     strata: &Strata,
     job: &str,
     target: &str,
+    now: DateTime<Utc>,
 ) -> Result<Recoverable, RestoreError> {
     let listing_failed = |e: String| RestoreError::Physical(format!("{target}: {e}"));
+    let window = match strata.job(job)?.kind {
+        crate::config::JobKind::Physical { recovery_window } => recovery_window,
+        crate::config::JobKind::Logical => std::time::Duration::ZERO,
+    };
+    let window_start = now - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
     let entries = catalog::list(strata, target, job)
         .await
         .map_err(|e| listing_failed(e.to_string()))?;
@@ -371,6 +378,11 @@ pub async fn recoverable(
         .filter_map(|e| physical(e).map(|(p, start, _)| (e, p, start)))
         .collect();
     bases.sort_by_key(|(e, _, _)| e.started_at());
+    let anchor = bases
+        .iter()
+        .rposition(|(e, _, _)| e.manifest.finished_at < window_start)
+        .unwrap_or(0);
+    let bases = bases.get(anchor..).unwrap_or_default();
     let mut report = Recoverable {
         target: target.to_owned(),
         oldest_backup: bases.first().map(|(e, _, _)| e.manifest.backup_id.clone()),

@@ -174,7 +174,7 @@ pub async fn verify_with(
         }
     };
     let wal = if physical {
-        wal_continuity(strata, job).await?
+        wal_continuity(strata, job, now).await?
     } else {
         Vec::new()
     };
@@ -195,10 +195,11 @@ pub async fn verify_with(
 async fn wal_continuity(
     strata: &Strata,
     job: &str,
+    now: DateTime<Utc>,
 ) -> Result<Vec<(String, Outcome)>, RestoreError> {
     let mut out = Vec::new();
     for target in &strata.job(job)?.targets {
-        let outcome = match super::datadir::recoverable(strata, job, target).await {
+        let outcome = match super::datadir::recoverable(strata, job, target, now).await {
             Err(e) => Outcome::Failed(e.to_string()),
             Ok(r) => match (&r.missing, &r.oldest_backup) {
                 (Some(m), Some(b)) => Outcome::Failed(format!(
