@@ -28,6 +28,7 @@ pub struct Metrics {
     pub wal_archived: IntCounterVec,
     pub wal_archive_failures: IntCounterVec,
     pub wal_last_archived: GaugeVec,
+    pub wal_last_failed: GaugeVec,
     pub recovery_window: GaugeVec,
     pub alerts_sent: IntCounterVec,
     pub alerts_suppressed: IntCounterVec,
@@ -197,6 +198,12 @@ impl Metrics {
                 &registry,
                 "strata_wal_last_archived_timestamp_seconds",
                 "When the server last archived a WAL file through strata (Unix seconds).",
+                &["job"],
+            ),
+            wal_last_failed: gauge(
+                &registry,
+                "strata_wal_last_failed_timestamp_seconds",
+                "When archive_command last failed for the job's server (Unix seconds; 0: never).",
                 &["job"],
             ),
             recovery_window: gauge(

@@ -151,11 +151,15 @@ impl Daemon {
         m.wal_archive_failures
             .with_label_values(&[job])
             .inc_by(delta(a.failed, before.map(|b| b.failed)));
-        if let Some(t) = a.last_archived {
-            m.wal_last_archived
-                .with_label_values(&[job])
-                .set(t.timestamp_millis() as f64 / 1000.0);
-        }
+        // 0 for "never": an archive that never received anything is stale.
+        let seconds =
+            |t: Option<DateTime<Utc>>| t.map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
+        m.wal_last_archived
+            .with_label_values(&[job])
+            .set(seconds(a.last_archived));
+        m.wal_last_failed
+            .with_label_values(&[job])
+            .set(seconds(a.last_failed));
         if a.wal_level == "minimal" {
             return Some("wal_level is minimal: the server writes no WAL an archive could recover from; set wal_level = replica and restart it".into());
         }

@@ -973,3 +973,121 @@ async fn pruning_a_month_later_keeps_what_the_window_needs_and_drops_older_wal()
         "200"
     );
 }
+
+/// A real Prometheus (Debian's package) scraping `daemon` every second with
+/// the shipped rules, evaluated every second.
+struct Prometheus {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(daemon: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = crate::helpers::free_port();
+        let rules =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/strata.rules.yml");
+        let target = daemon.trim_start_matches("http://");
+        // The scrape configuration the README gives (honor_labels keeps
+        // strata's job label).
+        std::fs::write(
+            dir.path().join("prometheus.yml"),
+            format!(
+                "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nrule_files: [\"{}\"]\nscrape_configs:\n  - job_name: strata\n    honor_labels: true\n    static_configs: [{{ targets: [\"{target}\"] }}]\n",
+                rules.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+            .spawn()
+            .expect("prometheus (Debian package `prometheus`, installed by scripts/test)");
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    /// The alert names firing for job prod.
+    async fn firing(&self) -> Vec<String> {
+        let Ok(r) = reqwest::get(format!("{}/api/v1/alerts", self.url)).await else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        let mut names: Vec<String> = v["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["state"] == "firing" && a["labels"]["job"] == "prod")
+            .filter_map(|a| a["labels"]["alertname"].as_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        names
+    }
+
+    async fn until(&self, what: &str, ok: impl Fn(&[String]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let firing = self.firing().await;
+            if ok(&firing) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: firing {firing:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn prometheus_with_the_shipped_rules_fires_and_resolves_the_archiving_alerts() {
+    let a = Archiving::start().await;
+    let d = Watching::start(&a).await;
+    // Nothing archived yet: stale.
+    d.until("daemon up", |code, j| code != 0 && !j["wal"].is_null())
+        .await;
+    let p = Prometheus::start(&d.url);
+    p.until("stale fires", |f| {
+        f.iter().any(|n| n == "StrataWalArchiveStale")
+    })
+    .await;
+    let segment = a.fill_segment(10);
+    a.archived(&segment);
+    p.until("stale resolves", |f| {
+        !f.iter().any(|n| n == "StrataWalArchiveStale")
+    })
+    .await;
+
+    let sql = |s: &str| a.cluster.psql("postgres", s);
+    sql("ALTER SYSTEM SET archive_command = 'false'");
+    sql("SELECT pg_reload_conf()");
+    a.fill_segment(10);
+    p.until("failing fires", |f| {
+        f.iter().any(|n| n == "StrataWalArchiveFailing")
+    })
+    .await;
+    sql("ALTER SYSTEM RESET archive_command");
+    sql("SELECT pg_reload_conf()");
+    p.until("failing resolves", |f| {
+        !f.iter().any(|n| n == "StrataWalArchiveFailing")
+    })
+    .await;
+}
