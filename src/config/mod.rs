@@ -129,7 +129,7 @@ pub struct DaemonSettings {
     pub shutdown_grace: Duration,
     /// Partial uploads and staging files older than this are removed at start-up
     /// (longer than any backup takes).
-    pub stale_upload_age: Duration,
+    pub stale_after: Duration,
     /// Time between the periodic storage, cost, lifecycle and compliance checks.
     pub check_interval: Duration,
     /// Time between polls while `--wait` waits for an archived object to thaw.
@@ -141,7 +141,7 @@ impl Default for DaemonSettings {
         Self {
             max_concurrent_runs: cores(),
             shutdown_grace: Duration::from_secs(300),
-            stale_upload_age: Duration::from_secs(6 * 3600),
+            stale_after: Duration::from_secs(6 * 3600),
             check_interval: Duration::from_secs(3600),
             thaw_poll: Duration::from_secs(300),
         }

@@ -29,7 +29,7 @@ pub(super) struct RawRestore {
 pub(super) struct RawDaemon {
     pub(super) max_concurrent_runs: Option<usize>,
     pub(super) shutdown_grace: Option<String>,
-    pub(super) stale_upload_age: Option<String>,
+    pub(super) stale_after: Option<String>,
     pub(super) check_interval: Option<String>,
     pub(super) thaw_poll: Option<String>,
 }

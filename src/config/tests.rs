@@ -161,7 +161,7 @@ fn the_daemon_section_sets_its_pace_and_refuses_what_cannot_work() {
     assert_eq!(c.daemon, DaemonSettings::default());
     assert_eq!(c.daemon.shutdown_grace, Duration::from_secs(300));
     let text = format!(
-        "{MINIMAL}daemon: {{ max_concurrent_runs: 3, shutdown_grace: 0s, stale_upload_age: 2h, check_interval: 90s, thaw_poll: 1s }}\n"
+        "{MINIMAL}daemon: {{ max_concurrent_runs: 3, shutdown_grace: 0s, stale_after: 2h, check_interval: 90s, thaw_poll: 1s }}\n"
     );
     let d = parse(&text).unwrap().daemon;
     assert_eq!(
@@ -169,7 +169,7 @@ fn the_daemon_section_sets_its_pace_and_refuses_what_cannot_work() {
         DaemonSettings {
             max_concurrent_runs: 3,
             shutdown_grace: Duration::ZERO,
-            stale_upload_age: Duration::from_secs(7200),
+            stale_after: Duration::from_secs(7200),
             check_interval: Duration::from_secs(90),
             thaw_poll: Duration::from_secs(1),
         }

@@ -282,12 +282,7 @@ pub(super) fn validate_daemon(raw: Option<RawDaemon>, p: &mut Problems) -> Daemo
             &mut d.shutdown_grace,
             false,
         ),
-        (
-            "stale_upload_age",
-            raw.stale_upload_age,
-            &mut d.stale_upload_age,
-            false,
-        ),
+        ("stale_after", raw.stale_after, &mut d.stale_after, false),
         (
             "check_interval",
             raw.check_interval,

@@ -276,9 +276,9 @@ impl Daemon {
     }
 
     /// Removes what killed runs left behind: staging files and incomplete uploads
-    /// older than `daemon.stale_upload_age` (default 6h, longer than any backup).
+    /// older than `daemon.stale_after` (default 6h, longer than any backup).
     pub(super) async fn cleanup(&self) {
-        let age = self.strata.config().daemon.stale_upload_age;
+        let age = self.strata.config().daemon.stale_after;
         let config = self.strata.config();
         for (name, t) in &config.targets {
             let target = self.strata.target(name);

@@ -884,7 +884,7 @@ async fn after_sigkill_mid_upload_the_next_start_cleans_up_and_backs_up() {
     // its connection, so the backup below is not refused.
     let env = MidUpload::env_of(&mid.env);
     let top = format!(
-        "state: {{ database_url: \"{}\" }}\ndaemon: {{ stale_upload_age: 0s }}\n",
+        "state: {{ database_url: \"{}\" }}\ndaemon: {{ stale_after: 0s }}\n",
         mid.state.url()
     );
     let mut d = Proc::spawn(
