@@ -17,7 +17,7 @@ pub(super) async fn restore(config: &std::path::Path, args: RestoreArgs) -> Resu
         pitr,
     } = args;
     if pitr.into_datadir.is_some() {
-        return restore_datadir(config, &job, pitr, from, json).await;
+        return restore_datadir(config, &job, pitr, from, &thaw, json).await;
     }
     let into: DbUrl = into.unwrap_or_default().parse()?;
     let strata = Strata::build(load(config)?).await;
@@ -272,6 +272,7 @@ async fn restore_datadir(
     job: &str,
     pitr: PitrArgs,
     from: Option<String>,
+    thaw: &ThawArgs,
     json: bool,
 ) -> Result<(), Failure> {
     use crate::commands::restore::datadir::{FetchCommand, RecoveryTarget};
@@ -323,6 +324,7 @@ async fn restore_datadir(
         target,
         from.as_deref(),
         &fetch,
+        &thaw.options(strata.config()),
     )
     .await?;
     if let Some(port) = port {
@@ -355,12 +357,13 @@ async fn restore_datadir(
         );
     } else {
         println!(
-            "restored base backup {} from {} into {} (WAL {} to {}); recovery replays the archive up to {} and promotes: start it with `pg_ctl -D {} start` as the server's user",
+            "restored base backup {} from {} into {} (WAL {} to {}, timelines {}); recovery replays the archive up to {} and promotes: start it with `pg_ctl -D {} start` as the server's user",
             report.backup_id,
             report.target,
             report.data_directory.display(),
             report.base_start_lsn,
             report.newest_segment.as_deref().unwrap_or("-"),
+            report.timelines,
             report.recovery_target,
             report.data_directory.display()
         );

@@ -193,7 +193,11 @@ pub async fn backup(
             &mut dump,
             job.compression,
             encryptor,
-            job.format == DumpFormat::Plain,
+            if job.format == DumpFormat::Plain {
+                pipeline::Tap::Rows
+            } else {
+                pipeline::Tap::Nothing
+            },
             uploads,
             cancel,
             ctl.progress.as_deref(),

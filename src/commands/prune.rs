@@ -220,12 +220,10 @@ pub async fn plan(strata: &Strata, job: &str, now: DateTime<Utc>) -> Result<Plan
                 reasons: d.reasons,
             })
             .collect();
-    let wal_keep = match cfg.kind {
-        crate::config::JobKind::Physical { recovery_window } => {
-            wal::keep_window(&mut items, &backups, recovery_window, now)
-        }
-        crate::config::JobKind::Logical => None,
-    };
+    let wal_keep = cfg
+        .kind
+        .physical()
+        .and_then(|p| wal::keep_window(&mut items, &backups, p.recovery_window, now));
     Ok(Plan {
         job: job.to_owned(),
         now,

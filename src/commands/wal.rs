@@ -2,13 +2,13 @@
 //! `archive_command`) and `strata wal-fetch` (its `restore_command`).
 //!
 //! Each file is compressed and encrypted once, then written to every target of
-//! the job under `{prefix}/{job}/wal/{timeline}/{name}.{hash}{extensions}`,
-//! where `hash` is the first 16 hex digits of the plain content's SHA-256. A
-//! listing of `{name}.` therefore says at once whether a target already holds
-//! the file, and whether with the same content: the same is success (an
-//! archiver retrying after a crash), different content is a split brain and
-//! fails loudly. Every write is one atomic request (a staging file renamed on
-//! local disk, one PUT on S3): a push killed midway leaves nothing that counts.
+//! the job under `{prefix}/{job}/wal/{timeline}/{name}{extensions}` (the
+//! contract's layout). A file is never replaced: it is written only where its
+//! key is free (a hard link on local disk, `If-None-Match: *` on S3), so a
+//! push killed midway leaves nothing that counts and a second writer cannot
+//! overwrite the first. A push of a file the archive already holds reads the
+//! stored copy back: the same content is success (an archiver retrying after
+//! a crash), different content is a split brain and fails loudly.
 //!
 //! `{prefix}/{job}/wal/archive.json` records whose archive it is (the
 //! cluster's system identifier, the segment size); a segment from another
@@ -25,12 +25,18 @@ use serde::{Deserialize, Serialize};
 use crate::app::{Strata, UnknownJob};
 use crate::domain::Compression;
 use crate::domain::manifest::job_prefix;
-use crate::domain::wal::{self, NotWalName, SegmentError, SegmentHeader, WalFile};
+use crate::domain::timeline::{BadHistory, NoPath};
+use crate::domain::wal::{self, NotWalName, SegmentError, SegmentHeader, StoredWal, WalFile};
 use crate::keys::Keyring;
 use crate::pipeline::PipelineError;
 use crate::pipeline::encrypt::Encryptor;
 use crate::pipeline::small;
 use crate::storage::{StorageError, Target};
+
+pub mod archive;
+pub mod stream;
+
+pub use archive::{BaseRef, Continuity, End, Listing, backup_history, continuity, covers};
 
 /// Largest file the archive takes (the largest segment size PostgreSQL allows).
 const MAX_FILE: u64 = 1 << 30;
@@ -51,6 +57,10 @@ pub enum WalError {
     },
     #[error(transparent)]
     Segment(#[from] SegmentError),
+    #[error(transparent)]
+    History(#[from] BadHistory),
+    #[error(transparent)]
+    NoPath(#[from] NoPath),
     #[error(
         "{file} comes from the cluster with system identifier {found}, but the archive on {target} belongs to {archive}: refusing to mix two clusters' WAL"
     )]
@@ -135,7 +145,7 @@ pub enum Pushed {
 }
 
 /// The job's archive settings, resolved once per command.
-struct Archive<'a> {
+pub(crate) struct Archive<'a> {
     strata: &'a Strata,
     job: String,
     compression: Compression,
@@ -144,7 +154,7 @@ struct Archive<'a> {
 }
 
 impl<'a> Archive<'a> {
-    fn open(strata: &'a Strata, job: &str) -> Result<Self, WalError> {
+    pub(crate) fn open(strata: &'a Strata, job: &str) -> Result<Self, WalError> {
         let cfg = strata.job(job)?;
         if !cfg.kind.is_physical() {
             return Err(WalError::NotPhysical(job.to_owned()));
@@ -159,7 +169,8 @@ impl<'a> Archive<'a> {
         })
     }
 
-    fn prefix(&self, target: &str) -> String {
+    /// `{prefix}/{job}/` on `target`.
+    pub(crate) fn prefix(&self, target: &str) -> String {
         job_prefix(self.strata.prefix(target), &self.job)
     }
 
@@ -167,19 +178,20 @@ impl<'a> Archive<'a> {
         format!("{}{}/archive.json", self.prefix(target), wal::WAL_DIR)
     }
 
-    fn extension(&self) -> String {
-        let mut ext = String::new();
-        if let Some(c) = self.compression.extension() {
-            ext.push('.');
-            ext.push_str(c);
-        }
-        if self.keys.is_some() {
-            ext.push_str(".enc");
-        }
-        ext
+    /// The key `file` is written to now (the job's compression and encryption).
+    pub(crate) fn key(&self, target: &str, file: &WalFile) -> String {
+        wal::object_key(
+            &self.prefix(target),
+            file,
+            &wal::extension(self.compression, self.keys.is_some()),
+        )
     }
 
-    fn seal(&self, plain: &[u8], compression: Compression) -> Result<Vec<u8>, WalError> {
+    pub(crate) fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, WalError> {
+        self.seal_with(plain, self.compression)
+    }
+
+    fn seal_with(&self, plain: &[u8], compression: Compression) -> Result<Vec<u8>, WalError> {
         let encryptor = self
             .keys
             .as_ref()
@@ -210,7 +222,12 @@ impl<'a> Archive<'a> {
     }
 
     /// Checks (or, on a target without one, records) whose archive this is.
-    async fn claim(&self, target: &dyn Target, file: &str, mine: Identity) -> Result<(), WalError> {
+    pub(crate) async fn claim(
+        &self,
+        target: &dyn Target,
+        file: &str,
+        mine: Identity,
+    ) -> Result<(), WalError> {
         match self.identity(target).await? {
             Some(theirs) if theirs.system_identifier != mine.system_identifier => {
                 Err(WalError::OtherCluster {
@@ -223,7 +240,7 @@ impl<'a> Archive<'a> {
             Some(_) => Ok(()),
             None => {
                 let json = serde_json::to_vec(&mine).expect("identity serializes");
-                let sealed = self.seal(&json, Compression::None)?;
+                let sealed = self.seal_with(&json, Compression::None)?;
                 target
                     .put_small(&self.identity_key(target.name()), sealed.into())
                     .await?;
@@ -232,21 +249,110 @@ impl<'a> Archive<'a> {
         }
     }
 
-    /// Keys under `prefix` that are strata's copies of one file, with their hash.
+    /// The copies of `file` on `target` (one, unless the job's compression
+    /// changed between two pushes of it).
     async fn copies(
         &self,
         target: &dyn Target,
-        prefix: &str,
-    ) -> Result<Vec<(String, String)>, WalError> {
-        Ok(target
-            .list(prefix)
-            .await?
+        file: &WalFile,
+    ) -> Result<Vec<(String, StoredWal)>, WalError> {
+        let prefix = self.prefix(target.name());
+        let listed = target
+            .list(&format!(
+                "{}{file}",
+                wal::timeline_dir(&prefix, file.timeline())
+            ))
+            .await?;
+        Ok(listed
             .into_iter()
             .filter_map(|o| {
-                let hash = wal::hash_in_key(prefix, &o.key)?.to_owned();
-                Some((o.key, hash))
+                let stored = StoredWal::parse(&prefix, &o.key)?;
+                (stored.file == *file).then_some((o.key, stored))
             })
             .collect())
+    }
+
+    /// Reads a stored copy back and checks it: decrypted and authenticated,
+    /// decompressed, a segment's header against its name and the archive's
+    /// cluster.
+    async fn read_copy(
+        &self,
+        target: &dyn Target,
+        key: &str,
+        stored: StoredWal,
+        bytes: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, WalError> {
+        let file = stored.file;
+        let corrupt = |message: String| WalError::Corrupt {
+            file: file.to_string(),
+            target: target.name().to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        if stored.encrypted != self.keys.is_some() {
+            return Err(corrupt(if stored.encrypted {
+                "it is encrypted, and the config has no encryption keys".into()
+            } else {
+                "it is not encrypted, but the job encrypts: it was not written by strata with this config".into()
+            }));
+        }
+        let bytes = match bytes {
+            Some(b) => b,
+            None => crate::storage::read_all(target, key).await?,
+        };
+        let plain = small::unseal(&bytes, stored.compression, self.keys.as_ref(), MAX_FILE)
+            .map_err(|e| corrupt(e.to_string()))?;
+        match file {
+            WalFile::Segment(s) | WalFile::Partial(s) => {
+                let h = SegmentHeader::check(&s, &plain, matches!(file, WalFile::Partial(_)))
+                    .map_err(|e| corrupt(e.to_string()))?;
+                match self.identity(target).await? {
+                    Some(id) if id.system_identifier != h.system_identifier => {
+                        return Err(corrupt(format!(
+                            "it belongs to cluster {}, the archive to {}",
+                            h.system_identifier, id.system_identifier
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        return Err(corrupt("the archive has no identity (archive.json)".into()));
+                    }
+                }
+            }
+            WalFile::History(tl) => {
+                crate::domain::timeline::parse_history(tl, &String::from_utf8_lossy(&plain))
+                    .map_err(|e| corrupt(e.to_string()))?;
+            }
+            WalFile::BackupLabel(..) => {}
+        }
+        Ok(plain)
+    }
+
+    /// What the archive already holds of `file`: the same content (`Some`),
+    /// other content (a split brain), or nothing (`None`).
+    async fn compare(
+        &self,
+        target: &dyn Target,
+        file: &WalFile,
+        copies: Vec<(String, StoredWal)>,
+        sha: &[u8],
+    ) -> Result<Option<Pushed>, WalError> {
+        let mut other = None;
+        for (key, stored) in copies {
+            let plain = self.read_copy(target, &key, stored, None).await?;
+            if digest(&SHA256, &plain).as_ref() == sha {
+                return Ok(Some(Pushed::AlreadyArchived));
+            }
+            other.get_or_insert(key);
+        }
+        match other {
+            Some(key) => Err(WalError::SplitBrain {
+                file: file.to_string(),
+                target: target.name().to_owned(),
+                key,
+            }),
+            None => Ok(None),
+        }
     }
 
     async fn push_to(
@@ -254,28 +360,35 @@ impl<'a> Archive<'a> {
         target: &dyn Target,
         file: &WalFile,
         identity: Option<Identity>,
-        sha: &str,
+        sha: &[u8],
         sealed: Bytes,
     ) -> Result<Pushed, WalError> {
         let name = file.to_string();
-        if let Some(mine) = identity {
-            self.claim(target, &name, mine).await?;
+        let claimed = async {
+            match identity {
+                Some(mine) => self.claim(target, &name, mine).await,
+                None => Ok(()),
+            }
+        };
+        let (claimed, copies) = tokio::join!(claimed, self.copies(target, file));
+        claimed?;
+        if let Some(done) = self.compare(target, file, copies?, sha).await? {
+            return Ok(done);
         }
-        let prefix = wal::object_prefix(&self.prefix(target.name()), file);
-        let copies = self.copies(target, &prefix).await?;
-        if copies.iter().any(|(_, h)| sha.starts_with(h.as_str())) {
-            return Ok(Pushed::AlreadyArchived);
+        let key = self.key(target.name(), file);
+        if target.put_new(&key, sealed).await?.is_some() {
+            return Ok(Pushed::Stored);
         }
-        if let Some((key, _)) = copies.into_iter().next() {
-            return Err(WalError::SplitBrain {
-                file: name,
-                target: target.name().to_owned(),
-                key,
-            });
-        }
-        let key = wal::object_key(&self.prefix(target.name()), file, sha, &self.extension());
-        target.put_small(&key, sealed).await?;
-        Ok(Pushed::Stored)
+        // Another writer took the key between the listing and the write.
+        let copies = self.copies(target, file).await?;
+        self.compare(target, file, copies, sha)
+            .await?
+            .ok_or_else(|| {
+                WalError::Targets(format!(
+                    "{name} on {}: the key was taken, then gone",
+                    target.name()
+                ))
+            })
     }
 }
 
@@ -293,6 +406,28 @@ fn read_file(path: &Path) -> Result<Vec<u8>, WalError> {
     std::fs::read(path).map_err(read)
 }
 
+/// Checks that `plain` is what `file`'s name says: a segment's page header
+/// (its identity is returned), a history file that parses.
+///
+/// # Errors
+/// It is not.
+pub(crate) fn check_content(file: &WalFile, plain: &[u8]) -> Result<Option<Identity>, WalError> {
+    match file {
+        WalFile::Segment(s) | WalFile::Partial(s) => {
+            let h = SegmentHeader::check(s, plain, matches!(file, WalFile::Partial(_)))?;
+            Ok(Some(Identity {
+                system_identifier: h.system_identifier,
+                segment_size: h.segment_size,
+            }))
+        }
+        WalFile::History(tl) => {
+            crate::domain::timeline::parse_history(*tl, &String::from_utf8_lossy(plain))?;
+            Ok(None)
+        }
+        WalFile::BackupLabel(..) => Ok(None),
+    }
+}
+
 /// Archives the WAL file at `path` on every target of `job`. `Ok` only when
 /// every target holds it (stored now, or already with the same content).
 ///
@@ -304,30 +439,33 @@ pub async fn push(
     job: &str,
     path: &Path,
 ) -> Result<Vec<(String, Pushed)>, WalError> {
-    let archive = Archive::open(strata, job)?;
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| NotWalName(path.display().to_string()))?;
     let file = WalFile::parse(name)?;
     let plain = read_file(path)?;
-    let identity = match file {
-        WalFile::Segment(s) | WalFile::Partial(s) => {
-            let h = SegmentHeader::check(&s, &plain, matches!(file, WalFile::Partial(_)))?;
-            Some(Identity {
-                system_identifier: h.system_identifier,
-                segment_size: h.segment_size,
-            })
-        }
-        WalFile::BackupLabel(..) | WalFile::History(_) => None,
-    };
-    let sha = hex::encode(digest(&SHA256, &plain));
-    let sealed = Bytes::from(archive.seal(&plain, archive.compression)?);
-    drop(plain);
+    push_content(strata, job, &file, &plain).await
+}
+
+/// [`push`] of content already read.
+///
+/// # Errors
+/// See [`push`].
+pub async fn push_content(
+    strata: &Strata,
+    job: &str,
+    file: &WalFile,
+    plain: &[u8],
+) -> Result<Vec<(String, Pushed)>, WalError> {
+    let archive = Archive::open(strata, job)?;
+    let identity = check_content(file, plain)?;
+    let sha = digest(&SHA256, plain);
+    let sealed = Bytes::from(archive.seal(plain)?);
     let cfg = strata.job(job)?;
     let results = futures::future::join_all(cfg.targets.iter().map(|t| {
         let target = strata.target(t);
-        let (archive, file, sha, sealed) = (&archive, &file, &sha, sealed.clone());
+        let (archive, sealed, sha) = (&archive, sealed.clone(), sha.as_ref());
         async move {
             let r = archive
                 .push_to(target.as_ref(), file, identity, sha, sealed)
@@ -351,7 +489,7 @@ pub async fn push(
         Ok(done)
     } else {
         Err(WalError::Targets(format!(
-            "{name} is not archived on every target: {}",
+            "{file} is not archived on every target: {}",
             failed.join("; ")
         )))
     }
@@ -360,8 +498,11 @@ pub async fn push(
 /// Fetches WAL file `name` of `job` into `dest` (written whole, then renamed
 /// into place), from the first target (in the job's order, or only `from`)
 /// that holds it. Its content is checked before it is written: decrypted and
-/// authenticated, its hash against its key, and a segment's header against
-/// its name and the archive's cluster.
+/// authenticated, and a segment's header against its name and the archive's
+/// cluster. A segment that is not archived whole but whose `.partial` is the
+/// newest file of its timeline (the one a promotion or the streaming source
+/// left) is served from that, padded to a whole segment: recovery then
+/// replays what it holds and ends there.
 ///
 /// # Errors
 /// [`WalError::NotFound`] only when every target searched answered that it
@@ -399,6 +540,19 @@ pub async fn fetch(
             Err(e) => errors.push(format!("{t}: {e}")),
         }
     }
+    if let (WalFile::Segment(s), true) = (file, errors.is_empty()) {
+        for t in &targets {
+            let target = strata.target(t);
+            match fetch_live_partial(&archive, target.as_ref(), s).await {
+                Ok(Some(plain)) => {
+                    write_atomically(dest, &plain)?;
+                    return Ok(target.name().to_owned());
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(format!("{t}: {e}")),
+            }
+        }
+    }
     let searched = targets
         .iter()
         .map(|t| t.as_str())
@@ -414,56 +568,61 @@ pub async fn fetch(
     }
 }
 
+/// `file` from `target`: under the key the job writes now (one request), else
+/// under any other extension a copy was written with.
 async fn fetch_from(
     archive: &Archive<'_>,
     target: &dyn Target,
     file: &WalFile,
 ) -> Result<Option<Vec<u8>>, WalError> {
-    let prefix = wal::object_prefix(&archive.prefix(target.name()), file);
-    let Some((key, hash)) = archive.copies(target, &prefix).await?.into_iter().next() else {
+    let key = archive.key(target.name(), file);
+    match crate::storage::read_all(target, &key).await {
+        Ok(bytes) => {
+            let stored = StoredWal {
+                file: *file,
+                compression: archive.compression,
+                encrypted: archive.keys.is_some(),
+            };
+            return archive
+                .read_copy(target, &key, stored, Some(bytes))
+                .await
+                .map(Some);
+        }
+        Err(StorageError::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match archive.copies(target, file).await?.into_iter().next() {
+        Some((key, stored)) => archive
+            .read_copy(target, &key, stored, None)
+            .await
+            .map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Segment `s` from its `.partial` on `target`, if that is the newest file
+/// of its timeline there (no whole segment after it), padded to a segment.
+async fn fetch_live_partial(
+    archive: &Archive<'_>,
+    target: &dyn Target,
+    s: wal::SegmentName,
+) -> Result<Option<Vec<u8>>, WalError> {
+    let prefix = archive.prefix(target.name());
+    let newer = target
+        .list(&wal::timeline_dir(&prefix, s.timeline))
+        .await?
+        .iter()
+        .filter_map(|o| StoredWal::parse(&prefix, &o.key))
+        .any(|w| matches!(w.file, WalFile::Segment(n) if n > s));
+    if newer {
+        return Ok(None);
+    }
+    let Some(mut plain) = fetch_from(archive, target, &WalFile::Partial(s)).await? else {
         return Ok(None);
     };
-    let corrupt = |message: String| WalError::Corrupt {
-        file: file.to_string(),
-        target: target.name().to_owned(),
-        key: key.clone(),
-        message,
-    };
-    let stored = crate::storage::read_all(target, &key).await?;
-    // The extensions say how it was written; a job may have changed its
-    // compression since.
-    let compression = if key.contains(".zst") {
-        Compression::Zstd(3)
-    } else if key.contains(".gz") {
-        Compression::Gzip(6)
-    } else {
-        Compression::None
-    };
-    if key.ends_with(".enc") != archive.keys.is_some() {
-        return Err(corrupt(
-            "written with a different encryption setting than the job has now".into(),
-        ));
-    }
-    let plain = small::unseal(&stored, compression, archive.keys.as_ref(), MAX_FILE)
-        .map_err(|e| corrupt(e.to_string()))?;
-    let sha = hex::encode(digest(&SHA256, &plain));
-    if !sha.starts_with(&hash) {
-        return Err(corrupt(format!("content hashes to {}", &sha[..16])));
-    }
-    if let Some(seg) = file.segment() {
-        let h = SegmentHeader::check(&seg, &plain, matches!(file, WalFile::Partial(_)))
-            .map_err(|e| corrupt(e.to_string()))?;
-        match archive.identity(target).await? {
-            Some(id) if id.system_identifier != h.system_identifier => {
-                return Err(corrupt(format!(
-                    "it belongs to cluster {}, the archive to {}",
-                    h.system_identifier, id.system_identifier
-                )));
-            }
-            Some(_) => {}
-            None => return Err(corrupt("the archive has no identity (archive.json)".into())),
-        }
-    }
+    let size = SegmentHeader::check(&s, &plain, true)?.segment_size as usize;
+    plain.resize(size, 0);
+    tracing::info!(segment = %s, target_name = target.name(), "served the segment from its .partial (the live end of the archive)");
     Ok(Some(plain))
 }
 
@@ -484,159 +643,4 @@ fn write_atomically(dest: &Path, data: &[u8]) -> Result<(), WalError> {
     f.write_all(data).and_then(|()| f.sync_all()).map_err(err)?;
     std::fs::rename(&tmp, dest).map_err(err)?;
     Ok(())
-}
-
-/// The segment names archived for `job` on `target` on `timeline`.
-async fn archived_segments(
-    strata: &Strata,
-    job: &str,
-    target: &dyn Target,
-    timeline: u32,
-) -> Result<std::collections::BTreeSet<String>, WalError> {
-    let dir = format!(
-        "{}{}/{timeline:08X}/",
-        job_prefix(strata.prefix(target.name()), job),
-        wal::WAL_DIR
-    );
-    Ok(target
-        .list(&dir)
-        .await?
-        .into_iter()
-        .filter_map(|o| {
-            let name = o.key.strip_prefix(&dir)?.split('.').next()?.to_owned();
-            matches!(WalFile::parse(&name), Ok(WalFile::Segment(_))).then_some(name)
-        })
-        .collect())
-}
-
-/// The first segment between `from` and `to` (WAL positions, inclusive) on
-/// `timeline` that `target` does not hold, if any.
-///
-/// # Errors
-/// The target could not be listed.
-pub async fn first_missing(
-    strata: &Strata,
-    job: &str,
-    target: &dyn Target,
-    timeline: u32,
-    (from, to): (u64, u64),
-    segment_size: u32,
-) -> Result<Option<String>, WalError> {
-    let have = archived_segments(strata, job, target, timeline).await?;
-    let size = u64::from(segment_size);
-    Ok((from / size..=to / size)
-        .map(|n| wal::SegmentName::from_number(timeline, n, segment_size).to_string())
-        .find(|name| !have.contains(name)))
-}
-
-/// Waits (up to two minutes, for the archiver to catch up) until `target`
-/// holds every segment of the base backup between `points.start` and
-/// `points.stop`.
-///
-/// # Errors
-/// A segment is still missing then (named), or the target cannot be listed.
-pub async fn covers(
-    strata: &Strata,
-    job: &str,
-    target: &str,
-    points: &crate::pg::BaseBackupPoints,
-    segment_size: u32,
-) -> Result<(), WalError> {
-    let t = strata.target(target);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let range = (points.start, points.stop);
-        match first_missing(
-            strata,
-            job,
-            t.as_ref(),
-            points.timeline,
-            range,
-            segment_size,
-        )
-        .await?
-        {
-            None => return Ok(()),
-            Some(name) if std::time::Instant::now() >= deadline => {
-                return Err(WalError::Targets(format!(
-                    "the base backup needs WAL segment {name}, which is not archived on {target}: check archive_command (`strata wal-push {job} %p`) and pg_stat_archiver"
-                )));
-            }
-            Some(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
-        }
-    }
-}
-
-/// The newest segment `target` holds for `job` on `timeline`.
-///
-/// # Errors
-/// The target could not be listed.
-pub async fn newest_segment(
-    strata: &Strata,
-    job: &str,
-    target: &dyn Target,
-    timeline: u32,
-) -> Result<Option<wal::SegmentName>, WalError> {
-    Ok(archived_segments(strata, job, target, timeline)
-        .await?
-        .last()
-        .and_then(|n| WalFile::parse(n).ok()?.segment()))
-}
-
-/// The start and end of the base backup labelled `label`, from the backup
-/// history file the server archived when it ended (the first target of the
-/// job that holds it; the newest files are read first).
-///
-/// # Errors
-/// No target holds such a file, or one could not be read.
-pub async fn backup_history(
-    strata: &Strata,
-    job: &str,
-    label: &str,
-) -> Result<crate::pg::BaseBackupPoints, WalError> {
-    let archive = Archive::open(strata, job)?;
-    let cfg = strata.job(job)?;
-    let mut errors = Vec::new();
-    for t in &cfg.targets {
-        let target = strata.target(t);
-        let dir = format!("{}{}/", archive.prefix(t), wal::WAL_DIR);
-        let listed = match target.list(&dir).await {
-            Ok(l) => l,
-            Err(e) => {
-                errors.push(format!("{t}: {e}"));
-                continue;
-            }
-        };
-        let mut labels: Vec<WalFile> = listed
-            .iter()
-            .filter_map(|o| {
-                let name = o.key.rsplit('/').next()?;
-                let end = name.find(".backup.")? + ".backup".len();
-                WalFile::parse(&name[..end]).ok()
-            })
-            .collect();
-        labels.sort();
-        for file in labels.iter().rev() {
-            match fetch_from(&archive, target.as_ref(), file).await {
-                Ok(Some(text)) => {
-                    let text = String::from_utf8_lossy(&text);
-                    if let Some(p) = crate::pg::BaseBackupPoints::parse(&text) {
-                        if p.label == label {
-                            return Ok(p);
-                        }
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => errors.push(format!("{t}: {e}")),
-            }
-        }
-    }
-    Err(WalError::Targets(format!(
-        "the archive holds no backup history file for '{label}' (the server writes one when a base backup ends and archives it with archive_command){}",
-        if errors.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", errors.join("; "))
-        }
-    )))
 }

@@ -54,14 +54,16 @@ pub(super) fn validate_job(
             );
         }
     }
+    let physical = kind.as_ref().is_some_and(JobKind::is_physical);
     let r = j.retention.unwrap_or_default();
     let retention = Retention {
-        daily: r.daily.unwrap_or(7),
+        // A physical job's window keeps what recent days need.
+        daily: r.daily.unwrap_or(if physical { 0 } else { 7 }),
         weekly: r.weekly.unwrap_or(0),
         monthly: r.monthly.unwrap_or(0),
         yearly: r.yearly.unwrap_or(0),
     };
-    if retention == Retention::default() {
+    if retention == Retention::default() && !physical {
         p.add(at("retention"), "keeps nothing; set at least daily: 1");
     }
     let rpo = match humantime::parse_duration(j.rpo.as_deref().unwrap_or("24h")) {
@@ -105,6 +107,7 @@ pub(super) fn validate_job(
             restore_test: None,
             restore_into: None,
             read_back: ReadBack::Never,
+            scratch_dir: None,
             sql: Vec::new(),
         }),
         Some(v) => {
@@ -117,11 +120,35 @@ pub(super) fn validate_job(
                 .as_deref()
                 .filter(|s| !s.is_empty())
                 .and_then(|s| db_url(s, &at("verify.restore_into"), p));
-            if restore_test.is_some() && restore_into.is_none() {
+            // A logical job's test restores into a server; a physical
+            // job's recovers into a scratch data directory.
+            let (needed, other) = if physical {
+                ("scratch_dir", "restore_into")
+            } else {
+                ("restore_into", "scratch_dir")
+            };
+            let has = |key: &str| match key {
+                "restore_into" => v.restore_into.as_deref().is_some_and(|s| !s.is_empty()),
+                _ => v.scratch_dir.is_some(),
+            };
+            if restore_test.is_some() && !has(needed) {
                 p.add(
-                    at("verify.restore_into"),
+                    at(&format!("verify.{needed}")),
                     "required when verify.restore_test is set",
                 );
+            }
+            if has(other) {
+                p.add(
+                    at(&format!("verify.{other}")),
+                    if physical {
+                        "a physical job's restore test recovers into verify.scratch_dir, not a server"
+                    } else {
+                        "only a physical job's restore test uses a scratch data directory"
+                    },
+                );
+            }
+            if v.scratch_dir.as_ref().is_some_and(|d| d.is_relative()) {
+                p.add(at("verify.scratch_dir"), "must be an absolute path");
             }
             let read_back = match v.read_back.as_deref().unwrap_or("never") {
                 "always" => Some(ReadBack::Always),
@@ -139,6 +166,7 @@ pub(super) fn validate_job(
                 restore_test,
                 restore_into,
                 read_back,
+                scratch_dir: v.scratch_dir,
                 sql: v.sql,
             })
         }
@@ -160,7 +188,7 @@ pub(super) fn validate_job(
         database_url: database_url?,
         schedule,
         file_prefix,
-        format: if kind.is_some_and(JobKind::is_physical) {
+        format: if physical {
             DumpFormat::Base
         } else {
             j.format.unwrap_or(DumpFormat::Plain)
@@ -184,6 +212,10 @@ pub(super) fn validate_job(
 /// so dump settings, refreshes and separate globals mean nothing for it.
 fn validate_kind(name: &str, j: &RawJob, p: &mut Problems) -> Option<JobKind> {
     let at = |key: &str| format!("jobs.{name}.{key}");
+    let window = j
+        .retention
+        .as_ref()
+        .and_then(|r| r.recovery_window.as_deref());
     match j.kind.as_deref().unwrap_or("logical") {
         "logical" => {
             if j.format == Some(DumpFormat::Base) {
@@ -192,10 +224,16 @@ fn validate_kind(name: &str, j: &RawJob, p: &mut Problems) -> Option<JobKind> {
                     "base is what physical jobs write (kind: physical); use plain or custom",
                 );
             }
-            if j.recovery_window.is_some() {
+            if window.is_some() {
                 p.add(
-                    at("recovery_window"),
+                    at("retention.recovery_window"),
                     "only a physical job (kind: physical) has a recovery window",
+                );
+            }
+            if j.wal.is_some() {
+                p.add(
+                    at("wal"),
+                    "only a physical job (kind: physical) archives WAL",
                 );
             }
             Some(JobKind::Logical)
@@ -205,32 +243,112 @@ fn validate_kind(name: &str, j: &RawJob, p: &mut Problems) -> Option<JobKind> {
                 ("format", j.format.is_some()),
                 ("refresh", j.refresh.is_some()),
                 ("globals", j.globals.is_some()),
-                (
-                    "verify.restore_test",
-                    j.verify.as_ref().is_some_and(|v| v.restore_test.is_some()),
-                ),
             ] {
                 if set {
                     p.add(at(key), "not used by a physical job (kind: physical)");
                 }
             }
-            let text = j.recovery_window.as_deref().unwrap_or("14d");
-            match humantime::parse_duration(text) {
-                Ok(d) if d >= Duration::from_secs(3600) => {
-                    Some(JobKind::Physical { recovery_window: d })
-                }
+            let text = window.unwrap_or("14d");
+            let recovery_window = match humantime::parse_duration(text) {
+                Ok(d) if d >= Duration::from_secs(3600) => Some(d),
                 Ok(_) => {
-                    p.add(at("recovery_window"), "must be at least 1h");
+                    p.add(at("retention.recovery_window"), "must be at least 1h");
                     None
                 }
                 Err(e) => {
-                    p.add(at("recovery_window"), format!("'{text}': {e}"));
+                    p.add(at("retention.recovery_window"), format!("'{text}': {e}"));
                     None
                 }
-            }
+            };
+            let wal = validate_wal(name, j.wal.as_ref(), p);
+            Some(JobKind::Physical(PhysicalSettings {
+                recovery_window: recovery_window?,
+                wal: wal?,
+            }))
         }
         other => {
             p.add(at("kind"), format!("'{other}' is not logical or physical"));
+            None
+        }
+    }
+}
+
+/// `wal:` of a physical job: `archive_command` (the default) or `stream`.
+fn validate_wal(name: &str, raw: Option<&RawWal>, p: &mut Problems) -> Option<WalSource> {
+    let at = |key: &str| format!("jobs.{name}.wal.{key}");
+    let Some(raw) = raw else {
+        return Some(WalSource::ArchiveCommand);
+    };
+    match raw.source.as_deref().unwrap_or("archive_command") {
+        "archive_command" => {
+            for (key, set) in [
+                ("slot", raw.slot.is_some()),
+                ("directory", raw.directory.is_some()),
+                ("upload_interval", raw.upload_interval.is_some()),
+            ] {
+                if set {
+                    p.add(at(key), "only used with source: stream");
+                }
+            }
+            Some(WalSource::ArchiveCommand)
+        }
+        "stream" => {
+            // Slot names: lower-case letters, digits and underscores, at most 63 bytes.
+            let slot = raw
+                .slot
+                .clone()
+                .unwrap_or_else(|| format!("strata_{}", name.replace('-', "_")));
+            let slot_ok = !slot.is_empty()
+                && slot.len() <= 63
+                && slot
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !slot_ok {
+                p.add(
+                    at("slot"),
+                    format!("'{slot}': a replication slot name is 1 to 63 lower-case letters, digits and _"),
+                );
+            }
+            let directory = match &raw.directory {
+                None => {
+                    p.add(
+                        at("directory"),
+                        "required with source: stream (where pg_receivewal writes before strata archives it)",
+                    );
+                    None
+                }
+                Some(d) if d.is_relative() => {
+                    p.add(at("directory"), "must be an absolute path");
+                    None
+                }
+                Some(d) => Some(d.clone()),
+            };
+            let text = raw.upload_interval.as_deref().unwrap_or("1s");
+            let upload_interval = match humantime::parse_duration(text) {
+                Ok(d) if d >= Duration::from_millis(100) && d <= Duration::from_secs(3600) => {
+                    Some(d)
+                }
+                Ok(_) => {
+                    p.add(at("upload_interval"), "must be between 100ms and 1h");
+                    None
+                }
+                Err(e) => {
+                    p.add(at("upload_interval"), format!("'{text}': {e}"));
+                    None
+                }
+            };
+            slot_ok.then_some(())?;
+            Some(WalSource::Stream {
+                slot,
+                directory: directory?,
+                upload_interval: upload_interval?,
+            })
+        }
+        other => {
+            p.add(
+                at("source"),
+                format!("'{other}' is not archive_command or stream"),
+            );
             None
         }
     }

@@ -199,6 +199,8 @@ pub struct VerifyConfig {
     pub restore_test: Option<CronSchedule>,
     pub restore_into: Option<DbUrl>,
     pub read_back: ReadBack,
+    /// Where a physical job's restore test makes its scratch data directory.
+    pub scratch_dir: Option<PathBuf>,
     pub sql: Vec<String>,
 }
 
@@ -241,19 +243,51 @@ pub struct JobConfig {
 }
 
 /// What a job backs up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobKind {
     /// One database with `pg_dump`.
     Logical,
     /// The cluster: base backups and the archived WAL between them, so any
     /// moment of the last `recovery_window` can be restored.
-    Physical { recovery_window: Duration },
+    Physical(PhysicalSettings),
 }
 
 impl JobKind {
-    pub fn is_physical(self) -> bool {
+    pub fn is_physical(&self) -> bool {
         matches!(self, Self::Physical { .. })
     }
+
+    /// A physical job's settings.
+    pub fn physical(&self) -> Option<&PhysicalSettings> {
+        match self {
+            Self::Physical(p) => Some(p),
+            Self::Logical => None,
+        }
+    }
+}
+
+/// What only a physical job has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhysicalSettings {
+    /// Any moment this far back stays restorable (`retention.recovery_window`).
+    pub recovery_window: Duration,
+    /// Where the WAL comes from (`wal:`).
+    pub wal: WalSource,
+}
+
+/// How a physical job's WAL reaches the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalSource {
+    /// The server's `archive_command` runs `strata wal-push` for each file.
+    ArchiveCommand,
+    /// The daemon streams it with `pg_receivewal` over a replication slot
+    /// into `directory`, archives each finished segment and, every
+    /// `upload_interval`, the segment still being written.
+    Stream {
+        slot: String,
+        directory: PathBuf,
+        upload_interval: Duration,
+    },
 }
 
 /// The whole validated configuration.

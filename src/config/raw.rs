@@ -127,7 +127,15 @@ pub(super) struct RawJob {
     pub(super) globals: Option<RawGlobals>,
     pub(super) timeout: Option<String>,
     pub(super) kind: Option<String>,
-    pub(super) recovery_window: Option<String>,
+    pub(super) wal: Option<RawWal>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawWal {
+    pub(super) source: Option<String>,
+    pub(super) slot: Option<String>,
+    pub(super) directory: Option<PathBuf>,
+    pub(super) upload_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +149,7 @@ pub(super) struct RawRetention {
     pub(super) weekly: Option<u32>,
     pub(super) monthly: Option<u32>,
     pub(super) yearly: Option<u32>,
+    pub(super) recovery_window: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -148,6 +157,7 @@ pub(super) struct RawVerify {
     pub(super) restore_test: Option<String>,
     pub(super) restore_into: Option<String>,
     pub(super) read_back: Option<String>,
+    pub(super) scratch_dir: Option<PathBuf>,
     #[serde(default)]
     pub(super) sql: Vec<String>,
 }

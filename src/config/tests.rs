@@ -67,6 +67,7 @@ fn the_reference_documents_every_key_the_config_accepts() {
         ("jobs.*.verify", fields::<RawVerify>()),
         ("jobs.*.refresh", fields::<RawRefresh>()),
         ("jobs.*.globals", fields::<RawGlobals>()),
+        ("jobs.*.wal", fields::<RawWal>()),
         ("restore", fields::<RawRestore>()),
         ("daemon", fields::<RawDaemon>()),
     ];

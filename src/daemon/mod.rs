@@ -144,6 +144,8 @@ pub struct Daemon {
     checks: Mutex<Checks>,
     /// Physical jobs: the archiver counters seen last (to count the change).
     archiver: Mutex<BTreeMap<String, wal::ArchiverSeen>>,
+    /// Physical jobs streaming their WAL: how each stream is doing.
+    streams: Mutex<BTreeMap<String, crate::commands::wal::stream::SharedStatus>>,
     /// Wakes the periodic checks early (after a run changed what is stored).
     recheck: tokio::sync::Notify,
     recent: Mutex<(VecDeque<String>, HashMap<String, RunRecord>)>,
@@ -235,6 +237,7 @@ impl Daemon {
             admin_token,
             health: Mutex::new(health),
             archiver: Mutex::default(),
+            streams: Mutex::default(),
             checks: Mutex::default(),
             recheck: tokio::sync::Notify::new(),
             recent: Mutex::default(),
@@ -369,6 +372,8 @@ impl Daemon {
         app: axum::Router,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), DaemonError> {
+        // Streaming WAL waits for nothing: every second of it is the RPO.
+        self.spawn_streams();
         // Start-up work that reads targets and the state database runs in the
         // background: a dependency that never answers must not keep the API or
         // the schedules from starting.

@@ -62,6 +62,27 @@ pub struct PhysicalRecord {
     pub system_identifier: String,
     /// The segment size of the cluster.
     pub segment_size: u32,
+    /// The backup label as the server archived it (its backup history file:
+    /// start and stop positions and times, checkpoint, label).
+    #[serde(default)]
+    pub backup_label: String,
+    /// The server's own manifest of the files (`backup_manifest`, inside the
+    /// tar), when the server gave one.
+    #[serde(default)]
+    pub server_manifest: Option<ServerManifest>,
+}
+
+/// What the server's `backup_manifest` says of a base backup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServerManifest {
+    /// Files it lists.
+    pub files: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// The checksum algorithm of each file (`CRC32C` by default).
+    pub checksum_algorithm: String,
+    /// SHA-256 of the manifest itself, as stored in the tar.
+    pub sha256: String,
 }
 
 /// A later check of the stored backup.
@@ -425,8 +446,14 @@ impl Layout {
         compression: Compression,
         encrypted: bool,
     ) -> Self {
+        // Physical base backups: `{prefix}/{job}/base/{YYYY}/…/{file_prefix}_base_…`.
+        let (kind, sub) = if format == DumpFormat::Base {
+            ("base", "base")
+        } else {
+            ("backup", "")
+        };
         let backup_id = format!(
-            "{file_prefix}_backup_{:04}{:02}{:02}_{:02}{:02}{:02}",
+            "{file_prefix}_{kind}_{:04}{:02}{:02}_{:02}{:02}{:02}",
             started.year(),
             started.month(),
             started.day(),
@@ -440,7 +467,7 @@ impl Layout {
             started.month(),
             started.day()
         );
-        let dir = [prefix, job, &date]
+        let dir = [prefix, job, sub, &date]
             .iter()
             .filter(|s| !s.is_empty())
             .copied()

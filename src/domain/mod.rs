@@ -2,9 +2,11 @@
 //! manifest and its authentication, the object layout and backup ids, and the
 //! value types the layers above pass to each other. No I/O.
 
+pub mod base_backup;
 pub mod formats;
 pub mod manifest;
 pub mod storage_class;
+pub mod timeline;
 pub mod wal;
 
 pub use formats::{

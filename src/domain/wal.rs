@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use super::Compression;
+
 /// One file `archive_command` hands over, or `restore_command` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum WalFile {
@@ -271,33 +273,73 @@ impl SegmentHeader {
 /// The directory under a job's prefix that holds its archive.
 pub const WAL_DIR: &str = "wal";
 
-/// The prefix of `file`'s objects in the archive of the job whose objects live
-/// under `job_prefix` (`{prefix}/{job}/`): `{job_prefix}wal/{timeline}/{name}.`,
-/// followed by the content's hash and the extensions.
-pub fn object_prefix(job_prefix: &str, file: &WalFile) -> String {
-    format!("{job_prefix}{WAL_DIR}/{:08X}/{file}.", file.timeline())
+/// `{job_prefix}wal/{timeline}/`: where the files of one timeline are kept
+/// (`job_prefix` is `{prefix}/{job}/`).
+pub fn timeline_dir(job_prefix: &str, timeline: u32) -> String {
+    format!("{job_prefix}{WAL_DIR}/{timeline:08X}/")
 }
 
-/// The key of `file` with plain content hashing to `sha256` (hex).
-pub fn object_key(job_prefix: &str, file: &WalFile, sha256: &str, extension: &str) -> String {
+/// The key of `file` stored with `extension` (`""`, `.zst`, `.gz`, each
+/// optionally followed by `.enc`): `{job_prefix}wal/{timeline}/{file}{extension}`.
+pub fn object_key(job_prefix: &str, file: &WalFile, extension: &str) -> String {
     format!(
-        "{}{}{extension}",
-        object_prefix(job_prefix, file),
-        &sha256[..16]
+        "{}{file}{extension}",
+        timeline_dir(job_prefix, file.timeline())
     )
 }
 
-/// The content hash prefix a key under [`object_prefix`] carries, if it is one
-/// of strata's (sixteen lower-case hex digits, then the extensions).
-pub fn hash_in_key<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
-    let rest = key.strip_prefix(prefix)?;
-    let hash = rest.get(..16)?;
-    let tail = &rest[16..];
-    (hash
-        .bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && (tail.is_empty() || tail.starts_with('.')))
-    .then_some(hash)
+/// A WAL file as the archive holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredWal {
+    pub file: WalFile,
+    /// How it was compressed (the level is not recorded, nor needed to read it).
+    pub compression: Compression,
+    pub encrypted: bool,
+}
+
+impl StoredWal {
+    /// Reads a key of the archive under `job_prefix`; `None` for anything that
+    /// is not a WAL file stored where [`object_key`] puts it (`archive.json`,
+    /// staging files, a file under another timeline's directory).
+    pub fn parse(job_prefix: &str, key: &str) -> Option<Self> {
+        let name = key.rsplit('/').next()?;
+        let (rest, encrypted) = match name.strip_suffix(".enc") {
+            Some(r) => (r, true),
+            None => (name, false),
+        };
+        let (rest, compression) = if let Some(r) = rest.strip_suffix(".zst") {
+            (r, Compression::Zstd(3))
+        } else if let Some(r) = rest.strip_suffix(".gz") {
+            (r, Compression::Gzip(6))
+        } else {
+            (rest, Compression::None)
+        };
+        let file = WalFile::parse(rest).ok()?;
+        let stored = Self {
+            file,
+            compression,
+            encrypted,
+        };
+        (object_key(job_prefix, &file, &stored.extension()) == key).then_some(stored)
+    }
+
+    /// The extensions after the file's name.
+    pub fn extension(&self) -> String {
+        extension(self.compression, self.encrypted)
+    }
+}
+
+/// The extensions of a file stored with `compression`, encrypted or not.
+pub fn extension(compression: Compression, encrypted: bool) -> String {
+    let mut ext = String::new();
+    if let Some(c) = compression.extension() {
+        ext.push('.');
+        ext.push_str(c);
+    }
+    if encrypted {
+        ext.push_str(".enc");
+    }
+    ext
 }
 
 #[cfg(test)]
@@ -420,22 +462,37 @@ mod tests {
     }
 
     #[test]
-    fn keys_carry_the_timeline_the_name_and_the_content_hash() {
+    fn keys_carry_the_timeline_and_the_name_then_the_extensions() {
         let f = WalFile::parse("000000020000000000000003").unwrap();
-        let sha = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        let key = object_key("backups/prod/", &f, sha, ".zst.enc");
+        let key = object_key("backups/prod/", &f, ".zst.enc");
         assert_eq!(
             key,
-            "backups/prod/wal/00000002/000000020000000000000003.0123456789abcdef.zst.enc"
+            "backups/prod/wal/00000002/000000020000000000000003.zst.enc"
         );
-        let prefix = object_prefix("backups/prod/", &f);
-        assert_eq!(hash_in_key(&prefix, &key), Some("0123456789abcdef"));
-        assert_eq!(hash_in_key(&prefix, &format!("{prefix}tmp")), None);
-        // The .partial of the same segment is another file.
-        let partial = WalFile::parse("000000020000000000000003.partial").unwrap();
-        assert_eq!(
-            hash_in_key(&object_prefix("backups/prod/", &partial), &key),
-            None
-        );
+        let stored = StoredWal::parse("backups/prod/", &key).unwrap();
+        assert_eq!(stored.file, f);
+        assert!(stored.encrypted);
+        assert_eq!(stored.compression.extension(), Some("zst"));
+        for (name, ext) in [
+            ("00000002.history", ""),
+            ("000000020000000000000003.partial", ".gz"),
+            ("000000020000000000000003.00000028.backup", ".enc"),
+        ] {
+            let f = WalFile::parse(name).unwrap();
+            let key = object_key("p/j/", &f, ext);
+            assert_eq!(StoredWal::parse("p/j/", &key).unwrap().file, f, "{key}");
+            assert_eq!(StoredWal::parse("p/j/", &key).unwrap().extension(), ext);
+        }
+        // Not WAL, or not where its name says.
+        for key in [
+            "backups/prod/wal/archive.json",
+            "backups/prod/wal/00000002/.000000020000000000000003.zst.enc.strata-partial-1",
+            "backups/prod/wal/00000001/000000020000000000000003.zst.enc",
+            "backups/prod/wal/00000002/000000020000000000000003.enc.zst",
+            "backups/other/wal/00000002/000000020000000000000003",
+            "backups/prod/wal/00000002/000000020000000000000003.lz4",
+        ] {
+            assert_eq!(StoredWal::parse("backups/prod/", key), None, "{key}");
+        }
     }
 }

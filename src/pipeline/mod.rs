@@ -60,6 +60,81 @@ pub struct StreamStats {
     pub sha256: String,
     /// Row counts parsed from a plain dump; `None` for custom dumps.
     pub tables: Option<BTreeMap<String, u64>>,
+    /// What a base backup's tar said of itself.
+    pub base_files: Option<BaseFiles>,
+}
+
+/// The files a base backup's tar carries about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BaseFiles {
+    /// `backup_label` (start position, checkpoint, label).
+    pub backup_label: Option<Vec<u8>>,
+    /// `backup_manifest` (every file with its size and checksum, the WAL range).
+    pub backup_manifest: Option<Vec<u8>>,
+}
+
+/// What the raw stream is read for besides being stored, on a thread of its
+/// own from cheap clones of the same blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tap {
+    Nothing,
+    /// Row counts of a plain dump's COPY blocks.
+    Rows,
+    /// The `backup_label` and `backup_manifest` inside a base backup's tar.
+    BaseFiles,
+}
+
+/// What a tap found.
+enum Tapped {
+    Rows(BTreeMap<String, u64>),
+    Base(BaseFiles),
+}
+
+/// Blocks from a channel as one `Read`, for parsers that want a reader.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.current = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Reads a tar stream to its end, keeping its `backup_label` and
+/// `backup_manifest`. Anything unreadable as tar yields what was found so far
+/// (the stored backup is unaffected).
+fn find_base_files(reader: ChannelReader) -> BaseFiles {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(reader);
+    let mut found = BaseFiles::default();
+    if let Ok(entries) = archive.entries() {
+        for entry in entries {
+            let Ok(mut entry) = entry else { break };
+            let slot = match entry.path() {
+                Ok(p) if p.as_os_str() == "backup_manifest" => &mut found.backup_manifest,
+                Ok(p) if p.as_os_str() == "backup_label" => &mut found.backup_label,
+                _ => continue,
+            };
+            let mut text = Vec::new();
+            if entry.read_to_end(&mut text).is_ok() {
+                *slot = Some(text);
+            }
+        }
+    }
+    // Drain what is left so the sender never blocks on a reader that stopped.
+    let mut rest = archive.into_inner();
+    let _ = std::io::copy(&mut rest, &mut std::io::sink());
+    found
 }
 
 /// One target's upload after streaming: still open (to be completed or aborted by
@@ -73,7 +148,7 @@ pub async fn backup_stream(
     dump: &mut PgDump,
     compression: Compression,
     encryptor: Option<Encryptor>,
-    count_rows: bool,
+    tap: Tap,
     uploads: Vec<(String, Box<dyn Upload>)>,
     cancel: &CancellationToken,
     progress: Option<&Progress>,
@@ -82,18 +157,25 @@ pub async fn backup_stream(
     let tee = tokio::spawn(tee(tee_rx, uploads, cancel.clone()));
     let (seal_tx, seal_rx) = mpsc::channel::<Option<Bytes>>(CHANNEL_DEPTH);
     let sealer = cpu::thread("seal", move || seal(seal_rx, encryptor, &tee_tx));
-    let (count_tx, counter) = if count_rows {
+    let (count_tx, counter) = if tap == Tap::Nothing {
+        (None, None)
+    } else {
         let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH * 2);
-        let handle = cpu::thread("count", move || {
-            let mut counter = RowCounter::default();
-            while let Some(block) = rx.blocking_recv() {
-                counter.feed(&block);
+        let handle = cpu::thread("tap", move || {
+            if tap == Tap::Rows {
+                let mut counter = RowCounter::default();
+                while let Some(block) = rx.blocking_recv() {
+                    counter.feed(&block);
+                }
+                Tapped::Rows(counter.finish())
+            } else {
+                Tapped::Base(find_base_files(ChannelReader {
+                    rx,
+                    current: Bytes::new(),
+                }))
             }
-            counter.finish()
         });
         (Some(tx), Some(handle))
-    } else {
-        (None, None)
     };
 
     let read = read_and_compress(dump, compression, &seal_tx, count_tx, cancel, progress).await;
@@ -111,12 +193,13 @@ pub async fn backup_stream(
             );
         }
     };
-    let tables = match counter {
+    let (tables, base_files) = match counter {
         Some(h) => match h.await {
-            Ok(t) => Some(t),
+            Ok(Tapped::Rows(t)) => (Some(t), None),
+            Ok(Tapped::Base(m)) => (None, Some(m)),
             Err(e) => return (Err(e.into()), uploads),
         },
-        None => None,
+        None => (None, None),
     };
     let failures = || {
         uploads
@@ -145,6 +228,7 @@ pub async fn backup_stream(
             stored_bytes,
             sha256,
             tables,
+            base_files,
         })
     })();
     (result, uploads)

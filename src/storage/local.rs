@@ -197,6 +197,41 @@ impl Target for LocalTarget {
         }
     }
 
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<Option<PutResult>, StorageError> {
+        let (path, staging, mut file) = self.create_staging(key).await?;
+        let written = async {
+            file.write_all(&data).await?;
+            file.sync_all().await?;
+            drop(file);
+            // A hard link fails on a taken name, where a rename would replace it.
+            let linked = match tokio::fs::hard_link(&staging, &path).await {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(e),
+            };
+            tokio::fs::remove_file(&staging).await?;
+            if linked {
+                if let Some(dir) = path.parent() {
+                    tokio::fs::File::open(dir).await?.sync_all().await?;
+                }
+            }
+            Ok(linked)
+        }
+        .await;
+        match written {
+            Ok(true) => Ok(Some(PutResult {
+                size: data.len() as u64,
+                version_id: None,
+                storage_class: None,
+            })),
+            Ok(false) => Ok(None),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&staging).await;
+                Err(self.io(key)(e))
+            }
+        }
+    }
+
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
         let file = tokio::fs::File::open(self.path(key)).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {

@@ -146,6 +146,10 @@ pub trait Target: Send + Sync {
     async fn start_upload(&self, key: &str) -> Result<Box<dyn Upload>, StorageError>;
     /// Writes a small object (a manifest) in one request, atomically.
     async fn put_small(&self, key: &str, data: Bytes) -> Result<PutResult, StorageError>;
+    /// Writes a small object under `key` only if no object holds it yet, in
+    /// one atomic step where the store allows it: what one writer archived is
+    /// never replaced by another's. `Ok(None)` when `key` was taken.
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<Option<PutResult>, StorageError>;
     /// Reads a whole object as a stream.
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError>;
     /// Metadata of one object, or `NotFound`.

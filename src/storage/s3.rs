@@ -231,6 +231,56 @@ impl S3Target {
     }
 }
 
+impl S3Target {
+    /// A PutObject of `key` with the bucket's settings (Object Lock, checksum,
+    /// server-side encryption, storage class, tags); the body is the caller's.
+    pub(super) fn put_object_request(
+        &self,
+        key: &str,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        let s = &self.settings;
+        let (lock_mode, retain_until) = s.lock();
+        self.client
+            .put_object()
+            .bucket(&s.bucket)
+            .key(key)
+            .set_object_lock_mode(lock_mode)
+            .set_object_lock_retain_until_date(retain_until)
+            .set_checksum_algorithm(s.checksum())
+            .set_server_side_encryption(
+                s.server_side_encryption
+                    .map(|sse| ServerSideEncryption::from(sse.as_str())),
+            )
+            .set_storage_class(s.class_for(key))
+            .set_tagging(s.tagging_for(key))
+    }
+
+    /// After an upload: the object under `key` must have `expected` bytes.
+    pub(super) async fn checked(
+        &self,
+        key: &str,
+        expected: u64,
+    ) -> Result<PutResult, StorageError> {
+        let meta = self.head(key).await?;
+        if meta.size != expected {
+            return Err(StorageError::SizeMismatch {
+                target: self.name.clone(),
+                key: key.to_owned(),
+                expected,
+                actual: meta.size,
+            });
+        }
+        Ok(PutResult {
+            size: meta.size,
+            version_id: meta.version_id,
+            storage_class: meta
+                .storage_class
+                .or_else(|| self.settings.storage_class.clone())
+                .or(Some(StorageClass::Standard)),
+        })
+    }
+}
+
 /// The innermost cause of an error, for "connection refused" rather than a
 /// chain of wrappers.
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -376,6 +426,31 @@ impl Target for S3Target {
         let mut upload = self.start_upload(key).await?;
         upload.put_part(data).await?;
         upload.complete().await
+    }
+
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<Option<PutResult>, StorageError> {
+        let size = data.len() as u64;
+        // `If-None-Match: *` makes the store refuse a key that is taken (AWS
+        // and moto do; stores that ignore it leave only the caller's listing
+        // before the write to guard against a concurrent writer).
+        match self
+            .put_object_request(key)
+            .if_none_match("*")
+            .body(SdkBody::from(data))
+            .send()
+            .await
+        {
+            Ok(_) => self.checked(key, size).await.map(Some),
+            Err(e)
+                if e.raw_response().map(|r| r.status().as_u16()) == Some(412)
+                    || e.as_service_error()
+                        .and_then(|s| s.code())
+                        .is_some_and(|c| c == "PreconditionFailed") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(self.err(key, e)),
+        }
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {

@@ -273,6 +273,23 @@ impl Cluster {
         format!("postgres://{user}@127.0.0.1:{}/{db}{q}", self.port)
     }
 
+    /// Restarts the server (fast shutdown), on the same port and settings.
+    pub fn restart(&self) {
+        let out = pg_command(&bin_dir().join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .args(["-w", "-t", "60", "-m", "fast", "restart"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the cluster did not restart: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The data directory.
     pub fn data(&self) -> &Path {
         &self.data

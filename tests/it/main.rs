@@ -15,6 +15,7 @@ mod failures;
 mod fuzzed;
 mod hostile;
 mod operations;
+mod pitr;
 mod resilience;
 mod retention;
 mod roundtrip;

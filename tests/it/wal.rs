@@ -12,14 +12,14 @@ use crate::helpers::{Bucket, S3Kind, Setup, bin, files};
 use crate::proxy::{Fault, FaultProxy, Rule};
 
 /// A cluster archiving into job `prod` through strata.
-struct Archiving {
-    setup: Setup,
-    bucket: Bucket,
-    cluster: Cluster,
-    config: PathBuf,
+pub(crate) struct Archiving {
+    pub(crate) setup: Setup,
+    pub(crate) bucket: Bucket,
+    pub(crate) cluster: Cluster,
+    pub(crate) config: PathBuf,
 }
 
-fn moto_env() -> Vec<(String, String)> {
+pub(crate) fn moto_env() -> Vec<(String, String)> {
     vec![
         ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
         ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
@@ -30,19 +30,32 @@ fn targets_yaml(bucket: &Bucket, endpoint: Option<&str>) -> String {
     bucket.yaml("offsite", endpoint)
 }
 
-fn job_yaml(port: u16) -> String {
+fn job_yaml(port: u16, extra: &str) -> String {
     format!(
-        "  prod: {{ kind: physical, database_url: \"postgres://strata_admin@127.0.0.1:{port}/postgres\", targets: [local, offsite], compression: \"zstd:3\" }}\n"
+        "  prod: {{ kind: physical, database_url: \"postgres://strata_admin@127.0.0.1:{port}/postgres\", targets: [local, offsite], compression: \"zstd:3\"{extra} }}\n"
     )
 }
 
 impl Archiving {
-    async fn start() -> Self {
+    /// The server's `archive_command` runs `strata wal-push`.
+    pub(crate) async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// No `archive_command`: the daemon streams the WAL (`wal: { source:
+    /// stream }`, the live segment uploaded every 200 ms).
+    pub(crate) async fn streaming() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(stream: bool) -> Self {
         let setup = Setup::new();
         let bucket = Bucket::create(S3Kind::Moto).await;
         let config = setup.path().join("config.yaml");
-        let cluster = Cluster::start(Options {
-            settings: vec![
+        let archiving = if stream {
+            vec!["wal_level = replica".into(), "archive_mode = off".into()]
+        } else {
+            vec![
                 "wal_level = replica".into(),
                 "archive_mode = on".into(),
                 format!(
@@ -50,7 +63,10 @@ impl Archiving {
                     bin(),
                     config.display()
                 ),
-            ],
+            ]
+        };
+        let cluster = Cluster::start(Options {
+            settings: archiving,
             hba: vec![
                 "local all all trust".into(),
                 "host all all 127.0.0.1/32 trust".into(),
@@ -59,7 +75,18 @@ impl Archiving {
             env: moto_env(),
             ..Options::default()
         });
-        setup.write_config(&targets_yaml(&bucket, None), &job_yaml(cluster.port));
+        let extra = if stream {
+            format!(
+                ", wal: {{ source: stream, directory: {}, upload_interval: 200ms }}",
+                setup.path().join("stream").display()
+            )
+        } else {
+            String::new()
+        };
+        setup.write_config(
+            &targets_yaml(&bucket, None),
+            &job_yaml(cluster.port, &extra),
+        );
         share(setup.path());
         Self {
             setup,
@@ -71,7 +98,7 @@ impl Archiving {
 
     /// Writes some rows, switches to a new segment and returns the name of
     /// the one just finished.
-    fn fill_segment(&self, rows: u32) -> String {
+    pub(crate) fn fill_segment(&self, rows: u32) -> String {
         self.cluster.psql(
             "postgres",
             &format!("CREATE TABLE IF NOT EXISTS t (g int); INSERT INTO t SELECT generate_series(1, {rows})"),
@@ -81,7 +108,7 @@ impl Archiving {
     }
 
     /// Waits until the archiver reports `segment` archived.
-    fn archived(&self, segment: &str) {
+    pub(crate) fn archived(&self, segment: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let row = self.cluster.psql(
@@ -101,18 +128,18 @@ impl Archiving {
         }
     }
 
-    fn server_log(&self) -> String {
+    pub(crate) fn server_log(&self) -> String {
         std::fs::read_to_string(self.cluster.data().parent().unwrap().join("server.log"))
             .unwrap_or_default()
     }
 
-    fn strata(&self, args: &[&str]) -> Output {
+    pub(crate) fn strata(&self, args: &[&str]) -> Output {
         strata_with(&self.config, args)
     }
 
     /// As the server's user, who also runs `archive_command`: both write the
     /// same local target, as they would on a real host.
-    fn strata_as_server_user(&self, args: &[&str]) -> Output {
+    pub(crate) fn strata_as_server_user(&self, args: &[&str]) -> Output {
         if !crate::cluster::is_root() {
             return self.strata(args);
         }
@@ -124,7 +151,7 @@ impl Archiving {
         c.output().unwrap()
     }
 
-    fn wal_files(&self) -> Vec<String> {
+    pub(crate) fn wal_files(&self) -> Vec<String> {
         files(&self.setup.backups())
             .into_iter()
             .filter(|f| f.contains("/wal/"))
@@ -132,7 +159,7 @@ impl Archiving {
     }
 }
 
-fn strata_with(config: &Path, args: &[&str]) -> Output {
+pub(crate) fn strata_with(config: &Path, args: &[&str]) -> Output {
     Command::new(bin())
         .arg("-c")
         .arg(config)
@@ -151,7 +178,7 @@ fn share(dir: &Path) {
     give_to_postgres(dir);
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -167,20 +194,19 @@ async fn archive_command_puts_every_segment_on_every_target_and_fetch_returns_it
     );
     assert_eq!(stats, "t|0", "{}", a.server_log());
 
-    // Local disk and S3 hold the same objects, under the documented layout.
+    // Local disk and S3 hold the same objects, under the contract's layout:
+    // {prefix}/{job}/wal/{timeline}/{WAL file name}.zst.enc.
     let local = a.wal_files();
-    let key = |seg: &str| {
-        local
-            .iter()
-            .find(|f| f.contains(&format!("prod/wal/00000001/{seg}.")))
-            .cloned()
-            .unwrap_or_else(|| panic!("{seg} not on local disk: {local:?}"))
-    };
     for seg in [&first, &second] {
-        let k = key(seg);
-        assert!(k.ends_with(".zst.enc"), "{k}");
+        let k = format!("database-backups/prod/wal/00000001/{seg}.zst.enc");
+        assert!(local.contains(&k), "{k} not on local disk: {local:?}");
         assert!(a.bucket.keys().await.contains(&k), "{k} not in the bucket");
     }
+    // The backup's history file too, beside its segment.
+    assert!(
+        local.iter().any(|f| f.ends_with(".backup.zst.enc")) || local.len() >= 3,
+        "{local:?}"
+    );
     assert!(local.contains(&"database-backups/prod/wal/archive.json".to_owned()));
 
     // Fetched from either target: exactly the server's own segment.
@@ -442,7 +468,7 @@ async fn a_physical_job_refuses_what_only_logical_jobs_have() {
     let setup = Setup::new();
     let config = setup.write_config(
         "",
-        "  prod: { kind: physical, database_url: \"postgres://postgres@127.0.0.1:5432/postgres\", targets: [local], format: custom, refresh: { from: prod }, recovery_window: 10m }\n  app: { database_url: \"postgres://postgres@127.0.0.1:5432/postgres\", targets: [local], recovery_window: 14d }\n",
+        "  prod: { kind: physical, database_url: \"postgres://postgres@127.0.0.1:5432/postgres\", targets: [local], format: custom, refresh: { from: prod }, retention: { recovery_window: 10m } }\n  app: { database_url: \"postgres://postgres@127.0.0.1:5432/postgres\", targets: [local], retention: { recovery_window: 14d }, wal: { source: stream } }\n  str: { kind: physical, database_url: \"postgres://postgres@127.0.0.1:5432/postgres\", targets: [local], wal: { source: stream, slot: \"Bad-Slot\", directory: relative } }\n",
     );
     let out = strata_with(&config, &["check"]);
     assert_eq!(out.status.code(), Some(2));
@@ -450,8 +476,11 @@ async fn a_physical_job_refuses_what_only_logical_jobs_have() {
     for needle in [
         "jobs.prod.format: not used by a physical job",
         "jobs.prod.refresh: not used by a physical job",
-        "jobs.prod.recovery_window: must be at least 1h",
-        "jobs.app.recovery_window: only a physical job",
+        "jobs.prod.retention.recovery_window: must be at least 1h",
+        "jobs.app.retention.recovery_window: only a physical job",
+        "jobs.app.wal: only a physical job",
+        "jobs.str.wal.slot: 'Bad-Slot': a replication slot name",
+        "jobs.str.wal.directory: must be an absolute path",
     ] {
         assert!(err.contains(needle), "{needle}: {err}");
     }
@@ -473,7 +502,7 @@ async fn a_physical_job_refuses_what_only_logical_jobs_have() {
 
 /// Restores `job` into a fresh directory with `to`, starts it and waits until
 /// recovery has reached its target and promoted.
-fn recover(a: &Archiving, to: &[&str]) -> Cluster {
+pub(crate) fn recover(a: &Archiving, to: &[&str]) -> Cluster {
     let dir = crate::cluster::shared_dir("strata-pitr-");
     let data = dir.path().join("data");
     let mut args = vec!["restore", "prod", "--into-datadir", data.to_str().unwrap()];
@@ -506,6 +535,32 @@ async fn a_base_backup_and_the_archive_restore_any_moment_after_it() {
         manifest["physical"]["stop_lsn"].as_str().is_some(),
         "{manifest}"
     );
+    // The contract's layout: {prefix}/{job}/base/{YYYY}/{MM}/{DD}/{file_prefix}_base_….tar.zst.enc.
+    let id = manifest["backup_id"].as_str().unwrap();
+    assert!(id.starts_with("prod_base_"), "{id}");
+    let day = &id["prod_base_".len()..]["".len()..8];
+    let object = format!(
+        "database-backups/prod/base/{}/{}/{}/{id}.tar.zst.enc",
+        &day[..4],
+        &day[4..6],
+        &day[6..8]
+    );
+    assert!(
+        files(&a.setup.backups()).contains(&object),
+        "{object} not stored: {:?}",
+        files(&a.setup.backups())
+    );
+    // What the server said of the backup: its label and its own manifest.
+    let physical = &manifest["physical"];
+    assert!(
+        physical["backup_label"]
+            .as_str()
+            .is_some_and(|l| l.contains(&format!("LABEL: strata {id}"))),
+        "{physical}"
+    );
+    let server = &physical["server_manifest"];
+    assert!(server["files"].as_u64().unwrap() > 100, "{server}");
+    assert_eq!(server["checksum_algorithm"], "CRC32C", "{server}");
 
     sql("INSERT INTO batches SELECT 2, generate_series(1, 1000)");
     let between = sql(
@@ -629,7 +684,7 @@ async fn a_gap_in_the_archive_or_a_moment_before_every_base_backup_is_refused_be
 }
 
 /// Stops a server `--start` left running when the test ends.
-struct Stopper(PathBuf);
+pub(crate) struct Stopper(pub(crate) PathBuf);
 
 impl Drop for Stopper {
     fn drop(&mut self) {
@@ -734,10 +789,10 @@ async fn start_runs_recovery_to_the_target_and_reports_where_it_ended() {
 
 /// `strata run` on the archiving cluster's config, with the API on a free
 /// port and the periodic checks every second.
-struct Watching {
+pub(crate) struct Watching {
     child: std::process::Child,
-    url: String,
-    log: PathBuf,
+    pub(crate) url: String,
+    pub(crate) log: PathBuf,
 }
 
 impl Drop for Watching {
@@ -748,7 +803,7 @@ impl Drop for Watching {
 }
 
 impl Watching {
-    async fn start(a: &Archiving) -> Self {
+    pub(crate) async fn start(a: &Archiving) -> Self {
         let port = crate::helpers::free_port();
         let config = a.setup.path().join("daemon.yaml");
         let base = std::fs::read_to_string(&a.config).unwrap();
@@ -776,14 +831,14 @@ impl Watching {
         }
     }
 
-    async fn health(&self) -> (u16, serde_json::Value) {
+    pub(crate) async fn health(&self) -> (u16, serde_json::Value) {
         match reqwest::get(format!("{}/health", self.url)).await {
             Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or_default()),
             Err(_) => (0, serde_json::Value::Null),
         }
     }
 
-    async fn metric(&self, line_start: &str) -> Option<f64> {
+    pub(crate) async fn metric(&self, line_start: &str) -> Option<f64> {
         let text = reqwest::get(format!("{}/metrics", self.url))
             .await
             .ok()?
@@ -799,7 +854,7 @@ impl Watching {
     }
 
     /// Waits until `/health` of job prod satisfies `ok`.
-    async fn until(
+    pub(crate) async fn until(
         &self,
         what: &str,
         ok: impl Fn(u16, &serde_json::Value) -> bool,

@@ -39,7 +39,11 @@ async fn inspect(job: &JobConfig) -> Result<Cluster, RunError> {
         settings.get(2),
         settings.get(3),
     );
-    if level == "minimal" || mode == "off" {
+    let streamed = job
+        .kind
+        .physical()
+        .is_some_and(|p| matches!(p.wal, crate::config::WalSource::Stream { .. }));
+    if level == "minimal" || (mode == "off" && !streamed) {
         return Err(RunError::Physical(format!(
             "the server cannot be backed up physically: wal_level = {level}, archive_mode = {mode} (set wal_level = replica and archive_mode = on, with archive_command = 'strata … wal-push {} %p')",
             job.name
@@ -112,7 +116,7 @@ pub(super) async fn base_backup(
         &mut child,
         job.compression,
         encryptor,
-        false,
+        pipeline::Tap::BaseFiles,
         uploads,
         &ctl.cancel,
         ctl.progress.as_deref(),
@@ -136,12 +140,11 @@ pub(super) async fn base_backup(
             return Err(e);
         }
     };
-    // The server archived the backup history file before pg_basebackup ended.
-    let points = match wal::backup_history(strata, &job.name, &label).await {
-        Ok(p) => p,
+    let facts = match describe(strata, job, &label, &stats).await {
+        Ok(f) => f,
         Err(e) => {
             abort_all(uploads).await;
-            return Err(RunError::Physical(e.to_string()));
+            return Err(e);
         }
     };
     if ctl.cancel.is_cancelled() {
@@ -150,17 +153,15 @@ pub(super) async fn base_backup(
     }
     let mut records = complete_uploads(&plan, uploads, &mut failed).await;
     // It counts only where the archive holds its WAL, start to end.
+    let base = wal::BaseRef {
+        timeline: facts.timeline,
+        start: facts.start,
+        stop: facts.stop,
+        segment_size: cluster.segment_size,
+    };
     let mut kept = Vec::new();
     for record in records.drain(..) {
-        match wal::covers(
-            strata,
-            &job.name,
-            &record.target,
-            &points,
-            cluster.segment_size,
-        )
-        .await
-        {
+        match wal::covers(strata, &job.name, &record.target, base).await {
             Ok(()) => kept.push(record),
             Err(e) => {
                 failed.insert(record.target.clone(), e.to_string());
@@ -196,11 +197,13 @@ pub(super) async fn base_backup(
         verifications: Vec::new(),
         globals: None,
         physical: Some(PhysicalRecord {
-            start_lsn: crate::domain::wal::format_lsn(points.start),
-            stop_lsn: crate::domain::wal::format_lsn(points.stop),
-            timeline: points.timeline,
+            start_lsn: crate::domain::wal::format_lsn(facts.start),
+            stop_lsn: crate::domain::wal::format_lsn(facts.stop),
+            timeline: facts.timeline,
             system_identifier: cluster.system_identifier.to_string(),
             segment_size: cluster.segment_size,
+            backup_label: facts.label_text,
+            server_manifest: facts.server_manifest,
         }),
         mac: None,
     };
@@ -215,11 +218,70 @@ pub(super) async fn base_backup(
     };
     tracing::info!(
         backup_id = %report.manifest.backup_id,
-        start_lsn = %crate::domain::wal::format_lsn(points.start),
-        stop_lsn = %crate::domain::wal::format_lsn(points.stop),
+        start_lsn = %crate::domain::wal::format_lsn(facts.start),
+        stop_lsn = %crate::domain::wal::format_lsn(facts.stop),
         stored_bytes = report.manifest.stored_bytes,
         duration_s = report.duration_seconds,
         "base backup finished"
     );
     Ok(report)
+}
+
+/// Where a base backup starts and ends in the WAL, and what it says of itself.
+struct Facts {
+    timeline: u32,
+    start: u64,
+    stop: u64,
+    label_text: String,
+    server_manifest: Option<crate::domain::manifest::ServerManifest>,
+}
+
+/// The base backup's WAL range from the server's `backup_manifest` in the
+/// tar, else from the backup history file the server archived (servers that
+/// give no manifest; only `archive_command` archives that file).
+async fn describe(
+    strata: &Strata,
+    job: &JobConfig,
+    label: &str,
+    stats: &pipeline::StreamStats,
+) -> Result<Facts, RunError> {
+    use crate::domain::base_backup;
+    let files = stats.base_files.clone().unwrap_or_default();
+    let label_text = files
+        .backup_label
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    if !label_text.is_empty() && base_backup::label_of(&label_text) != Some(label) {
+        return Err(RunError::Physical(format!(
+            "the tar's backup_label is not this backup's ({label}): {}",
+            crate::pg::one_line(&label_text)
+        )));
+    }
+    if let Some(bytes) = &files.backup_manifest {
+        let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes));
+        let (summary, ranges) = base_backup::parse_server_manifest(bytes, &sha)
+            .map_err(|e| RunError::Physical(format!("the server's backup_manifest: {e}")))?;
+        let (first, last) = (ranges[0], ranges[ranges.len() - 1]);
+        return Ok(Facts {
+            timeline: first.timeline,
+            start: first.start,
+            stop: last.end,
+            label_text,
+            server_manifest: Some(summary),
+        });
+    }
+    let (points, text) = wal::backup_history(strata, &job.name, label)
+        .await
+        .map_err(|e| RunError::Physical(e.to_string()))?;
+    Ok(Facts {
+        timeline: points.timeline,
+        start: points.start,
+        stop: points.stop,
+        label_text: if label_text.is_empty() {
+            text
+        } else {
+            label_text
+        },
+        server_manifest: None,
+    })
 }

@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::{Backup, PlanItem, is_good};
 use crate::app::Strata;
 use crate::domain::manifest::job_prefix;
-use crate::domain::wal::{self, WalFile, parse_lsn};
+use crate::domain::wal::{self, StoredWal, WalFile, parse_lsn};
 use crate::domain::{DumpFormat, manifest::Manifest};
 
 /// The WAL a plan keeps.
@@ -134,11 +134,11 @@ pub fn keep_window(
 /// Whether a WAL file named `name` lies wholly before `keep` (and so no kept
 /// base backup needs it). Timeline history files are always kept: they are
 /// tiny and recovery to a later timeline reads them all.
-fn unneeded(name: &str, keep: &WalKeep) -> bool {
+fn unneeded(file: &WalFile, keep: &WalKeep) -> bool {
     let size = u64::from(keep.segment_size);
-    let segment = match WalFile::parse(name) {
-        Ok(WalFile::Segment(s) | WalFile::Partial(s) | WalFile::BackupLabel(s, _)) => s,
-        _ => return false,
+    let segment = match file {
+        WalFile::Segment(s) | WalFile::Partial(s) | WalFile::BackupLabel(s, _) => *s,
+        WalFile::History(_) => return false,
     };
     let begins = segment.start_lsn(keep.segment_size);
     let ends = begins + size;
@@ -157,7 +157,8 @@ pub async fn prune_wal(strata: &Strata, job: &str, keep: &WalKeep) -> Vec<WalPru
     };
     for name in &cfg.targets {
         let target = strata.target(name);
-        let dir = format!("{}{}/", job_prefix(strata.prefix(name), job), wal::WAL_DIR);
+        let prefix = job_prefix(strata.prefix(name), job);
+        let dir = format!("{prefix}{}/", wal::WAL_DIR);
         let mut done = WalPruned {
             target: name.clone(),
             ..WalPruned::default()
@@ -166,19 +167,10 @@ pub async fn prune_wal(strata: &Strata, job: &str, keep: &WalKeep) -> Vec<WalPru
             Err(e) => done.errors.push(e.to_string()),
             Ok(objects) => {
                 for o in objects {
-                    let Some(file) = o.key.rsplit('/').next() else {
+                    let Some(stored) = StoredWal::parse(&prefix, &o.key) else {
                         continue;
                     };
-                    // `{wal file name}.{sha256[0:16]}.…`: the name is what
-                    // precedes the hash.
-                    let wal_name = file
-                        .split('.')
-                        .take_while(|c| {
-                            !(c.len() == 16 && c.bytes().all(|b| b.is_ascii_hexdigit()))
-                        })
-                        .collect::<Vec<_>>()
-                        .join(".");
-                    if !unneeded(&wal_name, keep) {
+                    if !unneeded(&stored.file, keep) {
                         continue;
                     }
                     match target.delete(&o.key).await {
@@ -218,6 +210,8 @@ mod tests {
     #[test]
     fn only_files_wholly_before_the_oldest_kept_start_go() {
         let k = keep("0/5000028");
+        let unneeded =
+            |name: &str, k: &WalKeep| WalFile::parse(name).is_ok_and(|f| unneeded(&f, k));
         // Segment 4 ends at 0/5000000: before the start.
         assert!(unneeded("000000020000000000000004", &k));
         // Segment 5 holds the start.

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use super::{RestoreError, open_verified};
+use super::{RestoreError, ThawOptions, ensure_readable, open_verified};
 use crate::app::Strata;
 use crate::catalog::{self, Entry};
-use crate::commands::wal;
+use crate::commands::wal::{self, BaseRef, End, Listing, archive::Histories};
 use crate::domain::wal::{format_lsn, parse_lsn};
 use crate::domain::{DumpFormat, manifest::PhysicalRecord};
 use crate::storage::Target;
@@ -50,7 +50,9 @@ pub struct DatadirReport {
     pub base_start_lsn: String,
     pub base_stop_lsn: String,
     pub recovery_target: String,
-    /// The newest segment the archive holds on the base backup's timeline.
+    /// The timelines recovery walks (`1 → 2 at 0/3000158`).
+    pub timelines: String,
+    /// The last segment recovery will read.
     pub newest_segment: Option<String>,
     /// Where recovery ended, with `--start`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,14 +74,36 @@ fn physical(entry: &Entry) -> Option<(&PhysicalRecord, u64, u64)> {
     Some((p, parse_lsn(&p.start_lsn)?, parse_lsn(&p.stop_lsn)?))
 }
 
+/// The base backup as recovery sees it.
+pub fn base_ref(entry: &Entry) -> Option<BaseRef> {
+    let (p, start, stop) = physical(entry)?;
+    Some(BaseRef {
+        timeline: p.timeline,
+        start,
+        stop,
+        segment_size: p.segment_size,
+    })
+}
+
+/// The base backup chosen for a recovery, where it is read from, and what
+/// recovery will read after it.
+struct Chosen {
+    target: std::sync::Arc<dyn Target>,
+    entry: Entry,
+    base: BaseRef,
+    continuity: wal::Continuity,
+}
+
 /// Picks the newest base backup on the job's targets (or `from`) that the
-/// target can be reached from.
+/// recovery target can be reached from: it ended before the target, and the
+/// timeline recovery ends on descends from it. Among targets holding it,
+/// the first (in the job's order) whose archive has no gap wins.
 async fn choose(
     strata: &Strata,
     job: &str,
     to: RecoveryTarget,
     from: Option<&str>,
-) -> Result<(std::sync::Arc<dyn Target>, Entry), RestoreError> {
+) -> Result<Chosen, RestoreError> {
     let cfg = strata.job(job)?;
     let names: Vec<&String> = match from {
         Some(t) if cfg.targets.iter().any(|n| n == t) => {
@@ -88,38 +112,115 @@ async fn choose(
         Some(t) => return Err(RestoreError::UnknownTarget(t.to_owned())),
         None => cfg.targets.iter().collect(),
     };
-    let mut best: Option<(std::sync::Arc<dyn Target>, Entry)> = None;
+    let end = match to {
+        RecoveryTarget::Lsn(l) => End::Lsn(l),
+        RecoveryTarget::Time(_) | RecoveryTarget::Latest => End::Latest,
+    };
     let mut oldest: Option<DateTime<Utc>> = None;
+    let mut problems = Vec::new();
+    let mut best: Option<Chosen> = None;
+    let mut histories = Histories::default();
     for name in &names {
-        let Ok(entries) = catalog::list(strata, name, job).await else {
-            continue;
-        };
-        for e in entries {
-            let Some((_, _, stop)) = physical(&e) else {
+        let target = strata.target(name);
+        let entries = match catalog::list(strata, name, job).await {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(format!("{name}: {e}"));
                 continue;
+            }
+        };
+        let mut bases: Vec<(Entry, BaseRef)> = entries
+            .into_iter()
+            .filter_map(|e| base_ref(&e).map(|b| (e, b)))
+            .collect();
+        bases.sort_by_key(|(e, _)| std::cmp::Reverse(e.started_at()));
+        for (e, _) in &bases {
+            let f = e.manifest.finished_at;
+            oldest = Some(oldest.map_or(f, |o| o.min(f)));
+        }
+        let listing = match Listing::read(strata, job, target.as_ref()).await {
+            Ok(l) => l,
+            Err(e) => {
+                problems.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        // A moment before a newer base backup on the same timeline ended is
+        // before that backup's stop: the WAL after it is not needed.
+        let stops: Vec<(DateTime<Utc>, u32, u64)> = bases
+            .iter()
+            .map(|(e, b)| (e.manifest.finished_at, b.timeline, b.stop))
+            .collect();
+        for (entry, base) in bases {
+            let end = match to {
+                RecoveryTarget::Time(t) => stops
+                    .iter()
+                    .filter(|(f, tl, _)| *f > t && *tl == base.timeline)
+                    .map(|(_, _, stop)| *stop)
+                    .min()
+                    .map_or(end, End::Lsn),
+                _ => end,
             };
-            oldest = Some(oldest.map_or(e.manifest.finished_at, |o| o.min(e.manifest.finished_at)));
             let usable = match to {
-                RecoveryTarget::Time(t) => e.manifest.finished_at <= t,
-                RecoveryTarget::Lsn(l) => stop <= l,
+                RecoveryTarget::Time(t) => entry.manifest.finished_at <= t,
+                RecoveryTarget::Lsn(l) => base.stop <= l,
                 RecoveryTarget::Latest => true,
             };
-            if usable
-                && best
+            if !usable
+                || best
                     .as_ref()
-                    .is_none_or(|(_, b)| e.started_at() > b.started_at())
+                    .is_some_and(|b| b.entry.started_at() >= entry.started_at())
             {
-                best = Some((strata.target(name), e));
+                continue;
             }
+            let continuity = match wal::continuity(
+                strata,
+                job,
+                target.as_ref(),
+                &listing,
+                &mut histories,
+                base,
+                end,
+            )
+            .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    problems.push(format!(
+                        "{name}: base backup {}: {e}",
+                        entry.manifest.backup_id
+                    ));
+                    continue;
+                }
+            };
+            if let Some(gap) = continuity.gap(&entry.manifest.backup_id) {
+                // Older base backups on this target need the same WAL.
+                problems.push(gap);
+                break;
+            }
+            best = Some(Chosen {
+                target: target.clone(),
+                entry,
+                base,
+                continuity,
+            });
+            break;
         }
     }
     best.ok_or_else(|| {
-        RestoreError::Physical(match oldest {
-            None => format!("job '{job}' has no base backup on {}", cfg.targets.join(", ")),
-            Some(o) => format!(
-                "no base backup of job '{job}' ends before {to}: the oldest ended at {} (the recovery window starts there)",
-                o.to_rfc3339()
-            ),
+        RestoreError::Physical(if !problems.is_empty() {
+            format!(
+                "no base backup of job '{job}' can recover to {to}: {}; restore --from another target, or choose a moment before the gap; nothing was written",
+                problems.join("; ")
+            )
+        } else {
+            match oldest {
+                None => format!("job '{job}' has no base backup on {}", names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")),
+                Some(o) => format!(
+                    "no base backup of job '{job}' ends before {to}: the oldest ended at {} (the recovery window starts there)",
+                    o.to_rfc3339()
+                ),
+            }
         })
     })
 }
@@ -197,8 +298,9 @@ fn recovery_settings(
 ///
 /// # Errors
 /// No base backup for the target, a gap in the archive (named), a directory
-/// that is not empty, or a backup that fails its checks while unpacking (the
-/// directory is then removed).
+/// that is not empty, an archived object still thawing, or a backup that fails
+/// its checks while unpacking (the directory is then removed).
+// Long on purpose: the checks before writing, then the writing, in order.
 pub async fn restore_datadir(
     strata: &Strata,
     job: &str,
@@ -206,6 +308,7 @@ pub async fn restore_datadir(
     to: RecoveryTarget,
     from: Option<&str>,
     fetch: &FetchCommand,
+    thaw: &ThawOptions,
 ) -> Result<DatadirReport, RestoreError> {
     let cfg = strata.job(job)?;
     if !cfg.kind.is_physical() {
@@ -222,48 +325,48 @@ pub async fn restore_datadir(
         }
     }
     let existed = check_empty(dir)?;
-    let (target, entry) = choose(strata, job, to, from).await?;
-    let (p, start, stop) = physical(&entry).expect("chosen among base backups");
-    // Continuity: every segment from the base backup's start to the newest
-    // archived one (or to the LSN asked for), before anything is written.
-    let newest = wal::newest_segment(strata, job, target.as_ref(), p.timeline)
-        .await
-        .map_err(|e| RestoreError::Physical(e.to_string()))?;
-    let size = u64::from(p.segment_size);
-    let end = match (to, &newest) {
-        (RecoveryTarget::Lsn(l), _) => l,
-        (_, Some(n)) => n.start_lsn(p.segment_size).max(stop),
-        (_, None) => stop,
-    };
+    let Chosen {
+        target,
+        entry,
+        base,
+        continuity,
+    } = choose(strata, job, to, from).await?;
     if let RecoveryTarget::Lsn(l) = to {
-        if newest.is_none_or(|n| n.start_lsn(p.segment_size) + size <= l) {
+        let reaches = continuity
+            .newest
+            .is_some_and(|n| n.start_lsn(base.segment_size) + u64::from(base.segment_size) > l);
+        if !reaches {
             return Err(RestoreError::Physical(format!(
                 "the archive on {} does not reach LSN {} yet (newest segment: {})",
                 target.name(),
                 format_lsn(l),
-                newest.map_or_else(|| "none".to_owned(), |n| n.to_string())
+                continuity
+                    .newest
+                    .map_or_else(|| "none".to_owned(), |n| n.to_string())
             )));
         }
     }
-    if let Some(missing) = wal::first_missing(
-        strata,
-        job,
-        target.as_ref(),
-        p.timeline,
-        (start, end),
-        p.segment_size,
-    )
-    .await
-    .map_err(|e| RestoreError::Physical(e.to_string()))?
-    {
-        return Err(RestoreError::Physical(format!(
-            "WAL segment {missing} is missing from the archive on {} (needed after base backup {}): recovery would stop there; nothing was written",
-            target.name(),
-            entry.manifest.backup_id
-        )));
+    // Archived objects: request every thaw at once, so one wait covers all.
+    let mut thawing = None;
+    for key in std::iter::once(entry.object_key()).chain(continuity.archived.iter().cloned()) {
+        match ensure_readable(target.as_ref(), &key, thaw).await {
+            Ok(()) => {}
+            Err(e) if e.is_thawing() => {
+                thawing.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(e) = thawing {
+        return Err(e);
     }
     let settings = recovery_settings(job, to, target.name(), fetch)?;
-    let unpacked = unpack(strata, target.as_ref(), &entry, dir).await;
+    let mut unpacked = unpack(strata, target.as_ref(), &entry, dir).await;
+    if unpacked.is_ok() && dir.join("backup_manifest").is_file() {
+        unpacked = check_files(dir, &entry.manifest.database)
+            .await
+            .map_err(std::io::Error::other);
+    }
     let finished = unpacked.and_then(|()| {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
@@ -285,12 +388,37 @@ pub async fn restore_datadir(
         backup_id: entry.manifest.backup_id.clone(),
         target: target.name().to_owned(),
         data_directory: dir.to_owned(),
-        base_start_lsn: p.start_lsn.clone(),
-        base_stop_lsn: p.stop_lsn.clone(),
+        base_start_lsn: format_lsn(base.start),
+        base_stop_lsn: format_lsn(base.stop),
         recovery_target: to.to_string(),
-        newest_segment: newest.map(|n| n.to_string()),
+        timelines: continuity.path_text(),
+        newest_segment: continuity.newest.map(|n| n.to_string()),
         recovered: None,
     })
+}
+
+/// Checks every unpacked file against the server's own `backup_manifest`
+/// (sizes and checksums) with `pg_verifybackup`, before recovery may use them.
+///
+/// # Errors
+/// A file differs, is missing or is extra (named), or no `pg_verifybackup`.
+async fn check_files(dir: &Path, server: &crate::domain::DatabaseInfo) -> Result<(), RestoreError> {
+    let tool = crate::pg::find_tool("pg_verifybackup", server)
+        .await
+        .map_err(|e| RestoreError::Physical(e.to_string()))?;
+    let out = tokio::process::Command::new(&tool.path)
+        .args(["--no-parse-wal", "--quiet"])
+        .arg(dir)
+        .output()
+        .await
+        .map_err(|e| RestoreError::Physical(format!("running {}: {e}", tool.path.display())))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(RestoreError::Physical(format!(
+        "the unpacked files do not match the server's backup_manifest: {}",
+        crate::pg::one_line(&String::from_utf8_lossy(&out.stderr))
+    )))
 }
 
 /// Removes what the restore wrote (the directory itself when it made it).
@@ -343,18 +471,25 @@ async fn unpack(
 pub struct Recoverable {
     pub target: String,
     /// The base backup the recovery window starts from: the newest that
-    /// ended before the window began, else the oldest (older ones, kept by
-    /// GFS, restore to the moment they ended).
+    /// ended before the window began, else the oldest.
     pub oldest_backup: Option<String>,
     pub from: Option<DateTime<Utc>>,
-    /// The newest archived segment on the newest base backup's timeline.
+    /// The last segment recovery from it reads (to the newest timeline).
     pub newest_segment: Option<String>,
-    /// The first segment missing after that base backup's start (a gap).
+    /// The timeline recovery ends on.
+    pub timeline: Option<u32>,
+    /// The first segment missing after that base backup's start (a gap), or
+    /// why no recovery path exists.
     pub missing: Option<String>,
+    /// Older base backups (kept by GFS; each restores to the moment it
+    /// ended): the segment each lacks between its start and stop, if any.
+    pub older: Vec<(String, Option<String>)>,
 }
 
 /// Checks on `target` that the WAL is gapless from the base backup the
-/// recovery window starts from to each timeline's newest archived segment.
+/// recovery window starts from to the newest archived segment (along the
+/// timelines recovery would walk), and that each older base backup has the
+/// WAL of its own start..stop.
 ///
 /// # Errors
 /// The target cannot be listed.
@@ -365,48 +500,78 @@ pub async fn recoverable(
     now: DateTime<Utc>,
 ) -> Result<Recoverable, RestoreError> {
     let listing_failed = |e: String| RestoreError::Physical(format!("{target}: {e}"));
-    let window = match strata.job(job)?.kind {
-        crate::config::JobKind::Physical { recovery_window } => recovery_window,
-        crate::config::JobKind::Logical => std::time::Duration::ZERO,
-    };
+    let window = strata
+        .job(job)?
+        .kind
+        .physical()
+        .map_or(std::time::Duration::ZERO, |p| p.recovery_window);
     let window_start = now - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
     let entries = catalog::list(strata, target, job)
         .await
         .map_err(|e| listing_failed(e.to_string()))?;
-    let mut bases: Vec<(&Entry, &PhysicalRecord, u64)> = entries
+    let mut bases: Vec<(&Entry, BaseRef)> = entries
         .iter()
-        .filter_map(|e| physical(e).map(|(p, start, _)| (e, p, start)))
+        .filter_map(|e| base_ref(e).map(|b| (e, b)))
         .collect();
-    bases.sort_by_key(|(e, _, _)| e.started_at());
+    bases.sort_by_key(|(e, _)| e.started_at());
     let anchor = bases
         .iter()
-        .rposition(|(e, _, _)| e.manifest.finished_at < window_start)
+        .rposition(|(e, _)| e.manifest.finished_at < window_start)
         .unwrap_or(0);
-    let bases = bases.get(anchor..).unwrap_or_default();
+    let t = strata.target(target);
+    let listing = Listing::read(strata, job, t.as_ref())
+        .await
+        .map_err(|e| listing_failed(e.to_string()))?;
+    let mut histories = Histories::default();
     let mut report = Recoverable {
         target: target.to_owned(),
-        oldest_backup: bases.first().map(|(e, _, _)| e.manifest.backup_id.clone()),
-        from: bases.first().map(|(e, _, _)| e.manifest.finished_at),
+        oldest_backup: None,
+        from: None,
         newest_segment: None,
+        timeline: None,
         missing: None,
+        older: Vec::new(),
     };
-    let t = strata.target(target);
-    let mut timelines: Vec<u32> = bases.iter().map(|(_, p, _)| p.timeline).collect();
-    timelines.dedup();
-    for tl in timelines {
-        let Some((_, p, start)) = bases.iter().find(|(_, p, _)| p.timeline == tl) else {
-            continue;
-        };
-        let newest = wal::newest_segment(strata, job, t.as_ref(), tl)
+    for (i, (entry, base)) in bases.iter().enumerate() {
+        let id = entry.manifest.backup_id.clone();
+        if i < anchor {
+            let c = wal::continuity(
+                strata,
+                job,
+                t.as_ref(),
+                &listing,
+                &mut histories,
+                *base,
+                End::Consistent,
+            )
             .await
             .map_err(|e| listing_failed(e.to_string()))?;
-        let end = newest.map_or(*start, |n| n.start_lsn(p.segment_size));
-        report.newest_segment = newest.map(|n| n.to_string());
-        if report.missing.is_none() {
-            report.missing =
-                wal::first_missing(strata, job, t.as_ref(), tl, (*start, end), p.segment_size)
-                    .await
-                    .map_err(|e| listing_failed(e.to_string()))?;
+            report.older.push((id, c.missing.map(|m| m.to_string())));
+            continue;
+        }
+        if i > anchor {
+            break;
+        }
+        report.oldest_backup = Some(id);
+        report.from = Some(entry.manifest.finished_at);
+        match wal::continuity(
+            strata,
+            job,
+            t.as_ref(),
+            &listing,
+            &mut histories,
+            *base,
+            End::Latest,
+        )
+        .await
+        {
+            Ok(c) => {
+                report.timeline = Some(c.timeline);
+                report.newest_segment = c.newest.map(|n| n.to_string());
+                report.missing = c.missing.map(|m| m.to_string());
+            }
+            Err(e @ wal::WalError::NoPath(_)) => report.missing = Some(e.to_string()),
+            Err(e) => return Err(listing_failed(e.to_string())),
         }
     }
     Ok(report)

@@ -190,9 +190,11 @@ pub async fn verify_with(
     Ok(report)
 }
 
-/// Per target of a physical job: the archive is gapless from the oldest base
-/// backup there to its newest segment.
-async fn wal_continuity(
+/// Per target of a physical job: the archive is gapless from the base backup
+/// the recovery window starts from to the newest segment (along the
+/// timelines recovery walks), and every older base backup has the WAL of its
+/// own start..stop.
+pub async fn wal_continuity(
     strata: &Strata,
     job: &str,
     now: DateTime<Utc>,
@@ -201,13 +203,36 @@ async fn wal_continuity(
     for target in &strata.job(job)?.targets {
         let outcome = match super::datadir::recoverable(strata, job, target, now).await {
             Err(e) => Outcome::Failed(e.to_string()),
-            Ok(r) => match (&r.missing, &r.oldest_backup) {
-                (Some(m), Some(b)) => Outcome::Failed(format!(
-                    "WAL segment {m} is missing (needed from base backup {b} on): recovery past it is impossible"
-                )),
-                (_, None) => Outcome::Failed("no base backup here".into()),
-                (None, Some(_)) => Outcome::Ok,
-            },
+            Ok(r) => {
+                let mut problems: Vec<String> = r
+                    .older
+                    .iter()
+                    .filter_map(|(id, m)| {
+                        m.as_ref().map(|m| {
+                            format!("base backup {id} lacks WAL segment {m} of its own start..stop")
+                        })
+                    })
+                    .collect();
+                match (&r.missing, &r.oldest_backup) {
+                    (Some(m), Some(b)) => problems.insert(
+                        0,
+                        if crate::domain::wal::WalFile::parse(m).is_ok() {
+                            format!(
+                                "WAL segment {m} is missing (needed from base backup {b} on): recovery past it is impossible"
+                            )
+                        } else {
+                            format!("recovery from base backup {b}: {m}")
+                        },
+                    ),
+                    (_, None) => problems.insert(0, "no base backup here".into()),
+                    (None, Some(_)) => {}
+                }
+                if problems.is_empty() {
+                    Outcome::Ok
+                } else {
+                    Outcome::Failed(problems.join("; "))
+                }
+            }
         };
         out.push((target.clone(), outcome));
     }

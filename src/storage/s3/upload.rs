@@ -107,21 +107,8 @@ impl S3Upload {
         if self.upload_id.is_none() {
             // Small object: one PutObject, nothing to abort on failure.
             let body = self.buf.split().freeze();
-            let (lock_mode, retain_until) = s.lock();
             self.target
-                .client
-                .put_object()
-                .bucket(&s.bucket)
-                .key(&self.key)
-                .set_object_lock_mode(lock_mode)
-                .set_object_lock_retain_until_date(retain_until)
-                .set_checksum_algorithm(s.checksum())
-                .set_server_side_encryption(
-                    s.server_side_encryption
-                        .map(|sse| ServerSideEncryption::from(sse.as_str())),
-                )
-                .set_storage_class(s.class_for(&self.key))
-                .set_tagging(s.tagging_for(&self.key))
+                .put_object_request(&self.key)
                 .body(SdkBody::from(body))
                 .send()
                 .await
@@ -153,23 +140,7 @@ impl S3Upload {
             // Completed: nothing is left to abort, whatever the checks below find.
             self.upload_id = None;
         }
-        let meta = self.target.head(&self.key).await?;
-        if meta.size != self.total {
-            return Err(StorageError::SizeMismatch {
-                target: self.target.name.clone(),
-                key: self.key.clone(),
-                expected: self.total,
-                actual: meta.size,
-            });
-        }
-        Ok(PutResult {
-            size: meta.size,
-            version_id: meta.version_id,
-            storage_class: meta
-                .storage_class
-                .or_else(|| s.storage_class.clone())
-                .or(Some(StorageClass::Standard)),
-        })
+        self.target.checked(&self.key, self.total).await
     }
 
     async fn abort_inner(&mut self) -> Result<(), StorageError> {

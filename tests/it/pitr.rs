@@ -1,0 +1,93 @@
+//! Point-in-time recovery beyond `archive_command`: the daemon's streaming
+//! source (`pg_receivewal` over a slot), timeline switches, and restore tests
+//! of physical jobs, against real throwaway clusters.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::wal::{Archiving, Watching, recover, stderr};
+
+fn at(v: &serde_json::Value) -> Option<DateTime<Utc>> {
+    v.as_str()?.parse().ok()
+}
+
+const COUNTS: &str = "SELECT coalesce(string_agg(batch || ':' || n, ',' ORDER BY batch), '') FROM (SELECT batch, count(*) n FROM batches GROUP BY batch) b";
+
+#[tokio::test]
+async fn streaming_archives_each_commit_within_seconds_and_survives_a_server_restart() {
+    let a = Archiving::streaming().await;
+    let sql = |s: &str| a.cluster.psql("postgres", s);
+    let d = Watching::start(&a).await;
+    d.until("pg_receivewal running", |_, j| {
+        j["wal"]["stream"]["receiving"] == true
+    })
+    .await;
+    // strata made the slot, so the server keeps what strata has not streamed.
+    assert_eq!(
+        sql(
+            "SELECT slot_type || ' ' || active FROM pg_replication_slots WHERE slot_name = 'strata_prod'"
+        ),
+        "physical true"
+    );
+    let out = a.strata(&["backup", "prod"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    sql("CREATE TABLE batches (batch int, g int)");
+    sql("INSERT INTO batches SELECT 1, generate_series(1, 1000)");
+    let committed = Utc::now();
+    let began = Instant::now();
+    d.until("the first batch streamed", |_, j| {
+        at(&j["wal"]["stream"]["live_uploaded"]).is_some_and(|t| t > committed)
+    })
+    .await;
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "the live segment took {:?} to reach the archive",
+        began.elapsed()
+    );
+    // Recoverable from the archive alone, without a segment switch.
+    let restored = recover(&a, &["--to", "latest"]);
+    assert_eq!(restored.psql("postgres", COUNTS), "1:1000");
+    drop(restored);
+
+    // The server restarts: pg_receivewal loses its connection, strata starts
+    // it again, and what is committed afterwards is archived as well.
+    a.cluster.restart();
+    sql("INSERT INTO batches SELECT 2, generate_series(1, 1000)");
+    let committed = Utc::now();
+    let h = d
+        .until("streaming resumed after the restart", |_, j| {
+            let s = &j["wal"]["stream"];
+            s["receiving"] == true && at(&s["live_uploaded"]).is_some_and(|t| t > committed)
+        })
+        .await;
+    assert!(
+        h["jobs"]["prod"]["wal"]["stream"]["restarts"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{h}"
+    );
+    // Finished segments go up whole (and leave the streaming directory).
+    let segment = a.fill_segment(10);
+    d.until("a finished segment archived", |_, j| {
+        j["wal"]["stream"]["last_archived_wal"]
+            .as_str()
+            .is_some_and(|w| w >= segment.as_str())
+    })
+    .await;
+    assert!(
+        a.wal_files().contains(&format!(
+            "database-backups/prod/wal/00000001/{segment}.zst.enc"
+        )),
+        "{:?}",
+        a.wal_files()
+    );
+    let archived = d
+        .metric("strata_wal_archived_total{job=\"prod\"}")
+        .await
+        .unwrap_or_default();
+    assert!(archived >= 1.0, "{archived}");
+    let restored = recover(&a, &["--to", "latest"]);
+    assert_eq!(restored.psql("postgres", COUNTS), "1:1000,2:1000");
+}
