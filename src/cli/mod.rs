@@ -225,6 +225,11 @@ pub struct PitrArgs {
     /// The port the restored server listens on (127.0.0.1) with `--start`.
     #[arg(long, requires = "start")]
     port: Option<u16>,
+    /// `off` (default): the copy does not archive. `preserve`: it keeps the
+    /// source's archive settings and, once promoted, archives into the job
+    /// (it replaces the source; its new timeline becomes the latest).
+    #[arg(long, requires = "into_datadir", value_parser = ["off", "preserve"], default_value = "off")]
+    archive_mode: String,
 }
 
 /// `alert` actions.

@@ -283,6 +283,7 @@ async fn restore_datadir(
         to,
         start,
         port,
+        archive_mode,
     } = pitr;
     let dir = into_datadir.unwrap_or_default();
     let target = match (to_time, to_lsn, to) {
@@ -317,16 +318,16 @@ async fn restore_datadir(
     if let Some(port) = port {
         crate::commands::restore::start::preflight(port)?;
     }
-    let mut report = crate::commands::restore::datadir::restore_datadir(
-        &strata,
-        job,
-        &dir,
-        target,
-        from.as_deref(),
-        &fetch,
-        &thaw.options(strata.config()),
-    )
-    .await?;
+    let thaw = thaw.options(strata.config());
+    let opts = crate::commands::restore::datadir::DatadirOptions {
+        to: target,
+        from: from.as_deref(),
+        fetch: &fetch,
+        thaw: &thaw,
+        preserve_archiving: archive_mode == "preserve",
+    };
+    let mut report =
+        crate::commands::restore::datadir::restore_datadir(&strata, job, &dir, &opts).await?;
     if let Some(port) = port {
         let cfg = strata.job(job)?;
         report.recovered = Some(

@@ -290,6 +290,15 @@ impl Cluster {
         );
     }
 
+    /// Stops the server at once (a crash, or a host that is gone).
+    pub fn stop(&self) {
+        let _ = pg_command(&bin_dir().join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+
     /// The data directory.
     pub fn data(&self) -> &Path {
         &self.data

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::wal::{Archiving, Watching, recover, stderr};
+use crate::wal::{Archiving, Watching, recover, stderr, wait_archived};
 
 fn at(v: &serde_json::Value) -> Option<DateTime<Utc>> {
     v.as_str()?.parse().ok()
@@ -90,4 +90,96 @@ async fn streaming_archives_each_commit_within_seconds_and_survives_a_server_res
     assert!(archived >= 1.0, "{archived}");
     let restored = recover(&a, &["--to", "latest"]);
     assert_eq!(restored.psql("postgres", COUNTS), "1:1000,2:1000");
+}
+
+#[tokio::test]
+async fn after_a_takeover_on_a_new_timeline_latest_follows_it() {
+    let a = Archiving::start().await;
+    let sql = |s: &str| a.cluster.psql("postgres", s);
+    sql("CREATE TABLE batches (batch int, g int)");
+    sql("INSERT INTO batches SELECT 1, generate_series(1, 1000)");
+    let out = a.strata_as_server_user(&["backup", "prod"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    sql("INSERT INTO batches SELECT 2, generate_series(1, 1000)");
+    let segment = a.fill_segment(1);
+    a.archived(&segment);
+
+    // The primary is lost; its copy takes its place and archives into the job
+    // on a new timeline.
+    a.cluster.stop();
+    let primary = recover(&a, &["--to", "latest", "--archive-mode", "preserve"]);
+    let timeline = "SELECT timeline_id FROM pg_control_checkpoint()";
+    primary.psql("postgres", "CHECKPOINT");
+    assert_eq!(primary.psql("postgres", timeline), "2");
+    primary.psql(
+        "postgres",
+        "INSERT INTO batches SELECT 3, generate_series(1, 1000)",
+    );
+    let middle = primary.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    primary.psql("postgres", "CREATE TABLE marker (x int)");
+    let next = primary.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    assert!(
+        middle.starts_with("00000002") && next > middle,
+        "{middle} {next}"
+    );
+    wait_archived(&primary, &next);
+    assert!(
+        a.wal_files()
+            .contains(&"database-backups/prod/wal/00000002/00000002.history.zst.enc".to_owned()),
+        "{:?}",
+        a.wal_files()
+    );
+
+    // --to latest walks from the base backup on timeline 1 onto timeline 2.
+    let out = a.strata(&["verify", "prod"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    let again = recover(&a, &["--to", "latest"]);
+    assert_eq!(again.psql("postgres", COUNTS), "1:1000,2:1000,3:1000");
+    again.psql("postgres", "CHECKPOINT");
+    assert_eq!(again.psql("postgres", timeline), "3");
+    drop(again);
+    let out = a.strata(&["list", "prod"]);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown.contains(&format!("to the end of segment {next}")),
+        "{shown}"
+    );
+
+    // A gap on the new timeline is found before anything is written.
+    let lost = format!("database-backups/prod/wal/00000002/{middle}.zst.enc");
+    std::fs::remove_file(a.setup.backups().join(&lost)).unwrap();
+    let dir = a.setup.path().join("refused");
+    let out = a.strata(&[
+        "restore",
+        "prod",
+        "--into-datadir",
+        dir.to_str().unwrap(),
+        "--to",
+        "latest",
+        "--from",
+        "local",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("WAL segment {middle} is missing")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.exists());
+    // The other target still has it all.
+    let out = a.strata(&["verify", "prod"]);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "WAL archive on local: WAL segment {middle} is missing"
+        )),
+        "{shown}"
+    );
+    assert!(shown.contains("WAL archive on offsite: ok"), "{shown}");
 }

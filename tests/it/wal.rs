@@ -109,23 +109,7 @@ impl Archiving {
 
     /// Waits until the archiver reports `segment` archived.
     pub(crate) fn archived(&self, segment: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let row = self.cluster.psql(
-                "postgres",
-                "SELECT coalesce(last_archived_wal, '') || ' ' || failed_count || ' ' || coalesce(last_failed_wal, '') FROM pg_stat_archiver",
-            );
-            let last = row.split(' ').next().unwrap_or_default();
-            if !last.is_empty() && last >= segment {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{segment} not archived: {row}\n{}",
-                self.server_log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_archived(&self.cluster, segment);
     }
 
     pub(crate) fn server_log(&self) -> String {
@@ -156,6 +140,28 @@ impl Archiving {
             .into_iter()
             .filter(|f| f.contains("/wal/"))
             .collect()
+    }
+}
+
+/// Waits until `cluster`'s archiver reports `segment` archived.
+pub(crate) fn wait_archived(cluster: &Cluster, segment: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = cluster.psql(
+            "postgres",
+            "SELECT coalesce(last_archived_wal, '') || ' ' || failed_count || ' ' || coalesce(last_failed_wal, '') FROM pg_stat_archiver",
+        );
+        let last = row.split(' ').next().unwrap_or_default();
+        if !last.is_empty() && last >= segment {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{segment} not archived: {row}\n{}",
+            std::fs::read_to_string(cluster.data().parent().unwrap().join("server.log"))
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -59,6 +59,20 @@ pub struct DatadirReport {
     pub recovered: Option<super::start::Recovered>,
 }
 
+/// How a data directory is restored.
+#[derive(Debug, Clone)]
+pub struct DatadirOptions<'a> {
+    pub to: RecoveryTarget,
+    /// Read only from this target.
+    pub from: Option<&'a str>,
+    pub fetch: &'a FetchCommand,
+    pub thaw: &'a ThawOptions,
+    /// Keep the source's archiving settings: the restored server takes the
+    /// source's place and archives into the job after it promotes (a new
+    /// timeline). Otherwise `archive_mode` is off in the copy.
+    pub preserve_archiving: bool,
+}
+
 /// How `wal-fetch` is called from the restored server.
 #[derive(Debug, Clone)]
 pub struct FetchCommand {
@@ -260,6 +274,7 @@ fn recovery_settings(
     to: RecoveryTarget,
     from: &str,
     fetch: &FetchCommand,
+    preserve_archiving: bool,
 ) -> Result<String, RestoreError> {
     let command = [
         shell_word(&fetch.program.to_string_lossy())?,
@@ -289,8 +304,11 @@ fn recovery_settings(
     out.push_str("recovery_target_timeline = 'latest'\n");
     out.push_str("recovery_target_action = 'promote'\n");
     // A restored copy must not archive into the job it came from: its new
-    // timeline would become "latest" for every later recovery.
-    out.push_str("archive_mode = 'off'\n");
+    // timeline would become "latest" for every later recovery. Unless it
+    // takes the source's place (`--archive-mode preserve`).
+    if !preserve_archiving {
+        out.push_str("archive_mode = 'off'\n");
+    }
     Ok(out)
 }
 
@@ -305,11 +323,9 @@ pub async fn restore_datadir(
     strata: &Strata,
     job: &str,
     dir: &Path,
-    to: RecoveryTarget,
-    from: Option<&str>,
-    fetch: &FetchCommand,
-    thaw: &ThawOptions,
+    opts: &DatadirOptions<'_>,
 ) -> Result<DatadirReport, RestoreError> {
+    let (to, from) = (opts.to, opts.from);
     let cfg = strata.job(job)?;
     if !cfg.kind.is_physical() {
         return Err(RestoreError::Physical(format!(
@@ -349,7 +365,7 @@ pub async fn restore_datadir(
     // Archived objects: request every thaw at once, so one wait covers all.
     let mut thawing = None;
     for key in std::iter::once(entry.object_key()).chain(continuity.archived.iter().cloned()) {
-        match ensure_readable(target.as_ref(), &key, thaw).await {
+        match ensure_readable(target.as_ref(), &key, opts.thaw).await {
             Ok(()) => {}
             Err(e) if e.is_thawing() => {
                 thawing.get_or_insert(e);
@@ -360,7 +376,7 @@ pub async fn restore_datadir(
     if let Some(e) = thawing {
         return Err(e);
     }
-    let settings = recovery_settings(job, to, target.name(), fetch)?;
+    let settings = recovery_settings(job, to, target.name(), opts.fetch, opts.preserve_archiving)?;
     let mut unpacked = unpack(strata, target.as_ref(), &entry, dir).await;
     if unpacked.is_ok() && dir.join("backup_manifest").is_file() {
         unpacked = check_files(dir, &entry.manifest.database)
