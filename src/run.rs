@@ -230,11 +230,14 @@ impl Session {
     }
 }
 
-/// Runs `job`'s restore test (its newest readable backup into a scratch
-/// database on `verify.restore_into`, checked, dropped) on a task of its own
-/// under the job's `timeout`, as a run is: a panic or the deadline is a failed
-/// test whose scratch database is dropped all the same. The test is recorded
-/// ([`record_restore_test`]). `None` when the job has no `restore_into`.
+/// Runs `job`'s restore test (a logical job's newest readable backup into a
+/// scratch database on `verify.restore_into`; a physical job's newest base
+/// backup and WAL recovered into a scratch data directory under
+/// `verify.scratch_dir`; checked, removed) on a task of its own under the
+/// job's `timeout`, as a run is: a panic or the deadline is a failed test
+/// whose scratch database or directory is removed all the same. The test is
+/// recorded ([`record_restore_test`]). `None` when the job has nowhere to
+/// restore to.
 pub async fn restore_test(
     strata: Arc<Strata>,
     state: Option<&StateDb>,
@@ -244,12 +247,21 @@ pub async fn restore_test(
     now: DateTime<Utc>,
 ) -> Option<RestoreTest> {
     let cfg = strata.config().job(job)?;
-    let server = cfg.verify.restore_into.clone()?;
+    // A logical job restores into a server, a physical one recovers into a
+    // scratch data directory.
+    let into = match (&cfg.verify.restore_into, &cfg.verify.scratch_dir) {
+        (Some(server), _) if !cfg.kind.is_physical() => {
+            Scratch::Database(server.clone(), crate::commands::restore::scratch_name())
+        }
+        (_, Some(dir)) if cfg.kind.is_physical() => {
+            Scratch::Directory(dir.join(crate::commands::restore::scratch_name()))
+        }
+        _ => return None,
+    };
     let (timeout, sql) = (cfg.timeout, cfg.verify.sql.clone());
-    let scratch = crate::commands::restore::scratch_name();
     let clock = std::time::Instant::now();
     let work = {
-        let (job, server, scratch) = (job.to_owned(), server.clone(), scratch.clone());
+        let (job, into) = (job.to_owned(), into.clone());
         async move {
             #[cfg(debug_assertions)]
             if std::env::var("STRATA_TEST_PANIC_RESTORE_TEST").is_ok_and(|j| j == job) {
@@ -257,8 +269,18 @@ pub async fn restore_test(
                     "injected panic (STRATA_TEST_PANIC_RESTORE_TEST) in a restore test of {job}"
                 );
             }
-            crate::commands::restore::restore_test(&strata, &job, &server, &scratch, &sql, now)
-                .await
+            match &into {
+                Scratch::Database(server, name) => {
+                    crate::commands::restore::restore_test(&strata, &job, server, name, &sql, now)
+                        .await
+                }
+                Scratch::Directory(dir) => {
+                    crate::commands::restore::recovery_test::recovery_test(
+                        &strata, &job, dir, &sql, now,
+                    )
+                    .await
+                }
+            }
         }
     };
     // Nothing in a restore test watches a cancellation: at the deadline it is
@@ -275,13 +297,7 @@ pub async fn restore_test(
     let test = match why {
         Ok(test) => test,
         Err(error) => {
-            let dropped = crate::commands::restore::drop_scratch(&server, &scratch);
-            if tokio::time::timeout(Duration::from_secs(10), dropped)
-                .await
-                .is_err()
-            {
-                tracing::warn!(job, database = %scratch, "the server did not answer: a restore test's database may be left behind");
-            }
+            into.remove(job).await;
             RestoreTest {
                 job: job.to_owned(),
                 backup_id: None,
@@ -305,6 +321,36 @@ pub async fn restore_test(
     );
     record_restore_test(state, &test, actor, host).await;
     Some(test)
+}
+
+/// Where a restore test restores to.
+#[derive(Debug, Clone)]
+enum Scratch {
+    /// A database of this name on this server (logical jobs).
+    Database(crate::pg::DbUrl, String),
+    /// This new data directory (physical jobs).
+    Directory(std::path::PathBuf),
+}
+
+impl Scratch {
+    /// Removes what a test that did not end on its own (a panic, its
+    /// deadline) left behind.
+    async fn remove(&self, job: &str) {
+        match self {
+            Self::Database(server, scratch) => {
+                let dropped = crate::commands::restore::drop_scratch(server, scratch);
+                if tokio::time::timeout(Duration::from_secs(10), dropped)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(job, database = %scratch, "the server did not answer: a restore test's database may be left behind");
+                }
+            }
+            Self::Directory(dir) => {
+                crate::commands::restore::recovery_test::remove_scratch(dir).await;
+            }
+        }
+    }
 }
 
 /// Records a restore test in the state database (its measured time is the

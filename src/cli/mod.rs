@@ -64,17 +64,7 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Re-read a backup from every target; optionally restore it into a scratch
     /// database on a server.
-    Verify {
-        job: String,
-        #[arg(long, default_value = "latest")]
-        backup: String,
-        #[arg(long, env = "STRATA_VERIFY_INTO", hide_env_values = true)]
-        restore_into: Option<String>,
-        #[command(flatten)]
-        thaw: ThawArgs,
-        #[arg(long)]
-        json: bool,
-    },
+    Verify(VerifyArgs),
     /// S3 lifecycle rules: show what buckets have against the config, or apply.
     Lifecycle {
         #[arg(value_enum)]
@@ -230,6 +220,28 @@ pub struct PitrArgs {
     /// (it replaces the source; its new timeline becomes the latest).
     #[arg(long, requires = "into_datadir", value_parser = ["off", "preserve"], default_value = "off")]
     archive_mode: String,
+}
+
+/// `strata verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    job: String,
+    /// Backup id, or `latest` (default: the newest; every base backup of a
+    /// physical job).
+    #[arg(long)]
+    backup: Option<String>,
+    /// Also restore it into a scratch database on this server (logical jobs),
+    /// check row counts and drop it.
+    #[arg(long, env = "STRATA_VERIFY_INTO", hide_env_values = true)]
+    restore_into: Option<String>,
+    /// Run the job's configured restore test now (recorded like the
+    /// scheduled one); a physical job recovers into `verify.scratch_dir`.
+    #[arg(long, conflicts_with_all = ["restore_into", "backup"])]
+    restore_test: bool,
+    #[command(flatten)]
+    thaw: ThawArgs,
+    #[arg(long)]
+    json: bool,
 }
 
 /// `alert` actions.
@@ -403,13 +415,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             restore_cmds::list(&cli.config, job, target, json).await
         }
         Command::Restore(args) => restore_cmds::restore(&cli.config, args).await,
-        Command::Verify {
-            job,
-            backup,
-            restore_into,
-            thaw,
-            json,
-        } => restore_cmds::verify(&cli.config, job, backup, restore_into, thaw, json).await,
+        Command::Verify(args) => restore_cmds::verify(&cli.config, args).await,
     }
 }
 

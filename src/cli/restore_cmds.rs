@@ -77,65 +77,102 @@ pub(super) async fn restore(config: &std::path::Path, args: RestoreArgs) -> Resu
 
 /// `strata verify`.
 // Long on purpose: one command's whole path: arguments, progress, the checks, audit, the restore-test record, output, exit status.
-pub(super) async fn verify(
-    config: &std::path::Path,
-    job: String,
-    backup: String,
-    restore_into: Option<String>,
-    thaw: ThawArgs,
-    json: bool,
-) -> Result<(), Failure> {
+pub(super) async fn verify(config: &std::path::Path, args: VerifyArgs) -> Result<(), Failure> {
+    let VerifyArgs {
+        job,
+        backup,
+        restore_into,
+        restore_test,
+        thaw,
+        json,
+    } = args;
+    if restore_test {
+        return run_restore_test(config, &job, json).await;
+    }
     let server = restore_into.map(|u| u.parse::<DbUrl>()).transpose()?;
     let strata = Strata::build(load(config)?).await;
+    // A physical job's base backups are all checked unless one is named.
+    let ids = match backup {
+        Some(b) => vec![b],
+        None if strata.job(&job)?.kind.is_physical() => base_backup_ids(&strata, &job).await,
+        None => vec!["latest".to_owned()],
+    };
     let progress = crate::pipeline::progress::Progress::new(format!("verify {job}"), None);
     let reporter = crate::pipeline::progress::Reporter::start(
         progress.clone(),
         crate::pipeline::progress::Display::choose(json),
     );
-    let result = crate::commands::restore::verify_with(
-        &strata,
-        &job,
-        &backup,
-        server.as_ref(),
-        &thaw.options(strata.config()),
-        Some(progress),
-        chrono::Utc::now(),
-    )
-    .await;
-    reporter.finish().await;
-    let detail = match &result {
-        Ok(r) => {
-            serde_json::json!({ "backup_id": r.backup_id, "ok": r.ok(), "targets": r.targets, "wal": r.wal, "restore": r.restore })
-        }
-        Err(e) => {
-            serde_json::json!({ "backup": backup, "ok": false, "error": e.to_string() })
-        }
-    };
-    audit_cli(strata.config(), "verify", Some(&job), detail).await;
-    // A restore into a scratch database by hand is a restore test too:
-    // its measured time goes where the scheduled ones go.
-    if let Ok(Some(test)) = result.as_ref().map(|r| r.restore_test.as_ref()) {
-        let state = strata
-            .config()
-            .state_url
-            .clone()
-            .map(crate::state::StateDb::open);
-        let actor = cli_actor();
-        crate::run::record_restore_test(state.as_deref(), test, &actor, &crate::state::host_id())
+    let mut reports = Vec::new();
+    let mut failure = None;
+    for id in if ids.is_empty() {
+        vec!["latest".to_owned()]
+    } else {
+        ids
+    } {
+        let result = crate::commands::restore::verify_with(
+            &strata,
+            &job,
+            &id,
+            server.as_ref(),
+            &thaw.options(strata.config()),
+            Some(progress.clone()),
+            chrono::Utc::now(),
+        )
+        .await;
+        let detail = match &result {
+            Ok(r) => {
+                serde_json::json!({ "backup_id": r.backup_id, "ok": r.ok(), "targets": r.targets, "wal": r.wal, "restore": r.restore })
+            }
+            Err(e) => serde_json::json!({ "backup": id, "ok": false, "error": e.to_string() }),
+        };
+        audit_cli(strata.config(), "verify", Some(&job), detail).await;
+        // A restore into a scratch database by hand is a restore test too:
+        // its measured time goes where the scheduled ones go.
+        if let Ok(Some(test)) = result.as_ref().map(|r| r.restore_test.as_ref()) {
+            let state = strata
+                .config()
+                .state_url
+                .clone()
+                .map(crate::state::StateDb::open);
+            let actor = cli_actor();
+            crate::run::record_restore_test(
+                state.as_deref(),
+                test,
+                &actor,
+                &crate::state::host_id(),
+            )
             .await;
-        if let Some(state) = &state {
-            sync_state(state).await;
+            if let Some(state) = &state {
+                sync_state(state).await;
+            }
+        }
+        match result {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                failure.get_or_insert(Failure::from(e));
+            }
         }
     }
-    let report = result?;
+    reporter.finish().await;
+    if let Some(f) = failure {
+        return Err(f);
+    }
     if json {
-        print_json(&report);
+        print_json(&if reports.len() == 1 {
+            serde_json::to_value(&reports[0]).unwrap_or_default()
+        } else {
+            serde_json::to_value(&reports).unwrap_or_default()
+        });
     } else {
+        print_verify(&reports);
+    }
+    verdict(&reports)
+}
+
+fn print_verify(reports: &[crate::commands::restore::VerifyReport]) {
+    for report in reports {
         for (t, r) in &report.targets {
             println!("{} on {t}: {r}", report.backup_id);
-        }
-        for (t, r) in &report.wal {
-            println!("WAL archive on {t}: {r}");
         }
         if let Some(r) = &report.restore {
             println!("{} restore test: {r}", report.backup_id);
@@ -144,27 +181,121 @@ pub(super) async fn verify(
             println!("{} on {t}: not checked: {r}", report.backup_id);
         }
     }
-    if !report.ok() {
-        Err(Failure(
+    // The archive is checked once, with the first backup.
+    for (t, r) in reports
+        .first()
+        .map(|r| r.wal.as_slice())
+        .unwrap_or_default()
+    {
+        println!("WAL archive on {t}: {r}");
+    }
+}
+
+/// Exit status of `verify`: 1 when a check failed or nothing could be checked,
+/// 75 when copies are thawing.
+fn verdict(reports: &[crate::commands::restore::VerifyReport]) -> Result<(), Failure> {
+    if let Some(bad) = reports.iter().find(|r| !r.ok()) {
+        return Err(Failure(
             exit::FAILED,
-            format!("verification of {} failed", report.backup_id),
-        ))
-    } else if !report.thawing.is_empty() {
-        Err(Failure(
+            format!("verification of {} failed", bad.backup_id),
+        ));
+    }
+    if let Some(r) = reports.iter().find(|r| !r.thawing.is_empty()) {
+        return Err(Failure(
             exit::NOT_YET,
             format!(
                 "{} copy(ies) of {} are thawing; run the same command again later, or add --wait",
-                report.thawing.len(),
-                report.backup_id
+                r.thawing.len(),
+                r.backup_id
             ),
-        ))
-    } else if report.targets.is_empty() {
+        ));
+    }
+    if let Some(r) = reports.iter().find(|r| r.targets.is_empty()) {
+        return Err(Failure(
+            exit::FAILED,
+            format!("no copy of {} could be checked", r.backup_id),
+        ));
+    }
+    Ok(())
+}
+
+/// Every base backup id of `job` on any of its targets, oldest first.
+async fn base_backup_ids(strata: &Strata, job: &str) -> Vec<String> {
+    let mut ids = std::collections::BTreeMap::new();
+    for t in strata
+        .job(job)
+        .map(|j| j.targets.clone())
+        .unwrap_or_default()
+    {
+        if let Ok(entries) = crate::catalog::list(strata, &t, job).await {
+            for e in entries {
+                ids.insert(e.started_at(), e.manifest.backup_id.clone());
+            }
+        }
+    }
+    ids.into_values().collect()
+}
+
+/// `strata verify JOB --restore-test`: the job's configured restore test,
+/// now, recorded and audited as the scheduled one is.
+async fn run_restore_test(config: &std::path::Path, job: &str, json: bool) -> Result<(), Failure> {
+    let strata = std::sync::Arc::new(Strata::build(load(config)?).await);
+    strata.job(job)?;
+    let state = strata
+        .config()
+        .state_url
+        .clone()
+        .map(crate::state::StateDb::open);
+    let actor = cli_actor();
+    let test = crate::run::restore_test(
+        strata.clone(),
+        state.as_deref(),
+        job,
+        &actor,
+        &crate::state::host_id(),
+        chrono::Utc::now(),
+    )
+    .await
+    .ok_or_else(|| {
+        Failure(
+            exit::USAGE,
+            format!("job '{job}' has no restore test set up: set verify.restore_into (logical jobs) or verify.scratch_dir (physical jobs)"),
+        )
+    })?;
+    if let Some(state) = &state {
+        sync_state(state).await;
+    }
+    if json {
+        print_json(&test);
+    } else {
+        println!(
+            "restore test of {job}: {} from {} {} in {:.1} s ({} tables, {} rows){}",
+            test.backup_id.as_deref().unwrap_or("-"),
+            test.target.as_deref().unwrap_or("-"),
+            if test.ok {
+                "restored and checked"
+            } else {
+                "FAILED"
+            },
+            test.seconds,
+            test.tables,
+            test.rows,
+            test.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
+    if test.ok {
+        Ok(())
+    } else {
         Err(Failure(
             exit::FAILED,
-            format!("no copy of {} could be checked", report.backup_id),
+            format!(
+                "the restore test of {job} failed: {}",
+                test.error.as_deref().unwrap_or("?")
+            ),
         ))
-    } else {
-        Ok(())
     }
 }
 

@@ -302,12 +302,12 @@ impl Daemon {
     pub(super) fn spawn_restore_tests(self: &Arc<Self>) {
         let config = self.strata.config();
         for (name, job) in &config.jobs {
-            let (Some(schedule), Some(_)) = (
-                job.verify.restore_test.clone(),
-                job.verify.restore_into.as_ref(),
-            ) else {
+            let Some(schedule) = job.verify.restore_test.clone() else {
                 continue;
             };
+            if job.verify.restore_into.is_none() && job.verify.scratch_dir.is_none() {
+                continue;
+            }
             let me = self.clone();
             let name = name.clone();
             let tz = config.timezone;

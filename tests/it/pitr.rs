@@ -183,3 +183,95 @@ async fn after_a_takeover_on_a_new_timeline_latest_follows_it() {
     );
     assert!(shown.contains("WAL archive on offsite: ok"), "{shown}");
 }
+
+/// The directories under `dir` (a restore test's scratch parent).
+fn leftovers(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_physical_restore_test_recovers_into_a_scratch_directory_checks_it_and_removes_it() {
+    let a = Archiving::start_with(
+        false,
+        ", verify: { restore_test: \"* * * * * *\", scratch_dir: {dir}/scratch, sql: [ \"SELECT count(*) = 1000 FROM batches\" ] }",
+    )
+    .await;
+    let scratch = a.setup.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    crate::cluster::give_to_postgres(&scratch);
+    let sql = |s: &str| a.cluster.psql("postgres", s);
+    let out = a.strata_as_server_user(&["backup", "prod"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    sql("CREATE TABLE batches (batch int, g int)");
+    sql("INSERT INTO batches SELECT 1, generate_series(1, 1000)");
+    let segment = a.fill_segment(1);
+    a.archived(&segment);
+
+    // By hand: recovered to the end of the archive, checked, removed.
+    let out = a.strata_as_server_user(&["verify", "prod", "--restore-test"]);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{shown}{}", stderr(&out));
+    assert!(shown.contains("restored and checked"), "{shown}");
+    assert!(leftovers(&scratch).is_empty(), "{:?}", leftovers(&scratch));
+
+    // An assertion that does not hold fails the test, and still leaves nothing.
+    let failing = a.setup.path().join("failing.yaml");
+    std::fs::write(
+        &failing,
+        std::fs::read_to_string(&a.config)
+            .unwrap()
+            .replace("= 1000", "= 5"),
+    )
+    .unwrap();
+    crate::cluster::give_to_postgres(&failing);
+    let mut c = std::process::Command::new("setpriv");
+    if crate::cluster::is_root() {
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]);
+    }
+    let out = c
+        .arg(crate::helpers::bin())
+        .arg("-c")
+        .arg(&failing)
+        .args(["verify", "prod", "--restore-test"])
+        .envs(crate::wal::moto_env())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("assertion returned false"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(leftovers(&scratch).is_empty(), "{:?}", leftovers(&scratch));
+    let running = std::process::Command::new("pgrep")
+        .args(["-f", &scratch.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        running.stdout.is_empty(),
+        "a restore test's server still runs"
+    );
+
+    // The daemon runs it on its schedule and reports the measured RTO.
+    let d = Watching::start_as_server_user(&a).await;
+    let h = d
+        .until("a scheduled restore test", |_, j| {
+            j["restore_test"]["ok"] == true
+        })
+        .await;
+    let seconds = h["jobs"]["prod"]["restore_test"]["seconds"]
+        .as_f64()
+        .unwrap();
+    assert!(seconds > 0.0, "{h}");
+    let rto = d
+        .metric("strata_restore_test_duration_seconds{job=\"prod\"}")
+        .await
+        .unwrap_or_default();
+    assert!(rto > 0.0, "{rto}");
+}

@@ -39,16 +39,18 @@ fn job_yaml(port: u16, extra: &str) -> String {
 impl Archiving {
     /// The server's `archive_command` runs `strata wal-push`.
     pub(crate) async fn start() -> Self {
-        Self::start_with(false).await
+        Self::start_with(false, "").await
     }
 
     /// No `archive_command`: the daemon streams the WAL (`wal: { source:
     /// stream }`, the live segment uploaded every 200 ms).
     pub(crate) async fn streaming() -> Self {
-        Self::start_with(true).await
+        Self::start_with(true, "").await
     }
 
-    async fn start_with(stream: bool) -> Self {
+    /// `extra` goes into the job's YAML (after a comma); `{dir}` in it is the
+    /// test's own directory.
+    pub(crate) async fn start_with(stream: bool, extra: &str) -> Self {
         let setup = Setup::new();
         let bucket = Bucket::create(S3Kind::Moto).await;
         let config = setup.path().join("config.yaml");
@@ -75,14 +77,13 @@ impl Archiving {
             env: moto_env(),
             ..Options::default()
         });
-        let extra = if stream {
-            format!(
+        let mut extra = extra.replace("{dir}", &setup.path().display().to_string());
+        if stream {
+            extra.push_str(&format!(
                 ", wal: {{ source: stream, directory: {}, upload_interval: 200ms }}",
                 setup.path().join("stream").display()
-            )
-        } else {
-            String::new()
-        };
+            ));
+        }
         setup.write_config(
             &targets_yaml(&bucket, None),
             &job_yaml(cluster.port, &extra),
@@ -810,6 +811,16 @@ impl Drop for Watching {
 
 impl Watching {
     pub(crate) async fn start(a: &Archiving) -> Self {
+        Self::start_as(a, false).await
+    }
+
+    /// As the server's user, as a production daemon runs (PostgreSQL refuses
+    /// to run as root, and restore tests start servers).
+    pub(crate) async fn start_as_server_user(a: &Archiving) -> Self {
+        Self::start_as(a, true).await
+    }
+
+    async fn start_as(a: &Archiving, server_user: bool) -> Self {
         let port = crate::helpers::free_port();
         let config = a.setup.path().join("daemon.yaml");
         let base = std::fs::read_to_string(&a.config).unwrap();
@@ -821,7 +832,20 @@ impl Watching {
         )
         .unwrap();
         let log = a.setup.path().join("daemon.log");
-        let child = Command::new(bin())
+        // setpriv execs strata itself (no parent left to forward signals).
+        let mut command = if server_user && crate::cluster::is_root() {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                bin(),
+            ]);
+            c
+        } else {
+            Command::new(bin())
+        };
+        let child = command
             .arg("-c")
             .arg(&config)
             .arg("run")

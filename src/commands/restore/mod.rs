@@ -43,6 +43,7 @@ pub mod database;
 pub mod datadir;
 mod feed;
 pub mod load;
+pub mod recovery_test;
 pub mod rewrite;
 pub mod script;
 pub mod start;

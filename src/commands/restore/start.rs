@@ -65,27 +65,7 @@ pub async fn start(
 ) -> Result<Recovered, RestoreError> {
     let began = Instant::now();
     let failed = |m: String| RestoreError::Physical(m);
-    let version = std::fs::read_to_string(dir.join("PG_VERSION"))
-        .map_err(|e| failed(format!("{}/PG_VERSION: {e}", dir.display())))?;
-    let major: u32 = version
-        .trim()
-        .parse()
-        .map_err(|_| failed(format!("{}/PG_VERSION is not a version", dir.display())))?;
-    let info = DatabaseInfo {
-        name: "postgres".into(),
-        server_version: version.trim().to_owned(),
-        server_version_num: major * 10_000,
-    };
-    let pg_ctl = pg::find_tool("pg_ctl", &info)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    if pg_ctl.major != major {
-        return Err(failed(format!(
-            "--start needs pg_ctl of PostgreSQL {major}; found {} ({})",
-            pg_ctl.version,
-            pg_ctl.path.display()
-        )));
-    }
+    let pg_ctl = pg_ctl_for(dir).await?;
     port_free(port)?;
     let log = dir.join("strata-recovery.log");
     // The port, the loopback address and no Unix socket (the source's socket
@@ -137,6 +117,58 @@ pub async fn start(
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `pg_ctl` of the major version the data directory `dir` was made with.
+async fn pg_ctl_for(dir: &Path) -> Result<pg::Tool, RestoreError> {
+    let failed = |m: String| RestoreError::Physical(m);
+    let version = std::fs::read_to_string(dir.join("PG_VERSION"))
+        .map_err(|e| failed(format!("{}/PG_VERSION: {e}", dir.display())))?;
+    let major: u32 = version
+        .trim()
+        .parse()
+        .map_err(|_| failed(format!("{}/PG_VERSION is not a version", dir.display())))?;
+    let info = DatabaseInfo {
+        name: "postgres".into(),
+        server_version: version.trim().to_owned(),
+        server_version_num: major * 10_000,
+    };
+    let pg_ctl = pg::find_tool("pg_ctl", &info)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if pg_ctl.major != major {
+        return Err(failed(format!(
+            "the data directory needs pg_ctl of PostgreSQL {major}; found {} ({})",
+            pg_ctl.version,
+            pg_ctl.path.display()
+        )));
+    }
+    Ok(pg_ctl)
+}
+
+/// Stops the server running in `dir` at once (`-m immediate`): for copies
+/// that are thrown away.
+///
+/// # Errors
+/// `pg_ctl` is missing or fails.
+pub async fn stop(dir: &Path) -> Result<(), RestoreError> {
+    let pg_ctl = pg_ctl_for(dir).await?;
+    let out = Command::new(&pg_ctl.path)
+        .arg("stop")
+        .arg("--pgdata")
+        .arg(dir)
+        .args(["--mode", "immediate", "--wait", "--timeout", "60"])
+        .output()
+        .await
+        .map_err(|e| RestoreError::Physical(format!("running {}: {e}", pg_ctl.path.display())))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(RestoreError::Physical(format!(
+            "pg_ctl stop failed: {}",
+            pg::one_line(&String::from_utf8_lossy(&out.stderr))
+        )))
     }
 }
 

@@ -496,7 +496,7 @@ async fn clean_up(server: &DbUrl, scratch: &str, report: &super::RestoreReport) 
     }
 }
 
-async fn run_assertions(dest: &DbUrl, sql: &[String]) -> Result<(), RestoreError> {
+pub(super) async fn run_assertions(dest: &DbUrl, sql: &[String]) -> Result<(), RestoreError> {
     if sql.is_empty() {
         return Ok(());
     }
