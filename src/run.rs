@@ -250,9 +250,10 @@ pub async fn restore_test(
     // A logical job restores into a server, a physical one recovers into a
     // scratch data directory.
     let into = match (&cfg.verify.restore_into, &cfg.verify.scratch_dir) {
-        (Some(server), _) if !cfg.kind.is_physical() => {
-            Scratch::Database(server.clone(), crate::commands::restore::scratch_name())
-        }
+        (Some(server), _) if !cfg.kind.is_physical() => Scratch::Database(
+            Box::new(server.clone()),
+            crate::commands::restore::scratch_name(),
+        ),
         (_, Some(dir)) if cfg.kind.is_physical() => {
             Scratch::Directory(dir.join(crate::commands::restore::scratch_name()))
         }
@@ -327,7 +328,7 @@ pub async fn restore_test(
 #[derive(Debug, Clone)]
 enum Scratch {
     /// A database of this name on this server (logical jobs).
-    Database(crate::pg::DbUrl, String),
+    Database(Box<crate::pg::DbUrl>, String),
     /// This new data directory (physical jobs).
     Directory(std::path::PathBuf),
 }
