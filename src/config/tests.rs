@@ -309,3 +309,71 @@ fn passwords_do_not_appear_in_problems() {
     );
     assert!(!p.join("\n").contains("hunter2"), "{p:?}");
 }
+
+#[test]
+fn a_physical_job_reads_its_window_and_wal_source() {
+    let text = "targets:\n  local: { kind: local, path: /tmp/x }\njobs:\n  cluster: { kind: physical, database_url: postgres://localhost/postgres, targets: [local], schedule: \"0 3 * * 0\", retention: { recovery_window: 14d, weekly: 8 }, wal: { source: stream, directory: /var/lib/strata/wal }, verify: { restore_test: \"0 5 1 * *\", scratch_dir: /var/lib/strata/rt } }\n";
+    let c = parse(text).unwrap();
+    let job = c.job("cluster").unwrap();
+    let p = job.kind.physical().unwrap();
+    assert_eq!(p.recovery_window, Duration::from_secs(14 * 86_400));
+    assert_eq!(
+        p.wal,
+        WalSource::Stream {
+            slot: "strata_cluster".into(),
+            directory: "/var/lib/strata/wal".into(),
+            upload_interval: Duration::from_secs(1),
+        }
+    );
+    // The window keeps the recent days: no daily tier unless asked.
+    assert_eq!(job.retention.daily, 0);
+    assert_eq!(job.format, DumpFormat::Base);
+    // Stream without a directory, a restore test without a scratch directory.
+    let p = problems(
+        "targets:\n  local: { kind: local, path: /tmp/x }\njobs:\n  c: { kind: physical, database_url: postgres://l/p, targets: [local], wal: { source: stream, upload_interval: 0s }, verify: { restore_test: \"0 5 1 * *\", restore_into: postgres://l/p } }\n  d: { kind: physical, database_url: postgres://l/p, targets: [local], wal: { source: ftp, slot: x } }\n",
+    )
+    .join("\n");
+    for expected in [
+        "jobs.c.wal.directory: required with source: stream",
+        "jobs.c.wal.upload_interval: must be between 100ms and 1h",
+        "jobs.c.verify.scratch_dir: required when verify.restore_test is set",
+        "jobs.c.verify.restore_into: a physical job's restore test recovers into verify.scratch_dir",
+        "jobs.d.wal.source: 'ftp' is not archive_command or stream",
+    ] {
+        assert!(p.contains(expected), "missing {expected:?} in\n{p}");
+    }
+}
+
+#[test]
+fn lifecycle_rules_cannot_archive_or_expire_what_a_recovery_window_needs() {
+    let bucket = |rules: &str| {
+        format!(
+            "{{ kind: s3, bucket: backups, region: us-east-1, endpoint: \"http://127.0.0.1:9\", lifecycle: [ {rules} ] }}"
+        )
+    };
+    let physical = "jobs:\n  cluster: { kind: physical, database_url: postgres://l/p, targets: [s3], schedule: \"0 3 * * 0\", retention: { recovery_window: 14d } }\n";
+    let tiers = bucket(
+        "{ after_days: 14, storage_class: STANDARD_IA }, { after_days: 20, storage_class: GLACIER }",
+    );
+    let p = problems(&format!("targets:\n  s3: {tiers}\n{physical}")).join("\n");
+    // 14 days of window + 7 between weekly base backups = 21.
+    assert!(
+        p.contains("targets.s3.lifecycle[1]: moves base backups to GLACIER after 20 days, but job 'cluster' needs them readable for 21 days"),
+        "{p}"
+    );
+    // STANDARD_IA stays readable: not a problem.
+    assert!(!p.contains("lifecycle[0]"), "{p}");
+    let expiry = bucket("{ after_days: 15, expire: true }");
+    let p = problems(&format!("targets:\n  s3: {expiry}\n{physical}")).join("\n");
+    assert!(
+        p.contains("targets.s3.lifecycle[0]: expires objects after 15 days, but job 'cluster' needs its base backups and WAL for 21 days"),
+        "{p}"
+    );
+    // Long enough, or a bucket only logical jobs use: fine.
+    let enough = bucket(
+        "{ after_days: 30, storage_class: STANDARD_IA }, { after_days: 90, storage_class: GLACIER }, { after_days: 2555, expire: true }",
+    );
+    assert!(parse(&format!("targets:\n  s3: {enough}\n{physical}")).is_ok());
+    let logical = "jobs:\n  app: { database_url: postgres://l/p, targets: [s3] }\n";
+    assert!(parse(&format!("targets:\n  s3: {tiers}\n{logical}")).is_ok());
+}

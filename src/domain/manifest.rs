@@ -26,10 +26,11 @@ pub const MANIFEST_SUFFIX: &str = ".manifest.json";
 pub const GLOBALS_MARK: &str = ".globals.sql";
 
 /// Whether a key holds backup data that may move to archive storage classes;
-/// manifests and globals stay readable in STANDARD (small, and read first).
+/// manifests and globals stay readable in STANDARD (small, and read first),
+/// and so does a WAL archive (recovery reads it at once).
 pub fn is_archivable(key: &str) -> bool {
     let name = key.rsplit('/').next().unwrap_or(key);
-    !name.ends_with(MANIFEST_SUFFIX) && !name.contains(GLOBALS_MARK)
+    !name.ends_with(MANIFEST_SUFFIX) && !name.contains(GLOBALS_MARK) && !super::wal::is_wal_key(key)
 }
 
 /// Encryption parameters of a backup.

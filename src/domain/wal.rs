@@ -329,6 +329,29 @@ impl StoredWal {
     }
 }
 
+/// Whether `key` is part of a WAL archive (a WAL file under
+/// `…/wal/{timeline}/`, or `…/wal/archive.json`): such objects stay in
+/// STANDARD (a restore reads them at once; retention deletes them).
+pub fn is_wal_key(key: &str) -> bool {
+    let mut parts = key.rsplit('/');
+    let (Some(name), Some(parent)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    if parent == WAL_DIR {
+        return name == "archive.json";
+    }
+    let timeline_dir = parent.len() == 8 && parent.bytes().all(|b| b.is_ascii_hexdigit());
+    if !timeline_dir || parts.next() != Some(WAL_DIR) {
+        return false;
+    }
+    let base = name.strip_suffix(".enc").unwrap_or(name);
+    let base = base
+        .strip_suffix(".zst")
+        .or_else(|| base.strip_suffix(".gz"))
+        .unwrap_or(base);
+    WalFile::parse(base).is_ok()
+}
+
 /// The extensions of a file stored with `compression`, encrypted or not.
 pub fn extension(compression: Compression, encrypted: bool) -> String {
     let mut ext = String::new();
@@ -459,6 +482,25 @@ mod tests {
         ));
         // A partial segment may be short.
         assert!(SegmentHeader::check(&name, &ok[..4096], true).is_ok());
+    }
+
+    #[test]
+    fn wal_keys_are_told_from_backups() {
+        for key in [
+            "p/prod/wal/archive.json",
+            "p/prod/wal/00000001/000000010000000000000003.zst.enc",
+            "prod/wal/00000002/00000002.history",
+        ] {
+            assert!(is_wal_key(key), "{key}");
+        }
+        for key in [
+            "p/wal/2025/01/01/wal_backup_20250101_030000.sql.gz.enc",
+            "p/prod/base/2025/01/01/prod_base_20250101_030000.tar.zst.enc",
+            "p/prod/wal/00000001/notes.txt",
+            "archive.json",
+        ] {
+            assert!(!is_wal_key(key), "{key}");
+        }
     }
 
     #[test]
