@@ -172,6 +172,7 @@ pub async fn report(
     let mut rpo = Vec::new();
     let mut restore_tests = Vec::new();
     let mut slots = Vec::new();
+    let mut windows = Vec::new();
     for (name, job) in &config.jobs {
         let backups = match jobs.get(name) {
             Some(Ok(b)) => b,
@@ -205,25 +206,34 @@ pub async fn report(
                         ),
                     },
                 ));
-                let age = now - b.manifest.started_at;
-                let limit = Duration::from_std(job.rpo).unwrap_or(Duration::MAX);
-                rpo.push((
-                    age <= limit,
-                    format!(
-                        "job {name}: newest good backup {} is {} old (RPO {})",
-                        b.manifest.backup_id,
-                        crate::policy::schedule::format_age(age),
-                        humantime::format_duration(job.rpo)
-                    ),
-                ));
+                if !job.kind.is_physical() {
+                    let age = now - b.manifest.started_at;
+                    let limit = Duration::from_std(job.rpo).unwrap_or(Duration::MAX);
+                    rpo.push((
+                        age <= limit,
+                        format!(
+                            "job {name}: newest good backup {} is {} old (RPO {})",
+                            b.manifest.backup_id,
+                            crate::policy::schedule::format_age(age),
+                            humantime::format_duration(job.rpo)
+                        ),
+                    ));
+                }
             }
             None => {
                 client_side.push((
                     config.encryption.is_some(),
                     format!("job {name}: no backup yet"),
                 ));
-                rpo.push((false, format!("job {name}: no good backup")));
+                if !job.kind.is_physical() {
+                    rpo.push((false, format!("job {name}: no good backup")));
+                }
             }
+        }
+        if let Some(p) = job.kind.physical() {
+            let (achieved, window) = physical(strata, name, job, p.recovery_window, now).await;
+            rpo.extend(achieved);
+            windows.extend(window);
         }
         let last_test = backups
             .values()
@@ -349,10 +359,82 @@ pub async fn report(
     checks.push(check("lifecycle", lifecycles));
     checks.push(check("object_lock", locks));
     checks.push(check("rpo", rpo));
+    if !windows.is_empty() {
+        checks.push(check("recovery_window", windows));
+    }
     checks.push(check("restore_test", restore_tests));
     checks.push(check("retention", slots));
     Report {
         pass: checks.iter().all(|c| c.pass),
         checks,
     }
+}
+
+/// A physical job's achieved RPO (how old the newest WAL file is that every
+/// target holds) and its recovery window on each target (how far back a
+/// restore reaches without a gap; a window still filling up since the first
+/// base backup passes, and says so).
+async fn physical(
+    strata: &Strata,
+    name: &str,
+    job: &crate::config::JobConfig,
+    window: std::time::Duration,
+    now: DateTime<Utc>,
+) -> (Vec<(bool, String)>, Vec<(bool, String)>) {
+    use crate::commands::restore::datadir::recoverable;
+    let wanted = Duration::from_std(window).unwrap_or(Duration::MAX);
+    let limit = Duration::from_std(job.rpo).unwrap_or(Duration::MAX);
+    let mut rpo = Vec::new();
+    let mut windows = Vec::new();
+    for t in &job.targets {
+        let target = strata.target(t);
+        let newest = match crate::commands::wal::Listing::read(strata, name, target.as_ref()).await {
+            Ok(l) => l
+                .files()
+                .filter_map(|(f, o)| Some((o.modified?, f.to_string())))
+                .max(),
+            Err(e) => {
+                rpo.push((false, format!("job {name} on {t}: cannot list the WAL archive: {e}")));
+                None
+            }
+        };
+        if let Some((at, file)) = newest {
+            let age = now - at;
+            rpo.push((
+                age <= limit,
+                format!(
+                    "job {name} on {t}: newest archived WAL {file} is {} old (achieved RPO; allowed {})",
+                    crate::policy::schedule::format_age(age),
+                    humantime::format_duration(job.rpo)
+                ),
+            ));
+        } else if rpo.len() < job.targets.len() {
+            rpo.push((false, format!("job {name} on {t}: no WAL archived")));
+        }
+        windows.push(match recoverable(strata, name, t, now).await {
+            Err(e) => (false, format!("job {name} on {t}: {e}")),
+            Ok(r) => match (r.from, &r.missing) {
+                (_, Some(m)) => (
+                    false,
+                    format!("job {name} on {t}: a gap ({m}): nothing after it is recoverable"),
+                ),
+                (None, None) => (false, format!("job {name} on {t}: no base backup")),
+                (Some(from), None) => {
+                    let reach = now - from;
+                    let filling = r.older.is_empty() && reach < wanted;
+                    (
+                        reach >= wanted || filling,
+                        format!(
+                            "job {name} on {t}: any moment since {} is restorable ({} of {}{})",
+                            from.to_rfc3339(),
+                            crate::policy::schedule::format_age(reach),
+                            humantime::format_duration(window),
+                            if filling { ", filling up since the first base backup" } else { "" }
+                        ),
+                    )
+                }
+            },
+        });
+    }
+    (rpo, windows)
 }

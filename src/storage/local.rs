@@ -282,7 +282,15 @@ impl Target for LocalTarget {
                 key: String::new(),
                 source,
             })
-            .map(|entries| entries.into_iter().map(|(meta, _)| meta).collect())
+            .map(|entries| {
+                entries
+                    .into_iter()
+                    .map(|(meta, modified)| ObjectMeta {
+                        modified: Some(modified.into()),
+                        ..meta
+                    })
+                    .collect()
+            })
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {

@@ -86,6 +86,8 @@ pub struct ObjectMeta {
     pub retain_until: Option<chrono::DateTime<chrono::Utc>>,
     /// Thaw state of an archived object (`head` on S3 only).
     pub thaw: Thaw,
+    /// When it was written (listings).
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Whether an object in an archive storage class can be read.

@@ -507,6 +507,9 @@ impl Target for S3Target {
             retain_until: out
                 .object_lock_retain_until_date
                 .and_then(|d| chrono::DateTime::from_timestamp(d.secs(), d.subsec_nanos())),
+            modified: out
+                .last_modified
+                .and_then(|d| chrono::DateTime::from_timestamp(d.secs(), d.subsec_nanos())),
         })
     }
 
@@ -528,6 +531,9 @@ impl Target for S3Target {
                     storage_class: obj
                         .storage_class
                         .map(|c| StorageClass::reported(c.as_str())),
+                    modified: obj
+                        .last_modified
+                        .and_then(|d| chrono::DateTime::from_timestamp(d.secs(), d.subsec_nanos())),
                     ..ObjectMeta::default()
                 });
             }

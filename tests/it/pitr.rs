@@ -220,6 +220,29 @@ async fn a_physical_restore_test_recovers_into_a_scratch_directory_checks_it_and
     assert!(shown.contains("restored and checked"), "{shown}");
     assert!(leftovers(&scratch).is_empty(), "{:?}", leftovers(&scratch));
 
+    // The compliance report: the achieved RPO from the newest archived WAL,
+    // the recovery window (filling up since the first base backup), the test.
+    let out = a.strata(&["compliance", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check = |name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} check: {report}"))
+    };
+    for (name, says) in [
+        ("rpo", "achieved RPO"),
+        ("recovery_window", "filling up since the first base backup"),
+        ("restore_test", "last successful restore test"),
+    ] {
+        let c = check(name);
+        assert_eq!(c["pass"], true, "{c}");
+        assert!(c["evidence"].to_string().contains(says), "{c}");
+    }
+
     // An assertion that does not hold fails the test, and still leaves nothing.
     let failing = a.setup.path().join("failing.yaml");
     std::fs::write(

@@ -48,6 +48,7 @@ pub async fn recovery_test(
     remove_scratch(scratch).await;
     test.ok = result.is_ok();
     test.error = result.err().map(|e| e.to_string());
+    super::verify::record_restore(strata, &test).await;
     test
 }
 

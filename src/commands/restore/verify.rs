@@ -443,6 +443,24 @@ pub async fn restore_test(
     test
 }
 
+/// Records a restore test's verdict in the manifests of the backup it
+/// restored (the compliance report reads restore tests from there).
+pub(super) async fn record_restore(strata: &Strata, test: &RestoreTest) {
+    let Some(id) = &test.backup_id else { return };
+    let Ok((_, entry, _)) = find(strata, &test.job, id, None).await else {
+        return;
+    };
+    let report = VerifyReport {
+        backup_id: id.clone(),
+        targets: Vec::new(),
+        thawing: Vec::new(),
+        restore: Some(test.error.clone().map_or(Outcome::Ok, Outcome::Failed)),
+        restore_test: None,
+        wal: Vec::new(),
+    };
+    record_verification(strata, &entry, &report, test.finished_at()).await;
+}
+
 /// A fresh, unique name for a restore test's database.
 pub fn scratch_name() -> String {
     format!(
