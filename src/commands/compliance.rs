@@ -388,13 +388,17 @@ async fn physical(
     let mut windows = Vec::new();
     for t in &job.targets {
         let target = strata.target(t);
-        let newest = match crate::commands::wal::Listing::read(strata, name, target.as_ref()).await {
+        let newest = match crate::commands::wal::Listing::read(strata, name, target.as_ref()).await
+        {
             Ok(l) => l
                 .files()
                 .filter_map(|(f, o)| Some((o.modified?, f.to_string())))
                 .max(),
             Err(e) => {
-                rpo.push((false, format!("job {name} on {t}: cannot list the WAL archive: {e}")));
+                rpo.push((
+                    false,
+                    format!("job {name} on {t}: cannot list the WAL archive: {e}"),
+                ));
                 None
             }
         };
@@ -429,7 +433,11 @@ async fn physical(
                             from.to_rfc3339(),
                             crate::policy::schedule::format_age(reach),
                             humantime::format_duration(window),
-                            if filling { ", filling up since the first base backup" } else { "" }
+                            if filling {
+                                ", filling up since the first base backup"
+                            } else {
+                                ""
+                            }
                         ),
                     )
                 }

@@ -349,13 +349,22 @@ pub fn files(dir: &Path) -> Vec<String> {
     out
 }
 
-/// A loopback port nobody listens on at the moment.
+/// A loopback port nobody listens on at the moment, for a server a test starts. Chosen below the kernel's ephemeral
+/// range (32768-60999 here): a port the kernel hands out for port 0 can be
+/// taken by any outgoing connection before the server binds it (a daemon then
+/// "never answered"); these are only ever taken by another test's choice.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Each test process starts at its own place in 15000-31999.
+    let seed = std::process::id() % 1700 * 10;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = u16::try_from(15_000 + (seed + n) % 17_000).expect("below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Path of the built strata binary.

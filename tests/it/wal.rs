@@ -945,6 +945,22 @@ async fn the_daemon_reports_archiving_its_failures_and_the_recovery_window() {
         .await
         .unwrap();
     assert!(window > 0.0 && window < 3600.0, "{window}");
+    // The dashboard's physical-job panels use only what this daemon exports.
+    let exported = reqwest::get(format!("{}/metrics", d.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (name, _) in crate::daemon::dashboard_metrics()
+        .into_iter()
+        .filter(|(_, physical)| *physical)
+    {
+        assert!(
+            crate::daemon::exports(&exported, &name),
+            "the dashboard uses {name}, which a physical job's daemon does not export:\n{exported}"
+        );
+    }
 
     // archive_command starts failing: /health says so and turns 503, the counter moves.
     let sql = |s: &str| a.cluster.psql("postgres", s);
