@@ -265,6 +265,7 @@ fn shipped_configurations_pass_check() {
         if with_urls {
             for var in [
                 "PROD_DATABASE_URL",
+                "PROD_CLUSTER_DATABASE_URL",
                 "DEV_DATABASE_URL",
                 "STAGING_DATABASE_URL",
                 "STRATA_STATE_DATABASE_URL",
@@ -284,12 +285,13 @@ fn shipped_configurations_pass_check() {
         stderr(&out)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("2 job(s), 3 target(s)"), "{text}");
+    assert!(text.contains("3 job(s), 3 target(s)"), "{text}");
     // Without the environment, every missing variable is named at once.
     let out = run(false);
     assert_eq!(out.status.code(), Some(2));
     for var in [
         "PROD_DATABASE_URL",
+        "PROD_CLUSTER_DATABASE_URL",
         "DEV_DATABASE_URL",
         "STAGING_DATABASE_URL",
         "STRATA_STATE_DATABASE_URL",

@@ -43,6 +43,7 @@ strata_secret_files: { api-token: $files/api-token, admin-token: $files/admin-to
 strata_env:
   STRATA_STATE_DATABASE_URL: postgres://strata@state.example.com/strata_state
   PROD_DATABASE_URL: postgres://strata@prod.example.com/app
+  PROD_CLUSTER_DATABASE_URL: postgres://strata_repl@prod.example.com/postgres
   STAGING_DATABASE_URL: postgres://strata@staging.example.com/postgres
   DEV_DATABASE_URL: postgres://strata@dev.example.com/app
 strata_manage_service: false
