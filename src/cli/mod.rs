@@ -205,8 +205,9 @@ pub struct PitrArgs {
     /// Recover up to this WAL position (as PostgreSQL prints it: 0/3000060).
     #[arg(long, requires = "into_datadir", conflicts_with = "to")]
     to_lsn: Option<String>,
-    /// `latest`: replay everything the archive holds.
-    #[arg(long, requires = "into_datadir", value_parser = ["latest"])]
+    /// `latest`: replay everything the archive holds; `immediate`: only until
+    /// the base backup is consistent (the moment it ended).
+    #[arg(long, requires = "into_datadir", value_parser = ["latest", "immediate"])]
     to: Option<String>,
     /// Start the restored server, wait until recovery reached the target and
     /// promoted, and report the recovered position (run as the server's user).

@@ -427,11 +427,13 @@ async fn restore_datadir(
                 )
             })?)
         }
+        (None, None, Some(t)) if t == "immediate" => RecoveryTarget::Immediate,
         (None, None, Some(_)) => RecoveryTarget::Latest,
         _ => {
             return Err(Failure(
                 exit::USAGE,
-                "--into-datadir needs one of --to-time, --to-lsn or --to latest".into(),
+                "--into-datadir needs one of --to-time, --to-lsn, --to latest or --to immediate"
+                    .into(),
             ));
         }
     };

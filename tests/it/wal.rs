@@ -582,6 +582,10 @@ async fn a_base_backup_and_the_archive_restore_any_moment_after_it() {
     let restored = recover(&a, &["--to-time", &between]);
     assert_eq!(restored.psql("postgres", counts), "1:1000,2:1000");
     drop(restored);
+    // Only to the base backup's end: what it held.
+    let restored = recover(&a, &["--to", "immediate"]);
+    assert_eq!(restored.psql("postgres", counts), "1:1000");
+    drop(restored);
     // Everything archived.
     let restored = recover(&a, &["--to", "latest"]);
     assert_eq!(restored.psql("postgres", counts), "1:1000,2:1000,3:1000");

@@ -29,6 +29,9 @@ pub enum RecoveryTarget {
     Lsn(u64),
     /// Everything the archive holds.
     Latest,
+    /// Only as far as the base backup needs to be consistent (the moment it
+    /// ended; PostgreSQL's `recovery_target = 'immediate'`).
+    Immediate,
 }
 
 impl std::fmt::Display for RecoveryTarget {
@@ -37,6 +40,7 @@ impl std::fmt::Display for RecoveryTarget {
             Self::Time(t) => write!(f, "time {}", t.to_rfc3339()),
             Self::Lsn(l) => write!(f, "LSN {}", format_lsn(*l)),
             Self::Latest => f.write_str("the end of the archive"),
+            Self::Immediate => f.write_str("the end of the base backup (consistency)"),
         }
     }
 }
@@ -128,6 +132,7 @@ async fn choose(
     };
     let end = match to {
         RecoveryTarget::Lsn(l) => End::Lsn(l),
+        RecoveryTarget::Immediate => End::Consistent,
         RecoveryTarget::Time(_) | RecoveryTarget::Latest => End::Latest,
     };
     let mut oldest: Option<DateTime<Utc>> = None;
@@ -178,7 +183,7 @@ async fn choose(
             let usable = match to {
                 RecoveryTarget::Time(t) => entry.manifest.finished_at <= t,
                 RecoveryTarget::Lsn(l) => base.stop <= l,
-                RecoveryTarget::Latest => true,
+                RecoveryTarget::Latest | RecoveryTarget::Immediate => true,
             };
             if !usable
                 || best
@@ -299,6 +304,7 @@ fn recovery_settings(
             "recovery_target_lsn = {}\n",
             conf_string(&format_lsn(l))
         )),
+        RecoveryTarget::Immediate => out.push_str("recovery_target = 'immediate'\n"),
         RecoveryTarget::Latest => {}
     }
     out.push_str("recovery_target_timeline = 'latest'\n");
