@@ -16,12 +16,16 @@ pub(super) async fn status(config: &std::path::Path, json: bool) -> Result<(), F
         }
         listings.insert(name.clone(), per);
     }
-    let mut facts = std::collections::BTreeMap::new();
+    let mut facts: std::collections::BTreeMap<String, JobFacts> = std::collections::BTreeMap::new();
+    for (name, job) in config.jobs.iter().filter(|(_, j)| j.kind.is_physical()) {
+        facts.entry(name.clone()).or_default().newest_wal =
+            Some(newest_wal(&strata, name, &job.targets).await);
+    }
     if let Some(url) = &config.state_url {
         let state = crate::state::StateDb::open(url.clone());
         let wait = std::time::Duration::from_secs(5);
         for name in config.jobs.keys() {
-            let mut f = JobFacts::default();
+            let f = facts.entry(name.clone()).or_default();
             if let Ok(Ok(Some((at, ok, seconds, error)))) =
                 tokio::time::timeout(wait, state.last_restore_test(name)).await
             {
@@ -40,7 +44,6 @@ pub(super) async fn status(config: &std::path::Path, json: bool) -> Result<(), F
                     status: status.as_str().to_owned(),
                 });
             }
-            facts.insert(name.clone(), f);
         }
     }
     let inventory = crate::commands::inventory::take(&strata).await;
@@ -363,4 +366,32 @@ pub(super) fn next(
         println!("{}  {}", t.to_rfc3339(), t.with_timezone(&Utc).to_rfc3339());
     }
     Ok(())
+}
+
+/// The newest WAL file every target of a physical job holds (the oldest of
+/// each target's newest): the point a restore from any of them reaches.
+async fn newest_wal(
+    strata: &Strata,
+    job: &str,
+    targets: &[String],
+) -> Result<crate::commands::status::WalFact, String> {
+    let mut worst: Option<crate::commands::status::WalFact> = None;
+    for t in targets {
+        let target = strata.target(t);
+        let listing = crate::commands::wal::Listing::read(strata, job, target.as_ref())
+            .await
+            .map_err(|e| e.to_string())?;
+        let newest = listing
+            .files()
+            .filter_map(|(f, o)| Some((o.modified?, f.to_string())))
+            .max()
+            .ok_or_else(|| format!("no WAL archived on {t}"))?;
+        if worst.as_ref().is_none_or(|w| newest.0 < w.at) {
+            worst = Some(crate::commands::status::WalFact {
+                file: newest.1,
+                at: newest.0,
+            });
+        }
+    }
+    worst.ok_or_else(|| "no target".into())
 }

@@ -43,6 +43,16 @@ pub struct RunFact {
 pub struct JobFacts {
     pub restore_test: Option<RestoreTestFact>,
     pub last_run: Option<RunFact>,
+    /// Physical jobs: the newest WAL file every target holds (its recovery
+    /// point), or why it is not known.
+    pub newest_wal: Option<Result<WalFact, String>>,
+}
+
+/// The newest archived WAL file of a physical job.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WalFact {
+    pub file: String,
+    pub at: DateTime<Utc>,
 }
 
 /// One backup in the status.
@@ -75,7 +85,12 @@ pub struct JobStatus {
     /// the newest backup or cannot be read).
     pub status: String,
     pub rpo_seconds: u64,
+    /// The recovery point (newest good backup; a physical job's newest
+    /// archived WAL) is younger than the RPO.
     pub within_rpo: bool,
+    /// Physical jobs: the newest WAL file on every target and its age.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newest_wal: Option<Result<WalFact, String>>,
     pub last_good: Option<BackupLine>,
     pub newest: Option<BackupLine>,
     pub backups: usize,
@@ -150,9 +165,16 @@ pub fn report(
             .find(|e| crate::commands::prune::is_good(&e.manifest))
             .map(|e| line(e, now));
         let rpo = job.rpo.as_secs();
-        let within_rpo = last_good
-            .as_ref()
-            .is_some_and(|g| g.age_seconds >= 0 && g.age_seconds as u64 <= rpo);
+        let f = facts.get(name).cloned().unwrap_or_default();
+        // A physical job recovers to its newest archived WAL, not to its
+        // newest base backup.
+        let within_rpo = if job.kind.is_physical() {
+            matches!(&f.newest_wal, Some(Ok(w)) if (now - w.at).num_seconds() <= rpo as i64)
+        } else {
+            last_good
+                .as_ref()
+                .is_some_and(|g| g.age_seconds >= 0 && g.age_seconds as u64 <= rpo)
+        };
         let trend: Vec<u64> = backups
             .iter()
             .rev()
@@ -218,12 +240,12 @@ pub fn report(
         } else {
             "ok"
         };
-        let f = facts.get(name).cloned().unwrap_or_default();
         jobs.push(JobStatus {
             job: name.clone(),
             status: status.into(),
             rpo_seconds: rpo,
             within_rpo,
+            newest_wal: f.newest_wal.clone(),
             last_good,
             newest,
             backups: backups.len(),
@@ -280,6 +302,11 @@ impl Status {
         for j in &self.jobs {
             out.push_str(&format!("job {}: {}\n", j.job, j.status));
             match &j.last_good {
+                Some(g) if j.newest_wal.is_some() => out.push_str(&format!(
+                    "    last base backup  {} ({} ago)\n",
+                    g.backup_id,
+                    age(g.age_seconds)
+                )),
                 Some(g) => out.push_str(&format!(
                     "    last good backup  {} ({} ago, RPO {}{})\n",
                     g.backup_id,
@@ -288,6 +315,17 @@ impl Status {
                     if j.within_rpo { "" } else { ": EXCEEDED" }
                 )),
                 None => out.push_str("    last good backup  none\n"),
+            }
+            match &j.newest_wal {
+                Some(Ok(w)) => out.push_str(&format!(
+                    "    newest WAL        {} ({} ago, RPO {}{})\n",
+                    w.file,
+                    age((self.at - w.at).num_seconds().max(0)),
+                    age(j.rpo_seconds as i64),
+                    if j.within_rpo { "" } else { ": EXCEEDED" }
+                )),
+                Some(Err(e)) => out.push_str(&format!("    newest WAL        unknown: {e}\n")),
+                None => {}
             }
             if let Some(n) = j.newest.as_ref().filter(|n| !n.good) {
                 out.push_str(&format!(

@@ -140,6 +140,7 @@ fn the_screen_shows_every_part() {
                 run_id: "r1".into(),
                 status: "success".into(),
             }),
+            newest_wal: None,
         },
     )]);
     let cost = CostReport::new(Vec::new(), Vec::new());
@@ -156,4 +157,51 @@ fn the_screen_shows_every_part() {
     ] {
         assert!(text.contains(part), "missing {part:?} in\n{text}");
     }
+}
+
+#[test]
+fn a_physical_job_is_judged_by_its_newest_archived_wal() {
+    let config = Config::parse(
+        "timezone: UTC\ntargets:\n  local: { kind: local, path: /tmp/x }\n\
+jobs:\n  app: { kind: physical, database_url: postgres://h/postgres, targets: [local], schedule: \"0 3 * * 0\", rpo: 1h }\n",
+        std::path::Path::new("t.yaml"),
+        &|_| None,
+    )
+    .unwrap();
+    // A base backup three days old: a physical job's recovery point is its WAL.
+    let listings = BTreeMap::from([(
+        "app".to_owned(),
+        BTreeMap::from([(
+            "local".to_owned(),
+            ok(vec![entry("b1", at(1, 3), 1 << 30, None)]),
+        )]),
+    )]);
+    let cost = CostReport::new(Vec::new(), Vec::new());
+    let with_wal = |minutes: i64| {
+        let facts = BTreeMap::from([(
+            "app".to_owned(),
+            JobFacts {
+                newest_wal: Some(Ok(WalFact {
+                    file: "000000010000000000000042".into(),
+                    at: at(4, 3) - chrono::Duration::minutes(minutes),
+                })),
+                ..JobFacts::default()
+            },
+        )]);
+        report(&config, at(4, 3), &listings, &facts, &cost)
+    };
+    let fresh = with_wal(5);
+    assert_eq!(fresh.jobs[0].status, "ok");
+    let text = fresh.text(chrono_tz::UTC);
+    assert!(
+        text.contains("newest WAL        000000010000000000000042 (5m ago, RPO 1h)"),
+        "{text}"
+    );
+    assert!(text.contains("last base backup  b1 (3days ago)"), "{text}");
+    let stale = with_wal(90);
+    assert_eq!(stale.jobs[0].status, "stale");
+    assert!(stale.text(chrono_tz::UTC).contains("RPO 1h: EXCEEDED"));
+    // No WAL known: not within the RPO whatever the base backups say.
+    let none = report(&config, at(1, 4), &listings, &BTreeMap::new(), &cost);
+    assert_eq!(none.jobs[0].status, "stale");
 }
