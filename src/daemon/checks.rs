@@ -249,10 +249,27 @@ impl Daemon {
         let config = self.strata.config();
         for (name, job) in &config.jobs {
             let url = &job.database_url;
+            // What each kind of job runs: dumps; base backups, streaming and
+            // the recovery of restore tests.
+            let tools: &[&str] = match job.kind.physical() {
+                None => &["pg_dump"],
+                Some(p) => {
+                    let stream = matches!(p.wal, crate::config::WalSource::Stream { .. });
+                    match (stream, job.verify.scratch_dir.is_some()) {
+                        (true, true) => &["pg_basebackup", "pg_receivewal", "pg_ctl", "pg_verifybackup"],
+                        (true, false) => &["pg_basebackup", "pg_receivewal", "pg_verifybackup"],
+                        (false, true) => &["pg_basebackup", "pg_ctl", "pg_verifybackup"],
+                        (false, false) => &["pg_basebackup", "pg_verifybackup"],
+                    }
+                }
+            };
             let probe = async {
                 let client = url.connect().await?;
                 let info = crate::pg::database_info(url, &client).await?;
-                crate::pg::find_tool("pg_dump", &info).await.map(drop)
+                for tool in tools {
+                    crate::pg::find_tool(tool, &info).await?;
+                }
+                Ok::<(), crate::pg::SourceError>(())
             };
             let result = tokio::time::timeout(Duration::from_secs(15), probe).await;
             let Ok(Err(e)) = result else { continue };
