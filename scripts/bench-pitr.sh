@@ -27,13 +27,15 @@ port = $port
 unix_socket_directories = '$P'
 wal_level = replica
 archive_mode = on
-archive_command = '$P/archive.sh %p'
+archive_command = '$P/archive-pgbackrest-strata.sh %p'
 max_wal_size = 4GB
 shared_buffers = 256MB
 CONF
   printf 'local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n' >"$data/pg_hba.conf"
-  # What archive_command does is switched by rewriting $P/archive.mode.
-  cat >"$P/archive.sh" <<SH
+  # What archive_command does is switched by rewriting $P/archive.mode. (The
+  # script's name holds "pgbackrest": pgBackRest refuses to back up a server
+  # whose archive_command does not mention it.)
+  cat >"$P/archive-pgbackrest-strata.sh" <<SH
 #!/bin/sh
 case \$(cat $P/archive.mode) in
   discard) exit 0 ;;
@@ -43,7 +45,7 @@ case \$(cat $P/archive.mode) in
   strata_s3) exec $STRATA -c $P/strata.yaml wal-push pitr_s3 "\$1" ;;
 esac
 SH
-  chmod 755 "$P/archive.sh"
+  chmod 755 "$P/archive-pgbackrest-strata.sh"
   mkdir -p "$P/spool" "$P/pgbr" "$P/strata-repo"
   echo discard >"$P/archive.mode"
   "$STRATA" keygen --out "$P/k1.key" >/dev/null

@@ -26,8 +26,24 @@ pub struct Strata {
 impl Strata {
     /// Builds a client for every configured target (no network calls yet).
     pub async fn build(config: Config) -> Self {
+        let all: Vec<String> = config.targets.keys().cloned().collect();
+        Self::build_with(config, &all).await
+    }
+
+    /// Builds clients only for the targets of `job` (none when there is no
+    /// such job): `wal-push` and `wal-fetch` run once per WAL file, and an S3
+    /// client they do not use still reads the AWS configuration.
+    pub async fn build_for_job(config: Config, job: &str) -> Self {
+        let names = config
+            .job(job)
+            .map(|j| j.targets.clone())
+            .unwrap_or_default();
+        Self::build_with(config, &names).await
+    }
+
+    async fn build_with(config: Config, names: &[String]) -> Self {
         let mut targets: BTreeMap<String, Arc<dyn Target>> = BTreeMap::new();
-        for (name, t) in &config.targets {
+        for (name, t) in config.targets.iter().filter(|(n, _)| names.contains(n)) {
             let target: Arc<dyn Target> = match &t.kind {
                 TargetKind::Local { path } => {
                     Arc::new(LocalTarget::new(name.clone(), path.clone()))
@@ -49,7 +65,8 @@ impl Strata {
         &self.config
     }
 
-    /// A configured target; names were validated with the config.
+    /// A configured target (names were validated with the config; built by
+    /// [`Self::build_for_job`], only that job's).
     pub fn target(&self, name: &str) -> Arc<dyn Target> {
         self.targets[name].clone()
     }

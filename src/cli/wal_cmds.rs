@@ -5,7 +5,7 @@
 use super::*;
 
 pub(super) async fn push(config: &Path, job: &str, path: &Path) -> Result<(), Failure> {
-    let strata = Strata::build(load(config)?).await;
+    let strata = Strata::build_for_job(load(config)?, job).await;
     let pushed = crate::commands::wal::push(&strata, job, path).await?;
     for (target, p) in pushed {
         tracing::debug!(job, target_name = %target, file = %path.display(), outcome = ?p, "archived");
@@ -24,7 +24,7 @@ pub(super) async fn fetch(
     // recovery, never end it: a bad config included.
     let stop = |message: String| Failure(exit::STOP_RECOVERY, message);
     let config = load(config).map_err(|f| stop(f.1))?;
-    let strata = Strata::build(config).await;
+    let strata = Strata::build_for_job(config, job).await;
     match crate::commands::wal::fetch(&strata, job, name, dest, from).await {
         Ok(target) => {
             tracing::debug!(job, file = name, target_name = %target, "fetched");

@@ -40,6 +40,107 @@ pub use archive::{BaseRef, Continuity, End, Listing, backup_history, continuity,
 
 /// Largest file the archive takes (the largest segment size PostgreSQL allows).
 const MAX_FILE: u64 = 1 << 30;
+/// Bytes of a WAL file compressed as one frame (the pipeline's block).
+const BLOCK: usize = crate::pipeline::BLOCK;
+
+/// The job's compression and keys, to seal a file on a blocking thread.
+struct Sealer {
+    compression: Compression,
+    keys: Option<Arc<Keyring>>,
+    chunk_size: u32,
+}
+
+impl Sealer {
+    /// Reads the WAL file `file` at `path` block by block: hashes it, checks
+    /// that it is what its name says, compresses its blocks side by side on
+    /// every core (one zstd frame or gzip member each) and encrypts them. Only
+    /// a few blocks of the file are in memory at once.
+    fn seal_file(&self, path: &Path, file: &WalFile) -> Result<SealedFile, WalError> {
+        use std::io::Read;
+        let read = |source| WalError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let mut f = std::fs::File::open(path).map_err(read)?;
+        let len = f.metadata().map_err(read)?.len();
+        if len > MAX_FILE {
+            return Err(read(std::io::Error::other(format!(
+                "{len} bytes is larger than any WAL file"
+            ))));
+        }
+        let mut sha = ring::digest::Context::new(&SHA256);
+        let mut encryptor = self
+            .keys
+            .as_ref()
+            .map(|k| Encryptor::new(k.active(), self.chunk_size))
+            .transpose()
+            .map_err(PipelineError::from)?;
+        let mut out = Vec::with_capacity(usize::try_from(len / 2).unwrap_or(0) + 256);
+        let width = crate::pipeline::cpu::cores().max(1);
+        let mut identity = None;
+        let mut first = true;
+        loop {
+            let mut blocks = Vec::with_capacity(width);
+            for _ in 0..width {
+                let mut block = Vec::with_capacity(BLOCK);
+                (&mut f)
+                    .take(BLOCK as u64)
+                    .read_to_end(&mut block)
+                    .map_err(read)?;
+                if block.is_empty() {
+                    break;
+                }
+                blocks.push(block);
+            }
+            if first {
+                let start = blocks.first().map_or(&[][..], Vec::as_slice);
+                identity = check_start(file, start, usize::try_from(len).unwrap_or(usize::MAX))?;
+                first = false;
+            }
+            if blocks.is_empty() {
+                break;
+            }
+            for b in &blocks {
+                sha.update(b);
+            }
+            let compression = self.compression;
+            let packed: Vec<std::io::Result<Vec<u8>>> = {
+                use rayon::prelude::*;
+                blocks
+                    .par_iter()
+                    .map(|b| {
+                        let mut packed = Vec::with_capacity(b.len() / 2);
+                        compression.compress_block(b, &mut packed).map(|()| packed)
+                    })
+                    .collect()
+            };
+            for p in packed {
+                let p = p.map_err(PipelineError::Compress)?;
+                match &mut encryptor {
+                    Some(enc) => enc.update(&p, &mut out).map_err(PipelineError::from)?,
+                    None => out.extend_from_slice(&p),
+                }
+            }
+        }
+        if let Some(enc) = encryptor {
+            enc.finish(&mut out).map_err(PipelineError::from)?;
+        }
+        Ok(SealedFile {
+            bytes: Bytes::from(out),
+            sha: sha.finish().as_ref().try_into().expect("32 bytes"),
+            identity,
+        })
+    }
+}
+
+/// A WAL file ready for the archive.
+struct SealedFile {
+    bytes: Bytes,
+    /// SHA-256 of the plain content.
+    sha: [u8; 32],
+    /// Whose cluster a segment belongs to (none for other files).
+    identity: Option<Identity>,
+}
 
 /// Why a push or a fetch failed.
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +290,15 @@ impl<'a> Archive<'a> {
 
     pub(crate) fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, WalError> {
         self.seal_with(plain, self.compression)
+    }
+
+    /// What sealing needs, owned (for a blocking thread).
+    fn sealer(&self) -> Sealer {
+        Sealer {
+            compression: self.compression,
+            keys: self.keys.clone(),
+            chunk_size: self.chunk_size,
+        }
     }
 
     fn seal_with(&self, plain: &[u8], compression: Compression) -> Result<Vec<u8>, WalError> {
@@ -392,20 +502,6 @@ impl<'a> Archive<'a> {
     }
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, WalError> {
-    let read = |source| WalError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let len = std::fs::metadata(path).map_err(read)?.len();
-    if len > MAX_FILE {
-        return Err(read(std::io::Error::other(format!(
-            "{len} bytes is larger than any WAL file"
-        ))));
-    }
-    std::fs::read(path).map_err(read)
-}
-
 /// Checks that `plain` is what `file`'s name says: a segment's page header
 /// (its identity is returned), a history file that parses.
 ///
@@ -428,6 +524,28 @@ pub(crate) fn check_content(file: &WalFile, plain: &[u8]) -> Result<Option<Ident
     }
 }
 
+/// [`check_content`] from a file's first bytes and its length.
+fn check_start(file: &WalFile, start: &[u8], len: usize) -> Result<Option<Identity>, WalError> {
+    match file {
+        WalFile::Segment(s) | WalFile::Partial(s) => {
+            let h = SegmentHeader::read(s, start)?;
+            h.check_len(s, len, matches!(file, WalFile::Partial(_)))?;
+            Ok(Some(Identity {
+                system_identifier: h.system_identifier,
+                segment_size: h.segment_size,
+            }))
+        }
+        // History and backup label files are small: `start` is all of it.
+        WalFile::History(_) | WalFile::BackupLabel(..) if start.len() == len => {
+            check_content(file, start)
+        }
+        _ => Err(WalError::Read {
+            path: file.to_string().into(),
+            source: std::io::Error::other(format!("{len} bytes is too large for a {file}")),
+        }),
+    }
+}
+
 /// Archives the WAL file at `path` on every target of `job`. `Ok` only when
 /// every target holds it (stored now, or already with the same content).
 ///
@@ -444,28 +562,32 @@ pub async fn push(
         .and_then(|n| n.to_str())
         .ok_or_else(|| NotWalName(path.display().to_string()))?;
     let file = WalFile::parse(name)?;
-    let plain = read_file(path)?;
-    push_content(strata, job, &file, &plain).await
+    let archive = Archive::open(strata, job)?;
+    let sealer = archive.sealer();
+    let owned = path.to_owned();
+    let sealed = tokio::task::spawn_blocking(move || sealer.seal_file(&owned, &file))
+        .await
+        .map_err(|e| WalError::Targets(format!("sealing {name} stopped: {e}")))??;
+    store(strata, job, &archive, &file, sealed).await
 }
 
-/// [`push`] of content already read.
-///
-/// # Errors
-/// See [`push`].
-pub async fn push_content(
+/// Writes a sealed file to every target of `job`.
+async fn store(
     strata: &Strata,
     job: &str,
+    archive: &Archive<'_>,
     file: &WalFile,
-    plain: &[u8],
+    sealed: SealedFile,
 ) -> Result<Vec<(String, Pushed)>, WalError> {
-    let archive = Archive::open(strata, job)?;
-    let identity = check_content(file, plain)?;
-    let sha = digest(&SHA256, plain);
-    let sealed = Bytes::from(archive.seal(plain)?);
+    let SealedFile {
+        bytes: sealed,
+        sha,
+        identity,
+    } = sealed;
     let cfg = strata.job(job)?;
     let results = futures::future::join_all(cfg.targets.iter().map(|t| {
         let target = strata.target(t);
-        let (archive, sealed, sha) = (&archive, sealed.clone(), sha.as_ref());
+        let (sealed, sha) = (sealed.clone(), &sha[..]);
         async move {
             let r = archive
                 .push_to(target.as_ref(), file, identity, sha, sealed)

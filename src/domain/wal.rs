@@ -217,6 +217,39 @@ impl SegmentHeader {
     /// # Errors
     /// See [`SegmentError`].
     pub fn check(name: &SegmentName, bytes: &[u8], partial: bool) -> Result<Self, SegmentError> {
+        let header = Self::read(name, bytes)?;
+        header.check_len(name, bytes.len(), partial)?;
+        Ok(header)
+    }
+
+    /// Whether a file of `len` bytes can hold the segment this header starts
+    /// (a whole segment exactly; a partial one at most).
+    ///
+    /// # Errors
+    /// [`SegmentError::Size`].
+    pub fn check_len(
+        &self,
+        name: &SegmentName,
+        len: usize,
+        partial: bool,
+    ) -> Result<(), SegmentError> {
+        let size = self.segment_size as usize;
+        if (!partial && len != size) || len > size {
+            return Err(SegmentError::Size {
+                name: name.to_string(),
+                size: len,
+                segment_size: self.segment_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads the long page header at the start of `bytes` (the first bytes of
+    /// segment `name`) and checks it against the name, but not the length.
+    ///
+    /// # Errors
+    /// See [`SegmentError`].
+    pub fn read(name: &SegmentName, bytes: &[u8]) -> Result<Self, SegmentError> {
         let label = name.to_string();
         if bytes.len() < 40 {
             return Err(SegmentError::Short {
@@ -245,10 +278,7 @@ impl SegmentHeader {
         };
         let size_ok = header.segment_size.is_power_of_two()
             && (1 << 20..=1 << 30).contains(&header.segment_size);
-        if !size_ok
-            || (!partial && bytes.len() != header.segment_size as usize)
-            || bytes.len() > header.segment_size as usize
-        {
+        if !size_ok {
             return Err(SegmentError::Size {
                 name: label,
                 size: bytes.len(),

@@ -26,6 +26,9 @@ pub mod encrypt;
 pub mod progress;
 pub mod restore_stream;
 pub mod small;
+pub mod tar_tap;
+
+pub use tar_tap::BaseFiles;
 
 use crate::domain::Compression;
 use encrypt::{CryptoError, Encryptor};
@@ -64,15 +67,6 @@ pub struct StreamStats {
     pub base_files: Option<BaseFiles>,
 }
 
-/// The files a base backup's tar carries about itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BaseFiles {
-    /// `backup_label` (start position, checkpoint, label).
-    pub backup_label: Option<Vec<u8>>,
-    /// `backup_manifest` (every file with its size and checksum, the WAL range).
-    pub backup_manifest: Option<Vec<u8>>,
-}
-
 /// What the raw stream is read for besides being stored, on a thread of its
 /// own from cheap clones of the same blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,53 +82,6 @@ pub enum Tap {
 enum Tapped {
     Rows(BTreeMap<String, u64>),
     Base(BaseFiles),
-}
-
-/// Blocks from a channel as one `Read`, for parsers that want a reader.
-struct ChannelReader {
-    rx: mpsc::Receiver<Bytes>,
-    current: Bytes,
-}
-
-impl std::io::Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(b) => self.current = b,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
-
-/// Reads a tar stream to its end, keeping its `backup_label` and
-/// `backup_manifest`. Anything unreadable as tar yields what was found so far
-/// (the stored backup is unaffected).
-fn find_base_files(reader: ChannelReader) -> BaseFiles {
-    use std::io::Read;
-    let mut archive = tar::Archive::new(reader);
-    let mut found = BaseFiles::default();
-    if let Ok(entries) = archive.entries() {
-        for entry in entries {
-            let Ok(mut entry) = entry else { break };
-            let slot = match entry.path() {
-                Ok(p) if p.as_os_str() == "backup_manifest" => &mut found.backup_manifest,
-                Ok(p) if p.as_os_str() == "backup_label" => &mut found.backup_label,
-                _ => continue,
-            };
-            let mut text = Vec::new();
-            if entry.read_to_end(&mut text).is_ok() {
-                *slot = Some(text);
-            }
-        }
-    }
-    // Drain what is left so the sender never blocks on a reader that stopped.
-    let mut rest = archive.into_inner();
-    let _ = std::io::copy(&mut rest, &mut std::io::sink());
-    found
 }
 
 /// One target's upload after streaming: still open (to be completed or aborted by
@@ -169,10 +116,11 @@ pub async fn backup_stream(
                 }
                 Tapped::Rows(counter.finish())
             } else {
-                Tapped::Base(find_base_files(ChannelReader {
-                    rx,
-                    current: Bytes::new(),
-                }))
+                let mut tap = tar_tap::TarTap::default();
+                while let Some(block) = rx.blocking_recv() {
+                    tap.feed(&block);
+                }
+                Tapped::Base(tap.finish())
             }
         });
         (Some(tx), Some(handle))

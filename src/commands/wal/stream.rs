@@ -373,11 +373,7 @@ impl Sweeper {
     /// A finished segment or a history file: archived like `wal-push` does
     /// (every target, never overwriting), then its live `.partial` copies go.
     async fn archive(&mut self, strata: &Strata, job: &str, f: &Found) -> Result<(), WalError> {
-        let plain = std::fs::read(&f.path).map_err(|source| WalError::Read {
-            path: f.path.clone(),
-            source,
-        })?;
-        super::push_content(strata, job, &f.file, &plain).await?;
+        super::push(strata, job, &f.path).await?;
         match f.file {
             WalFile::Segment(s) => {
                 let archive = Archive::open(strata, job)?;
