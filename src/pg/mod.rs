@@ -499,9 +499,10 @@ impl PgDump {
     }
 
     /// Starts `pg_basebackup` writing the data directory as one tar to stdout,
-    /// after a fast checkpoint, without WAL (the archive holds it; the server
-    /// waits until the WAL up to the backup's end is archived before it ends).
-    /// `label` names it in the backup history file ([`BaseBackupPoints`]).
+    /// after a fast checkpoint, with the WAL from its start to its end in the
+    /// tar (`--wal-method=fetch`: the copy is consistent on its own, and the
+    /// server does not wait, in one-second steps, for the archiver). `label`
+    /// names it in the backup history file ([`BaseBackupPoints`]).
     ///
     /// # Errors
     /// The program could not be started.
@@ -511,7 +512,7 @@ impl PgDump {
             "--no-password",
             "--pgdata=-",
             "--format=tar",
-            "--wal-method=none",
+            "--wal-method=fetch",
             "--checkpoint=fast",
         ])
         .arg(format!("--label={label}"))

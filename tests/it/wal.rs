@@ -997,7 +997,8 @@ async fn the_daemon_reports_archiving_its_failures_and_the_recovery_window() {
 
 #[tokio::test]
 async fn pruning_a_month_later_keeps_what_the_window_needs_and_drops_older_wal() {
-    let a = Archiving::start().await;
+    // GFS keeps a daily base backup beyond the window: the first one.
+    let a = Archiving::start_with(false, ", retention: { daily: 7 }").await;
     let sql = |s: &str| a.cluster.psql("postgres", s);
     sql("CREATE TABLE batches (batch int, g int)");
     sql("INSERT INTO batches SELECT 1, generate_series(1, 100)");
@@ -1065,10 +1066,21 @@ async fn pruning_a_month_later_keeps_what_the_window_needs_and_drops_older_wal()
     assert!(!has(&wal_after, first_segment), "{wal_after:?}");
     assert!(!has(&wal_after, &before_second), "{wal_after:?}");
     assert!(has(&wal_after, &last));
-    let still_listed = a.strata(&["list", "prod", "--json"]).stdout;
-    if String::from_utf8_lossy(&still_listed).contains(&ids[0]) {
-        assert!(has(&wal_after, "000000010000000000000002"), "{wal_after:?}");
-    }
+    let still_listed: serde_json::Value =
+        serde_json::from_slice(&a.strata(&["list", "prod", "--json"]).stdout).unwrap();
+    let first_kept = still_listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["manifest"]["backup_id"] == ids[0].as_str());
+    assert!(first_kept, "GFS keeps the day's first base backup: {still_listed}");
+    // It keeps the WAL of its own start..stop (restorable to its end).
+    let own = listed[0]["manifest"]["physical"]["backup_label"]
+        .as_str()
+        .and_then(|l| l.split("(file ").nth(1))
+        .map(|f| f[..24].to_owned())
+        .unwrap();
+    assert!(has(&wal_after, &own), "{own}: {wal_after:?}\n{shown}");
 
     // What is left restores everything. (verify, at the real time, would
     // rightly report the gap: in today's window it is needed.)

@@ -102,6 +102,9 @@ pub(super) async fn base_backup(
         .map(|e| Encryptor::new(e.keyring.active(), e.chunk_size))
         .transpose()?;
     let label = format!("strata {backup_id}");
+    // The WAL the tar ends with must stay on the server until it is sent.
+    let _slot = hold_wal(&job.database_url).await;
+    let prepared = clock.elapsed();
     let mut child = match PgDump::spawn_base_backup(&tool, &job.database_url, &label) {
         Ok(c) => c,
         Err(e) => {
@@ -151,7 +154,9 @@ pub(super) async fn base_backup(
         abort_all(uploads).await;
         return Err(PipelineError::Cancelled.into());
     }
+    let streamed = clock.elapsed();
     let mut records = complete_uploads(&plan, uploads, &mut failed).await;
+    let completed = clock.elapsed();
     // It counts only where the archive holds its WAL, start to end.
     let base = wal::BaseRef {
         timeline: facts.timeline,
@@ -169,6 +174,7 @@ pub(super) async fn base_backup(
         }
     }
     let records = kept;
+    let covered = clock.elapsed();
     if records.is_empty() {
         return Err(RunError::NoTarget(failed.into_values().collect()));
     }
@@ -222,6 +228,10 @@ pub(super) async fn base_backup(
         stop_lsn = %crate::domain::wal::format_lsn(facts.stop),
         stored_bytes = report.manifest.stored_bytes,
         duration_s = report.duration_seconds,
+        prepared_s = prepared.as_secs_f64(),
+        streamed_s = streamed.as_secs_f64(),
+        completed_s = completed.as_secs_f64(),
+        wal_covered_s = covered.as_secs_f64(),
         "base backup finished"
     );
     Ok(report)
@@ -284,4 +294,30 @@ async fn describe(
         },
         server_manifest: None,
     })
+}
+
+/// A temporary replication slot that keeps the server's WAL from now on (the
+/// base backup's tar ends with the WAL from its start, fetched last; a long
+/// backup on a busy server could otherwise find it recycled). The server drops
+/// the slot when this connection ends, whatever happens to strata. `None`
+/// when it cannot be made (no free slot): the backup goes on without it.
+async fn hold_wal(url: &crate::pg::DbUrl) -> Option<tokio_postgres::Client> {
+    let client = url.connect().await.ok()?;
+    let name = format!(
+        "strata_base_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..16]
+    );
+    match client
+        .execute(
+            "SELECT pg_create_physical_replication_slot($1, true, true)",
+            &[&name],
+        )
+        .await
+    {
+        Ok(_) => Some(client),
+        Err(e) => {
+            tracing::warn!(error = %crate::pg::pg_message(&e), "no temporary replication slot: a long base backup on a busy server may find its WAL recycled");
+            None
+        }
+    }
 }

@@ -267,7 +267,7 @@ pub async fn covers(
                     "the base backup needs WAL segment {name}, which is not archived on {target}: check the job's WAL source (archive_command `strata wal-push {job} %p`, or the daemon's streaming) and pg_stat_archiver"
                 )));
             }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
         }
     }
 }
