@@ -1073,7 +1073,10 @@ async fn pruning_a_month_later_keeps_what_the_window_needs_and_drops_older_wal()
         .unwrap()
         .iter()
         .any(|e| e["manifest"]["backup_id"] == ids[0].as_str());
-    assert!(first_kept, "GFS keeps the day's first base backup: {still_listed}");
+    assert!(
+        first_kept,
+        "GFS keeps the day's first base backup: {still_listed}"
+    );
     // It keeps the WAL of its own start..stop (restorable to its end).
     let own = listed[0]["manifest"]["physical"]["backup_label"]
         .as_str()

@@ -383,12 +383,43 @@ pub async fn restore_datadir(
         return Err(e);
     }
     let settings = recovery_settings(job, to, target.name(), opts.fetch, opts.preserve_archiving)?;
-    let mut unpacked = unpack(strata, target.as_ref(), &entry, dir).await;
-    if unpacked.is_ok() && dir.join("backup_manifest").is_file() {
-        unpacked = check_files(dir, &entry.manifest.database)
-            .await
-            .map_err(std::io::Error::other);
-    }
+    let recorded = entry
+        .manifest
+        .physical
+        .as_ref()
+        .and_then(|p| p.server_manifest.as_ref())
+        .map(|m| m.sha256.clone());
+    let unpacked = match unpack(strata, target.as_ref(), &entry, dir).await {
+        // The manifest the backup recorded (authenticated with the manifest).
+        Ok(files)
+            if recorded.as_ref().is_some_and(|sha| {
+                files.manifest.as_deref().is_none_or(|m| {
+                    hex::encode(ring::digest::digest(&ring::digest::SHA256, m)) != *sha
+                })
+            }) =>
+        {
+            Err(std::io::Error::other(RestoreError::Physical(format!(
+                "base backup {}: the tar's backup_manifest is not the one recorded when it was taken",
+                entry.manifest.backup_id
+            ))))
+        }
+        // The files against the server's own manifest, before recovery uses them.
+        Ok(files) => match files
+            .manifest
+            .as_deref()
+            .map(|m| super::untar::matches_manifest(&files, m))
+        {
+            Some(Ok(true)) | None => Ok(()),
+            Some(Ok(false)) => check_files(dir, &entry.manifest.database)
+                .await
+                .map_err(std::io::Error::other),
+            Some(Err(why)) => Err(std::io::Error::other(RestoreError::Physical(format!(
+                "base backup {}: {why}; nothing was started",
+                entry.manifest.backup_id
+            )))),
+        },
+        Err(e) => Err(e),
+    };
     let finished = unpacked.and_then(|()| {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
@@ -420,7 +451,7 @@ pub async fn restore_datadir(
 }
 
 /// Checks every unpacked file against the server's own `backup_manifest`
-/// (sizes and checksums) with `pg_verifybackup`, before recovery may use them.
+/// with `pg_verifybackup`, for a manifest whose checksums are not CRC-32C.
 ///
 /// # Errors
 /// A file differs, is missing or is extra (named), or no `pg_verifybackup`.
@@ -461,28 +492,25 @@ fn remove(dir: &Path, existed: bool) {
     }
 }
 
-/// Streams the base backup's tar into `dir`, then waits for the verdict on
-/// the stored bytes (hash, size, every chunk authenticated).
+/// Streams the base backup's tar into `dir` (each file checksummed and
+/// flushed), then waits for the verdict on the stored bytes (hash, size,
+/// every chunk authenticated).
 async fn unpack(
     strata: &Strata,
     target: &dyn Target,
     entry: &Entry,
     dir: &Path,
-) -> Result<(), std::io::Error> {
+) -> Result<super::untar::Unpacked, std::io::Error> {
     std::fs::create_dir_all(dir)?;
     let (reader, check) = open_verified(strata, target, entry, &entry.object_key(), None)
         .await
         .map_err(std::io::Error::other)?;
-    let bridge = tokio_util::io::SyncIoBridge::new(reader);
+    let bridge =
+        std::io::BufReader::with_capacity(1 << 20, tokio_util::io::SyncIoBridge::new(reader));
     let into = dir.to_owned();
-    let unpacked = tokio::task::spawn_blocking(move || {
-        let mut archive = tar::Archive::new(bridge);
-        archive.set_preserve_permissions(true);
-        archive.set_overwrite(false);
-        archive.unpack(&into)
-    })
-    .await
-    .map_err(std::io::Error::other)?;
+    let unpacked = tokio::task::spawn_blocking(move || super::untar::unpack(bridge, &into))
+        .await
+        .map_err(std::io::Error::other)?;
     let checked = check.await.map_err(std::io::Error::other)?;
     checked.map_err(|e| std::io::Error::other(RestoreError::Verify(e)))?;
     unpacked

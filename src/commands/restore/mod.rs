@@ -48,6 +48,7 @@ pub mod rewrite;
 pub mod script;
 pub mod start;
 pub mod thaw;
+pub mod untar;
 pub mod verify;
 
 use feed::restore_into;
