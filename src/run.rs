@@ -247,18 +247,7 @@ pub async fn restore_test(
     now: DateTime<Utc>,
 ) -> Option<RestoreTest> {
     let cfg = strata.config().job(job)?;
-    // A logical job restores into a server, a physical one recovers into a
-    // scratch data directory.
-    let into = match (&cfg.verify.restore_into, &cfg.verify.scratch_dir) {
-        (Some(server), _) if !cfg.kind.is_physical() => Scratch::Database(
-            Box::new(server.clone()),
-            crate::commands::restore::scratch_name(),
-        ),
-        (_, Some(dir)) if cfg.kind.is_physical() => {
-            Scratch::Directory(dir.join(crate::commands::restore::scratch_name()))
-        }
-        _ => return None,
-    };
+    let into = Scratch::for_job(cfg)?;
     let (timeout, sql) = (cfg.timeout, cfg.verify.sql.clone());
     let clock = std::time::Instant::now();
     let work = {
@@ -334,6 +323,21 @@ enum Scratch {
 }
 
 impl Scratch {
+    /// A new scratch place for `job`'s restore test: a logical job restores
+    /// into a server, a physical one recovers into a data directory.
+    fn for_job(job: &crate::config::JobConfig) -> Option<Self> {
+        match (&job.verify.restore_into, &job.verify.scratch_dir) {
+            (Some(server), _) if !job.kind.is_physical() => Some(Scratch::Database(
+                Box::new(server.clone()),
+                crate::commands::restore::scratch_name(),
+            )),
+            (_, Some(dir)) if job.kind.is_physical() => Some(Scratch::Directory(
+                dir.join(crate::commands::restore::scratch_name()),
+            )),
+            _ => None,
+        }
+    }
+
     /// Removes what a test that did not end on its own (a panic, its
     /// deadline) left behind.
     async fn remove(&self, job: &str) {

@@ -383,7 +383,8 @@ pub(super) async fn list(
 
 /// One line for a physical job's target: the moments it can recover to.
 async fn print_recoverable(strata: &Strata, job: &str, target: &str) {
-    match crate::commands::restore::datadir::recoverable(strata, job, target, Utc::now()).await {
+    match crate::commands::restore::recoverable::recoverable(strata, job, target, Utc::now()).await
+    {
         Err(e) => println!("recoverable on {target}: unknown ({e})"),
         Ok(r) => println!(
             "recoverable on {target}: from {} (end of base backup {}) to the end of segment {}{}",
@@ -406,7 +407,7 @@ async fn restore_datadir(
     thaw: &ThawArgs,
     json: bool,
 ) -> Result<(), Failure> {
-    use crate::commands::restore::datadir::{FetchCommand, RecoveryTarget};
+    use crate::commands::restore::datadir::FetchCommand;
     let PitrArgs {
         into_datadir,
         to_time,
@@ -417,26 +418,7 @@ async fn restore_datadir(
         archive_mode,
     } = pitr;
     let dir = into_datadir.unwrap_or_default();
-    let target = match (to_time, to_lsn, to) {
-        (Some(t), None, None) => RecoveryTarget::Time(t.with_timezone(&Utc)),
-        (None, Some(l), None) => {
-            RecoveryTarget::Lsn(crate::domain::wal::parse_lsn(&l).ok_or_else(|| {
-                Failure(
-                    exit::USAGE,
-                    format!("--to-lsn: '{l}' is not an LSN such as 0/3000060"),
-                )
-            })?)
-        }
-        (None, None, Some(t)) if t == "immediate" => RecoveryTarget::Immediate,
-        (None, None, Some(_)) => RecoveryTarget::Latest,
-        _ => {
-            return Err(Failure(
-                exit::USAGE,
-                "--into-datadir needs one of --to-time, --to-lsn, --to latest or --to immediate"
-                    .into(),
-            ));
-        }
-    };
+    let target = recovery_target(to_time, to_lsn, to)?;
     let absolute = |p: &std::path::Path| {
         std::path::absolute(p).map_err(|e| Failure(exit::FAILED, format!("{}: {e}", p.display())))
     };
@@ -477,7 +459,44 @@ async fn restore_datadir(
     .await;
     if json {
         print_json(&report);
-    } else if let Some(r) = &report.recovered {
+    } else {
+        print_datadir(&report);
+    }
+    Ok(())
+}
+
+/// `--to-time`, `--to-lsn` or `--to latest|immediate`, exactly one.
+fn recovery_target(
+    to_time: Option<DateTime<chrono::FixedOffset>>,
+    to_lsn: Option<String>,
+    to: Option<String>,
+) -> Result<crate::commands::restore::datadir::RecoveryTarget, Failure> {
+    use crate::commands::restore::datadir::RecoveryTarget;
+    Ok(match (to_time, to_lsn, to) {
+        (Some(t), None, None) => RecoveryTarget::Time(t.with_timezone(&Utc)),
+        (None, Some(l), None) => {
+            RecoveryTarget::Lsn(crate::domain::wal::parse_lsn(&l).ok_or_else(|| {
+                Failure(
+                    exit::USAGE,
+                    format!("--to-lsn: '{l}' is not an LSN such as 0/3000060"),
+                )
+            })?)
+        }
+        (None, None, Some(t)) if t == "immediate" => RecoveryTarget::Immediate,
+        (None, None, Some(_)) => RecoveryTarget::Latest,
+        _ => {
+            return Err(Failure(
+                exit::USAGE,
+                "--into-datadir needs one of --to-time, --to-lsn, --to latest or --to immediate"
+                    .into(),
+            ));
+        }
+    })
+}
+
+/// What `restore --into-datadir` did, for people.
+fn print_datadir(report: &crate::commands::restore::datadir::DatadirReport) {
+    if let Some(r) = &report.recovered {
         println!(
             "restored base backup {} from {} into {}; recovered to {} (last transaction {}) and promoted in {:.1}s; the server runs on 127.0.0.1:{} (log: {})",
             report.backup_id,
@@ -502,5 +521,4 @@ async fn restore_datadir(
             report.data_directory.display()
         );
     }
-    Ok(())
 }

@@ -381,7 +381,7 @@ async fn physical(
     window: std::time::Duration,
     now: DateTime<Utc>,
 ) -> (Vec<(bool, String)>, Vec<(bool, String)>) {
-    use crate::commands::restore::datadir::recoverable;
+    use crate::commands::restore::recoverable::recoverable;
     let wanted = Duration::from_std(window).unwrap_or(Duration::MAX);
     let limit = Duration::from_std(job.rpo).unwrap_or(Duration::MAX);
     let mut rpo = Vec::new();

@@ -256,15 +256,10 @@ impl Daemon {
                 Some(p) => {
                     let stream = matches!(p.wal, crate::config::WalSource::Stream { .. });
                     match (stream, job.verify.scratch_dir.is_some()) {
-                        (true, true) => &[
-                            "pg_basebackup",
-                            "pg_receivewal",
-                            "pg_ctl",
-                            "pg_verifybackup",
-                        ],
-                        (true, false) => &["pg_basebackup", "pg_receivewal", "pg_verifybackup"],
-                        (false, true) => &["pg_basebackup", "pg_ctl", "pg_verifybackup"],
-                        (false, false) => &["pg_basebackup", "pg_verifybackup"],
+                        (true, true) => &["pg_basebackup", "pg_receivewal", "pg_ctl"],
+                        (true, false) => &["pg_basebackup", "pg_receivewal"],
+                        (false, true) => &["pg_basebackup", "pg_ctl"],
+                        (false, false) => &["pg_basebackup"],
                     }
                 }
             };

@@ -349,7 +349,7 @@ impl Daemon {
             let mut window: Option<f64> = None;
             let mut gaps = BTreeMap::new();
             for target in &job.targets {
-                let seconds = match crate::commands::restore::datadir::recoverable(
+                let seconds = match crate::commands::restore::recoverable::recoverable(
                     &self.strata,
                     name,
                     target,

@@ -23,6 +23,7 @@ use crate::storage::{StorageError, Upload};
 pub mod compress;
 pub mod cpu;
 pub mod encrypt;
+pub mod frames;
 pub mod progress;
 pub mod restore_stream;
 pub mod small;
@@ -104,28 +105,7 @@ pub async fn backup_stream(
     let tee = tokio::spawn(tee(tee_rx, uploads, cancel.clone()));
     let (seal_tx, seal_rx) = mpsc::channel::<Option<Bytes>>(CHANNEL_DEPTH);
     let sealer = cpu::thread("seal", move || seal(seal_rx, encryptor, &tee_tx));
-    let (count_tx, counter) = if tap == Tap::Nothing {
-        (None, None)
-    } else {
-        let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH * 2);
-        let handle = cpu::thread("tap", move || {
-            if tap == Tap::Rows {
-                let mut counter = RowCounter::default();
-                while let Some(block) = rx.blocking_recv() {
-                    counter.feed(&block);
-                }
-                Tapped::Rows(counter.finish())
-            } else {
-                let mut tap = tar_tap::TarTap::default();
-                while let Some(block) = rx.blocking_recv() {
-                    tap.feed(&block);
-                }
-                Tapped::Base(tap.finish())
-            }
-        });
-        (Some(tx), Some(handle))
-    };
-
+    let (count_tx, counter) = spawn_tap(tap);
     let read = read_and_compress(dump, compression, &seal_tx, count_tx, cancel, progress).await;
     let ended = read.is_ok() && seal_tx.send(None).await.is_ok();
     drop(seal_tx);
@@ -180,6 +160,38 @@ pub async fn backup_stream(
         })
     })();
     (result, uploads)
+}
+
+/// Starts the thread that reads the raw stream for `tap` (none for
+/// [`Tap::Nothing`]), fed cheap clones of the blocks through the sender.
+#[allow(clippy::type_complexity)]
+fn spawn_tap(
+    tap: Tap,
+) -> (
+    Option<mpsc::Sender<Bytes>>,
+    Option<impl std::future::Future<Output = Result<Tapped, cpu::Stopped>>>,
+) {
+    if tap == Tap::Nothing {
+        (None, None)
+    } else {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH * 2);
+        let handle = cpu::thread("tap", move || {
+            if tap == Tap::Rows {
+                let mut counter = RowCounter::default();
+                while let Some(block) = rx.blocking_recv() {
+                    counter.feed(&block);
+                }
+                Tapped::Rows(counter.finish())
+            } else {
+                let mut tap = tar_tap::TarTap::default();
+                while let Some(block) = rx.blocking_recv() {
+                    tap.feed(&block);
+                }
+                Tapped::Base(tap.finish())
+            }
+        });
+        (Some(tx), Some(handle))
+    }
 }
 
 enum Downstream {

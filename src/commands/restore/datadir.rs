@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use super::{RestoreError, ThawOptions, ensure_readable, open_verified};
+use super::{RestoreError, ThawOptions, ensure_readable, open_verified, open_verified_packed};
 use crate::app::Strata;
 use crate::catalog::{self, Entry};
 use crate::commands::wal::{self, BaseRef, End, Listing, archive::Histories};
@@ -130,102 +130,21 @@ async fn choose(
         Some(t) => return Err(RestoreError::UnknownTarget(t.to_owned())),
         None => cfg.targets.iter().collect(),
     };
-    let end = match to {
-        RecoveryTarget::Lsn(l) => End::Lsn(l),
-        RecoveryTarget::Immediate => End::Consistent,
-        RecoveryTarget::Time(_) | RecoveryTarget::Latest => End::Latest,
+    let mut search = Search {
+        oldest: None,
+        problems: Vec::new(),
+        best: None,
+        histories: Histories::default(),
     };
-    let mut oldest: Option<DateTime<Utc>> = None;
-    let mut problems = Vec::new();
-    let mut best: Option<Chosen> = None;
-    let mut histories = Histories::default();
     for name in &names {
-        let target = strata.target(name);
-        let entries = match catalog::list(strata, name, job).await {
-            Ok(e) => e,
-            Err(e) => {
-                problems.push(format!("{name}: {e}"));
-                continue;
-            }
-        };
-        let mut bases: Vec<(Entry, BaseRef)> = entries
-            .into_iter()
-            .filter_map(|e| base_ref(&e).map(|b| (e, b)))
-            .collect();
-        bases.sort_by_key(|(e, _)| std::cmp::Reverse(e.started_at()));
-        for (e, _) in &bases {
-            let f = e.manifest.finished_at;
-            oldest = Some(oldest.map_or(f, |o| o.min(f)));
-        }
-        let listing = match Listing::read(strata, job, target.as_ref()).await {
-            Ok(l) => l,
-            Err(e) => {
-                problems.push(format!("{name}: {e}"));
-                continue;
-            }
-        };
-        // A moment before a newer base backup on the same timeline ended is
-        // before that backup's stop: the WAL after it is not needed.
-        let stops: Vec<(DateTime<Utc>, u32, u64)> = bases
-            .iter()
-            .map(|(e, b)| (e.manifest.finished_at, b.timeline, b.stop))
-            .collect();
-        for (entry, base) in bases {
-            let end = match to {
-                RecoveryTarget::Time(t) => stops
-                    .iter()
-                    .filter(|(f, tl, _)| *f > t && *tl == base.timeline)
-                    .map(|(_, _, stop)| *stop)
-                    .min()
-                    .map_or(end, End::Lsn),
-                _ => end,
-            };
-            let usable = match to {
-                RecoveryTarget::Time(t) => entry.manifest.finished_at <= t,
-                RecoveryTarget::Lsn(l) => base.stop <= l,
-                RecoveryTarget::Latest | RecoveryTarget::Immediate => true,
-            };
-            if !usable
-                || best
-                    .as_ref()
-                    .is_some_and(|b| b.entry.started_at() >= entry.started_at())
-            {
-                continue;
-            }
-            let continuity = match wal::continuity(
-                strata,
-                job,
-                target.as_ref(),
-                &listing,
-                &mut histories,
-                base,
-                end,
-            )
-            .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    problems.push(format!(
-                        "{name}: base backup {}: {e}",
-                        entry.manifest.backup_id
-                    ));
-                    continue;
-                }
-            };
-            if let Some(gap) = continuity.gap(&entry.manifest.backup_id) {
-                // Older base backups on this target need the same WAL.
-                problems.push(gap);
-                break;
-            }
-            best = Some(Chosen {
-                target: target.clone(),
-                entry,
-                base,
-                continuity,
-            });
-            break;
-        }
+        search.on_target(strata, job, name, to).await;
     }
+    let Search {
+        oldest,
+        problems,
+        best,
+        ..
+    } = search;
     best.ok_or_else(|| {
         RestoreError::Physical(if !problems.is_empty() {
             format!(
@@ -234,7 +153,10 @@ async fn choose(
             )
         } else {
             match oldest {
-                None => format!("job '{job}' has no base backup on {}", names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")),
+                None => format!(
+                    "job '{job}' has no base backup on {}",
+                    names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+                ),
                 Some(o) => format!(
                     "no base backup of job '{job}' ends before {to}: the oldest ended at {} (the recovery window starts there)",
                     o.to_rfc3339()
@@ -242,6 +164,99 @@ async fn choose(
             }
         })
     })
+}
+
+/// The search for the base backup a recovery starts from, across targets.
+struct Search {
+    /// When the oldest base backup seen ended.
+    oldest: Option<DateTime<Utc>>,
+    /// Why base backups were passed over.
+    problems: Vec<String>,
+    best: Option<Chosen>,
+    histories: Histories,
+}
+
+impl Search {
+    /// Looks at `name`'s base backups, newest first, for one newer than the
+    /// best so far whose WAL reaches `to`.
+    async fn on_target(&mut self, strata: &Strata, job: &str, name: &str, to: RecoveryTarget) {
+        let target = strata.target(name);
+        let (entries, listing) = match (
+            catalog::list(strata, name, job).await,
+            Listing::read(strata, job, target.as_ref()).await,
+        ) {
+            (Ok(e), Ok(l)) => (e, l),
+            (Err(e), _) => return self.problems.push(format!("{name}: {e}")),
+            (_, Err(e)) => return self.problems.push(format!("{name}: {e}")),
+        };
+        let mut bases: Vec<(Entry, BaseRef)> = entries
+            .into_iter()
+            .filter_map(|e| base_ref(&e).map(|b| (e, b)))
+            .collect();
+        bases.sort_by_key(|(e, _)| std::cmp::Reverse(e.started_at()));
+        if let Some(f) = bases.iter().map(|(e, _)| e.manifest.finished_at).min() {
+            self.oldest = Some(self.oldest.map_or(f, |o| o.min(f)));
+        }
+        // A moment before a newer base backup on the same timeline ended is
+        // before that backup's stop: the WAL after it is not needed.
+        let stops: Vec<(DateTime<Utc>, u32, u64)> = bases
+            .iter()
+            .map(|(e, b)| (e.manifest.finished_at, b.timeline, b.stop))
+            .collect();
+        for (entry, base) in bases {
+            let (usable, end) = match to {
+                RecoveryTarget::Time(t) => (
+                    entry.manifest.finished_at <= t,
+                    stops
+                        .iter()
+                        .filter(|(f, tl, _)| *f > t && *tl == base.timeline)
+                        .map(|(_, _, stop)| *stop)
+                        .min()
+                        .map_or(End::Latest, End::Lsn),
+                ),
+                RecoveryTarget::Lsn(l) => (base.stop <= l, End::Lsn(l)),
+                RecoveryTarget::Immediate => (true, End::Consistent),
+                RecoveryTarget::Latest => (true, End::Latest),
+            };
+            let newer = self
+                .best
+                .as_ref()
+                .is_none_or(|b| b.entry.started_at() < entry.started_at());
+            if !usable || !newer {
+                continue;
+            }
+            let id = entry.manifest.backup_id.clone();
+            let continuity = match wal::continuity(
+                strata,
+                job,
+                target.as_ref(),
+                &listing,
+                &mut self.histories,
+                base,
+                end,
+            )
+            .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    self.problems.push(format!("{name}: base backup {id}: {e}"));
+                    continue;
+                }
+            };
+            if let Some(gap) = continuity.gap(&id) {
+                // Older base backups on this target need the same WAL.
+                self.problems.push(gap);
+                return;
+            }
+            self.best = Some(Chosen {
+                target: target.clone(),
+                entry,
+                base,
+                continuity,
+            });
+            return;
+        }
+    }
 }
 
 /// A data directory strata may write into: absent, or empty.
@@ -502,127 +517,32 @@ async fn unpack(
     dir: &Path,
 ) -> Result<super::untar::Unpacked, std::io::Error> {
     std::fs::create_dir_all(dir)?;
-    let (reader, check) = open_verified(strata, target, entry, &entry.object_key(), None)
-        .await
-        .map_err(std::io::Error::other)?;
-    let bridge =
-        std::io::BufReader::with_capacity(1 << 20, tokio_util::io::SyncIoBridge::new(reader));
     let into = dir.to_owned();
-    let unpacked = tokio::task::spawn_blocking(move || super::untar::unpack(bridge, &into))
-        .await
-        .map_err(std::io::Error::other)?;
+    // strata's zstd streams decode on every core, frame by frame.
+    let (unpacked, check) = if matches!(
+        entry.manifest.compression,
+        crate::domain::Compression::Zstd(_)
+    ) {
+        let (reader, check) = open_verified_packed(strata, target, entry, &entry.object_key())
+            .await
+            .map_err(std::io::Error::other)?;
+        let frames =
+            crate::pipeline::frames::ZstdFrames::new(tokio_util::io::SyncIoBridge::new(reader));
+        let unpacked = tokio::task::spawn_blocking(move || {
+            super::untar::unpack(std::io::BufReader::with_capacity(1 << 20, frames), &into)
+        });
+        (unpacked, check)
+    } else {
+        let (reader, check) = open_verified(strata, target, entry, &entry.object_key(), None)
+            .await
+            .map_err(std::io::Error::other)?;
+        let bridge =
+            std::io::BufReader::with_capacity(1 << 20, tokio_util::io::SyncIoBridge::new(reader));
+        let unpacked = tokio::task::spawn_blocking(move || super::untar::unpack(bridge, &into));
+        (unpacked, check)
+    };
+    let unpacked = unpacked.await.map_err(std::io::Error::other)?;
     let checked = check.await.map_err(std::io::Error::other)?;
     checked.map_err(|e| std::io::Error::other(RestoreError::Verify(e)))?;
     unpacked
-}
-
-/// What one target can recover a physical job to.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Recoverable {
-    pub target: String,
-    /// The base backup the recovery window starts from: the newest that
-    /// ended before the window began, else the oldest.
-    pub oldest_backup: Option<String>,
-    pub from: Option<DateTime<Utc>>,
-    /// The last segment recovery from it reads (to the newest timeline).
-    pub newest_segment: Option<String>,
-    /// The timeline recovery ends on.
-    pub timeline: Option<u32>,
-    /// The first segment missing after that base backup's start (a gap), or
-    /// why no recovery path exists.
-    pub missing: Option<String>,
-    /// Older base backups (kept by GFS; each restores to the moment it
-    /// ended): the segment each lacks between its start and stop, if any.
-    pub older: Vec<(String, Option<String>)>,
-}
-
-/// Checks on `target` that the WAL is gapless from the base backup the
-/// recovery window starts from to the newest archived segment (along the
-/// timelines recovery would walk), and that each older base backup has the
-/// WAL of its own start..stop.
-///
-/// # Errors
-/// The target cannot be listed.
-pub async fn recoverable(
-    strata: &Strata,
-    job: &str,
-    target: &str,
-    now: DateTime<Utc>,
-) -> Result<Recoverable, RestoreError> {
-    let listing_failed = |e: String| RestoreError::Physical(format!("{target}: {e}"));
-    let window = strata
-        .job(job)?
-        .kind
-        .physical()
-        .map_or(std::time::Duration::ZERO, |p| p.recovery_window);
-    let window_start = now - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
-    let entries = catalog::list(strata, target, job)
-        .await
-        .map_err(|e| listing_failed(e.to_string()))?;
-    let mut bases: Vec<(&Entry, BaseRef)> = entries
-        .iter()
-        .filter_map(|e| base_ref(e).map(|b| (e, b)))
-        .collect();
-    bases.sort_by_key(|(e, _)| e.started_at());
-    let anchor = bases
-        .iter()
-        .rposition(|(e, _)| e.manifest.finished_at < window_start)
-        .unwrap_or(0);
-    let t = strata.target(target);
-    let listing = Listing::read(strata, job, t.as_ref())
-        .await
-        .map_err(|e| listing_failed(e.to_string()))?;
-    let mut histories = Histories::default();
-    let mut report = Recoverable {
-        target: target.to_owned(),
-        oldest_backup: None,
-        from: None,
-        newest_segment: None,
-        timeline: None,
-        missing: None,
-        older: Vec::new(),
-    };
-    for (i, (entry, base)) in bases.iter().enumerate() {
-        let id = entry.manifest.backup_id.clone();
-        if i < anchor {
-            let c = wal::continuity(
-                strata,
-                job,
-                t.as_ref(),
-                &listing,
-                &mut histories,
-                *base,
-                End::Consistent,
-            )
-            .await
-            .map_err(|e| listing_failed(e.to_string()))?;
-            report.older.push((id, c.missing.map(|m| m.to_string())));
-            continue;
-        }
-        if i > anchor {
-            break;
-        }
-        report.oldest_backup = Some(id);
-        report.from = Some(entry.manifest.finished_at);
-        match wal::continuity(
-            strata,
-            job,
-            t.as_ref(),
-            &listing,
-            &mut histories,
-            *base,
-            End::Latest,
-        )
-        .await
-        {
-            Ok(c) => {
-                report.timeline = Some(c.timeline);
-                report.newest_segment = c.newest.map(|n| n.to_string());
-                report.missing = c.missing.map(|m| m.to_string());
-            }
-            Err(e @ wal::WalError::NoPath(_)) => report.missing = Some(e.to_string()),
-            Err(e) => return Err(listing_failed(e.to_string())),
-        }
-    }
-    Ok(report)
 }

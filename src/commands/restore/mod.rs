@@ -43,6 +43,7 @@ pub mod database;
 pub mod datadir;
 mod feed;
 pub mod load;
+pub mod recoverable;
 pub mod recovery_test;
 pub mod rewrite;
 pub mod script;
@@ -510,6 +511,34 @@ pub(crate) async fn open_verified(
         BufReader::with_capacity(COPY_BUF, opened.reader),
         opened.check,
     ))
+}
+
+/// [`open_verified`] without the decompression: the reader yields the
+/// decrypted, still compressed stream (for a decoder of the caller's own).
+pub(crate) async fn open_verified_packed(
+    strata: &Strata,
+    target: &dyn Target,
+    entry: &Entry,
+    object_key: &str,
+) -> Result<
+    (
+        Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+        tokio::task::JoinHandle<Result<(), VerifyError>>,
+    ),
+    RestoreError,
+> {
+    let stream = target.get(object_key).await?;
+    let keys = strata
+        .config()
+        .encryption
+        .as_ref()
+        .map(|e| e.keyring.clone());
+    let expected = Expected {
+        compression: crate::domain::Compression::None,
+        ..expected(entry)
+    };
+    let opened = restore_stream::open(stream, expected, keys, None)?;
+    Ok((opened.reader, opened.check))
 }
 
 fn expected(entry: &Entry) -> Expected {

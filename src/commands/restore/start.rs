@@ -116,7 +116,7 @@ pub async fn start(
                 last_line(&log)
             )));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

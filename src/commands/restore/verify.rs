@@ -201,7 +201,7 @@ pub async fn wal_continuity(
 ) -> Result<Vec<(String, Outcome)>, RestoreError> {
     let mut out = Vec::new();
     for target in &strata.job(job)?.targets {
-        let outcome = match super::datadir::recoverable(strata, job, target, now).await {
+        let outcome = match super::recoverable::recoverable(strata, job, target, now).await {
             Err(e) => Outcome::Failed(e.to_string()),
             Ok(r) => {
                 let mut problems: Vec<String> = r
