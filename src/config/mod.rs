@@ -16,6 +16,7 @@ mod jobs;
 mod raw;
 mod targets;
 mod validate;
+mod window;
 
 use jobs::validate_job;
 use raw::RawConfig;

@@ -192,7 +192,12 @@ pub(super) fn validate(raw: RawConfig, path: &Path, p: &mut Problems) -> Option<
     if jobs.is_empty() && p.0.is_empty() {
         p.add("jobs", "no jobs are configured");
     }
-    super::jobs::check_physical_lifecycles(&jobs, &targets, timezone.unwrap_or(chrono_tz::UTC), p);
+    super::window::check_physical_lifecycles(
+        &jobs,
+        &targets,
+        timezone.unwrap_or(chrono_tz::UTC),
+        p,
+    );
     if raw.require_authenticated_manifests == Some(true) && encryption.is_none() {
         p.add(
             "require_authenticated_manifests",

@@ -109,10 +109,12 @@ impl<R: Read> ZstdFrames<R> {
         let input = &self.input;
         let sizes: Vec<Option<usize>> = frames
             .iter()
-            .map(|r| match zstd::zstd_safe::get_frame_content_size(&input[r.clone()]) {
-                Ok(Some(size)) if size <= LARGEST_PIECE => Some(size as usize),
-                _ => None,
-            })
+            .map(
+                |r| match zstd::zstd_safe::get_frame_content_size(&input[r.clone()]) {
+                    Ok(Some(size)) if size <= LARGEST_PIECE => Some(size as usize),
+                    _ => None,
+                },
+            )
             .collect();
         self.out_pos = 0;
         if sizes.iter().all(Option::is_some) {

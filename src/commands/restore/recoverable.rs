@@ -38,6 +38,7 @@ pub struct Recoverable {
 ///
 /// # Errors
 /// The target cannot be listed.
+// Long on purpose: the window's anchor, then each base backup's continuity, in one pass over one listing.
 pub async fn recoverable(
     strata: &Strata,
     job: &str,
