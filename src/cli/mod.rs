@@ -422,6 +422,11 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
 
 /// Records a CLI operation in the state database's audit log, when one is
 /// configured (a failure to record is logged, never fatal).
+/// The state database of a CLI command (when one is configured).
+fn cli_state(config: &Config) -> Option<Arc<crate::state::StateDb>> {
+    config.state_url.clone().map(crate::state::StateDb::open)
+}
+
 async fn audit_cli(config: &Config, action: &str, job: Option<&str>, detail: serde_json::Value) {
     let Some(url) = &config.state_url else { return };
     let state = crate::state::StateDb::open(url.clone());

@@ -129,11 +129,7 @@ pub(super) async fn verify(config: &std::path::Path, args: VerifyArgs) -> Result
         // A restore into a scratch database by hand is a restore test too:
         // its measured time goes where the scheduled ones go.
         if let Ok(Some(test)) = result.as_ref().map(|r| r.restore_test.as_ref()) {
-            let state = strata
-                .config()
-                .state_url
-                .clone()
-                .map(crate::state::StateDb::open);
+            let state = cli_state(strata.config());
             let actor = cli_actor();
             crate::run::record_restore_test(
                 state.as_deref(),
@@ -241,11 +237,7 @@ async fn base_backup_ids(strata: &Strata, job: &str) -> Vec<String> {
 async fn run_restore_test(config: &std::path::Path, job: &str, json: bool) -> Result<(), Failure> {
     let strata = std::sync::Arc::new(Strata::build(load(config)?).await);
     strata.job(job)?;
-    let state = strata
-        .config()
-        .state_url
-        .clone()
-        .map(crate::state::StateDb::open);
+    let state = cli_state(strata.config());
     let actor = cli_actor();
     let test = crate::run::restore_test(
         strata.clone(),

@@ -187,6 +187,21 @@ pub struct RestoreTest {
 }
 
 impl RestoreTest {
+    /// A test of `job` starting at `started_at`, not (yet) passed.
+    pub fn new(job: &str, started_at: DateTime<Utc>) -> Self {
+        Self {
+            job: job.to_owned(),
+            backup_id: None,
+            target: None,
+            started_at,
+            seconds: 0.0,
+            ok: false,
+            error: None,
+            tables: 0,
+            rows: 0,
+        }
+    }
+
     /// When the test ended, on the clock it started on.
     pub fn finished_at(&self) -> DateTime<Utc> {
         self.started_at + chrono::Duration::milliseconds((self.seconds * 1000.0) as i64)

@@ -500,17 +500,28 @@ pub(crate) async fn open_verified(
     ),
     RestoreError,
 > {
+    let opened = open_stored(strata, target, object_key, expected(entry), progress).await?;
+    Ok((
+        BufReader::with_capacity(COPY_BUF, opened.reader),
+        opened.check,
+    ))
+}
+
+/// Reads `object_key` from `target` as `expected` says (keys from the config).
+async fn open_stored(
+    strata: &Strata,
+    target: &dyn Target,
+    object_key: &str,
+    expected: Expected,
+    progress: Option<Arc<Progress>>,
+) -> Result<restore_stream::Opened, RestoreError> {
     let stream = target.get(object_key).await?;
     let keys = strata
         .config()
         .encryption
         .as_ref()
         .map(|e| e.keyring.clone());
-    let opened = restore_stream::open(stream, expected(entry), keys, progress)?;
-    Ok((
-        BufReader::with_capacity(COPY_BUF, opened.reader),
-        opened.check,
-    ))
+    Ok(restore_stream::open(stream, expected, keys, progress)?)
 }
 
 /// [`open_verified`] without the decompression: the reader yields the
@@ -527,17 +538,11 @@ pub(crate) async fn open_verified_packed(
     ),
     RestoreError,
 > {
-    let stream = target.get(object_key).await?;
-    let keys = strata
-        .config()
-        .encryption
-        .as_ref()
-        .map(|e| e.keyring.clone());
     let expected = Expected {
         compression: crate::domain::Compression::None,
         ..expected(entry)
     };
-    let opened = restore_stream::open(stream, expected, keys, None)?;
+    let opened = open_stored(strata, target, object_key, expected, None).await?;
     Ok((opened.reader, opened.check))
 }
 

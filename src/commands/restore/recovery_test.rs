@@ -31,17 +31,7 @@ pub async fn recovery_test(
     started_at: DateTime<Utc>,
 ) -> RestoreTest {
     let clock = Instant::now();
-    let mut test = RestoreTest {
-        job: job.to_owned(),
-        backup_id: None,
-        target: None,
-        started_at,
-        seconds: 0.0,
-        ok: false,
-        error: None,
-        tables: 0,
-        rows: 0,
-    };
+    let mut test = RestoreTest::new(job, started_at);
     let data = scratch.join("data");
     let result = recover_and_check(strata, job, &data, sql, &mut test).await;
     test.seconds = clock.elapsed().as_secs_f64();

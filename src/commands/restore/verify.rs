@@ -388,17 +388,7 @@ pub async fn restore_test(
     started_at: DateTime<Utc>,
 ) -> RestoreTest {
     let clock = Instant::now();
-    let mut test = RestoreTest {
-        job: job.to_owned(),
-        backup_id: None,
-        target: None,
-        started_at,
-        seconds: 0.0,
-        ok: false,
-        error: None,
-        tables: 0,
-        rows: 0,
-    };
+    let mut test = RestoreTest::new(job, started_at);
     let (target, entry) = match newest_readable(strata, job).await {
         Ok(found) => found,
         Err(e) => {
@@ -431,16 +421,20 @@ pub async fn restore_test(
     };
     test.ok = result.is_ok();
     test.error = result.err().map(|e| e.to_string());
-    let report = VerifyReport {
-        backup_id: entry.manifest.backup_id.clone(),
+    record_verification(strata, &entry, &restore_report(&test), test.finished_at()).await;
+    test
+}
+
+/// A restore test's verdict as a verification of the backup it restored.
+fn restore_report(test: &RestoreTest) -> VerifyReport {
+    VerifyReport {
+        backup_id: test.backup_id.clone().unwrap_or_default(),
         targets: Vec::new(),
         thawing: Vec::new(),
         restore: Some(test.error.clone().map_or(Outcome::Ok, Outcome::Failed)),
         restore_test: None,
         wal: Vec::new(),
-    };
-    record_verification(strata, &entry, &report, test.finished_at()).await;
-    test
+    }
 }
 
 /// Records a restore test's verdict in the manifests of the backup it
@@ -450,15 +444,7 @@ pub(super) async fn record_restore(strata: &Strata, test: &RestoreTest) {
     let Ok((_, entry, _)) = find(strata, &test.job, id, None).await else {
         return;
     };
-    let report = VerifyReport {
-        backup_id: id.clone(),
-        targets: Vec::new(),
-        thawing: Vec::new(),
-        restore: Some(test.error.clone().map_or(Outcome::Ok, Outcome::Failed)),
-        restore_test: None,
-        wal: Vec::new(),
-    };
-    record_verification(strata, &entry, &report, test.finished_at()).await;
+    record_verification(strata, &entry, &restore_report(test), test.finished_at()).await;
 }
 
 /// A fresh, unique name for a restore test's database.

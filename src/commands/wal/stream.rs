@@ -87,15 +87,15 @@ pub async fn run(
         return;
     }
     let receiver = {
-        let (strata, job, slot, dir, status, cancel) = (
-            strata.clone(),
-            job.clone(),
-            slot.clone(),
-            directory.clone(),
-            status.clone(),
-            cancel.clone(),
-        );
-        tokio::spawn(async move { supervise(&strata, &job, &slot, &dir, &status, &cancel).await })
+        let receiver = Receiver {
+            strata: strata.clone(),
+            job: job.clone(),
+            slot,
+            dir: directory.clone(),
+            status: status.clone(),
+            cancel: cancel.clone(),
+        };
+        tokio::spawn(async move { receiver.supervise().await })
     };
     let mut sweeper = Sweeper::default();
     loop {
@@ -118,119 +118,125 @@ fn prepare(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
-/// Keeps `pg_receivewal` running until `cancel`.
-async fn supervise(
-    strata: &Strata,
-    job: &str,
-    slot: &str,
-    dir: &Path,
-    status: &SharedStatus,
-    cancel: &CancellationToken,
-) {
-    let mut backoff = Duration::from_secs(1);
-    let mut first = true;
-    while !cancel.is_cancelled() {
-        if !first {
-            update(status, |s| s.restarts += 1);
-        }
-        first = false;
-        let began = std::time::Instant::now();
-        let why = match receive(strata, job, slot, dir, status, cancel).await {
-            Ok(()) => return,
-            Err(e) => e,
-        };
-        update(status, |s| {
-            s.receiving = false;
-            s.problem = Some(why.clone());
-        });
-        tracing::error!(job, error = %why, retry_in_s = backoff.as_secs(), "WAL streaming stopped");
-        // A receiver that ran a while failed anew: start over quickly.
-        if began.elapsed() > Duration::from_secs(60) {
-            backoff = Duration::from_secs(1);
-        }
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
+/// `pg_receivewal` of one job, kept running.
+struct Receiver {
+    strata: Arc<Strata>,
+    job: String,
+    slot: String,
+    dir: PathBuf,
+    status: SharedStatus,
+    cancel: CancellationToken,
 }
 
-/// Creates the slot when missing, then runs `pg_receivewal` until it exits
-/// (`Err` with its last words) or `cancel` (`Ok`).
-async fn receive(
-    strata: &Strata,
-    job: &str,
-    slot: &str,
-    dir: &Path,
-    status: &SharedStatus,
-    cancel: &CancellationToken,
-) -> Result<(), String> {
-    let url = &strata.job(job).map_err(|e| e.to_string())?.database_url;
-    let info = {
-        let client = url.connect().await.map_err(|e| e.to_string())?;
-        let info = crate::pg::database_info(url, &client)
+impl Receiver {
+    /// Keeps `pg_receivewal` running until `cancel`.
+    async fn supervise(&self) {
+        let (job, status, cancel) = (self.job.as_str(), &self.status, &self.cancel);
+        let mut backoff = Duration::from_secs(1);
+        let mut first = true;
+        while !cancel.is_cancelled() {
+            if !first {
+                update(status, |s| s.restarts += 1);
+            }
+            first = false;
+            let began = std::time::Instant::now();
+            let why = match self.receive().await {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            update(status, |s| {
+                s.receiving = false;
+                s.problem = Some(why.clone());
+            });
+            tracing::error!(job, error = %why, retry_in_s = backoff.as_secs(), "WAL streaming stopped");
+            // A receiver that ran a while failed anew: start over quickly.
+            if began.elapsed() > Duration::from_secs(60) {
+                backoff = Duration::from_secs(1);
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Creates the slot when missing, then runs `pg_receivewal` until it exits
+    /// (`Err` with its last words) or `cancel` (`Ok`).
+    async fn receive(&self) -> Result<(), String> {
+        let (strata, job, slot, dir) = (
+            &self.strata,
+            self.job.as_str(),
+            self.slot.as_str(),
+            self.dir.as_path(),
+        );
+        let (status, cancel) = (&self.status, &self.cancel);
+        let url = &strata.job(job).map_err(|e| e.to_string())?.database_url;
+        let info = {
+            let client = url.connect().await.map_err(|e| e.to_string())?;
+            let info = crate::pg::database_info(url, &client)
+                .await
+                .map_err(|e| e.to_string())?;
+            ensure_slot(url, &client, slot).await?;
+            info
+        };
+        let tool = crate::pg::find_tool("pg_receivewal", &info)
             .await
             .map_err(|e| e.to_string())?;
-        ensure_slot(url, &client, slot).await?;
-        info
-    };
-    let tool = crate::pg::find_tool("pg_receivewal", &info)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut child = tokio::process::Command::new(&tool.path)
-        .arg("--directory")
-        .arg(dir)
-        .args([
-            "--slot",
-            slot,
-            "--synchronous",
-            "--no-loop",
-            "--no-password",
-        ])
-        .envs(url.libpq_env(tool.major))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", tool.path.display()))?;
-    let stderr = child.stderr.take().map(|err| {
-        tokio::spawn(async move {
-            let mut last = std::collections::VecDeque::new();
-            let mut lines = tokio::io::BufReader::new(err).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::debug!(line = %line, "pg_receivewal");
-                last.push_back(line);
-                if last.len() > 3 {
-                    last.pop_front();
+        let mut child = tokio::process::Command::new(&tool.path)
+            .arg("--directory")
+            .arg(dir)
+            .args([
+                "--slot",
+                slot,
+                "--synchronous",
+                "--no-loop",
+                "--no-password",
+            ])
+            .envs(url.libpq_env(tool.major))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", tool.path.display()))?;
+        let stderr = child.stderr.take().map(|err| {
+            tokio::spawn(async move {
+                let mut last = std::collections::VecDeque::new();
+                let mut lines = tokio::io::BufReader::new(err).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::debug!(line = %line, "pg_receivewal");
+                    last.push_back(line);
+                    if last.len() > 3 {
+                        last.pop_front();
+                    }
                 }
+                Vec::from(last).join(" | ")
+            })
+        });
+        update(status, |s| {
+            s.receiving = true;
+            s.problem = None;
+        });
+        tracing::info!(job, slot, directory = %dir.display(), "WAL streaming started");
+        tokio::select! {
+            exited = child.wait() => {
+                let said = match stderr {
+                    Some(h) => h.await.unwrap_or_default(),
+                    None => String::new(),
+                };
+                Err(format!(
+                    "pg_receivewal exited ({}): {}",
+                    exited.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                    if said.is_empty() { "no output".into() } else { said }
+                ))
             }
-            Vec::from(last).join(" | ")
-        })
-    });
-    update(status, |s| {
-        s.receiving = true;
-        s.problem = None;
-    });
-    tracing::info!(job, slot, directory = %dir.display(), "WAL streaming started");
-    tokio::select! {
-        exited = child.wait() => {
-            let said = match stderr {
-                Some(h) => h.await.unwrap_or_default(),
-                None => String::new(),
-            };
-            Err(format!(
-                "pg_receivewal exited ({}): {}",
-                exited.map_or_else(|e| e.to_string(), |s| s.to_string()),
-                if said.is_empty() { "no output".into() } else { said }
-            ))
-        }
-        () = cancel.cancelled() => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            update(status, |s| s.receiving = false);
-            Ok(())
+            () = cancel.cancelled() => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                update(status, |s| s.receiving = false);
+                Ok(())
+            }
         }
     }
 }
