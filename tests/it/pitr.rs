@@ -298,3 +298,53 @@ async fn a_physical_restore_test_recovers_into_a_scratch_directory_checks_it_and
         .unwrap_or_default();
     assert!(rto > 0.0, "{rto}");
 }
+
+#[tokio::test]
+async fn an_archived_base_backup_is_thawed_first_and_the_restore_says_not_yet() {
+    let a = Archiving::start().await;
+    let sql = |s: &str| a.cluster.psql("postgres", s);
+    sql("CREATE TABLE batches (batch int, g int)");
+    sql("INSERT INTO batches SELECT 1, generate_series(1, 1000)");
+    let out = a.strata_as_server_user(&["backup", "prod"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The base backup in the bucket has gone to GLACIER (an old one GFS kept).
+    let key = a
+        .bucket
+        .keys()
+        .await
+        .into_iter()
+        .find(|k| k.contains("/base/") && k.ends_with(".tar.zst.enc"))
+        .unwrap();
+    let bucket = &a.bucket.settings.bucket;
+    a.bucket
+        .client()
+        .await
+        .copy_object()
+        .bucket(bucket)
+        .key(&key)
+        .copy_source(format!("{bucket}/{key}"))
+        .storage_class(aws_sdk_s3::types::StorageClass::Glacier)
+        .send()
+        .await
+        .unwrap();
+    let dir = a.setup.path().join("thawing");
+    let out = a.strata(&[
+        "restore",
+        "prod",
+        "--into-datadir",
+        dir.to_str().unwrap(),
+        "--to",
+        "immediate",
+        "--from",
+        "offsite",
+    ]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(stderr(&out).contains("GLACIER"), "{}", stderr(&out));
+    assert!(
+        !dir.exists(),
+        "a directory was written before the backup was readable"
+    );
+    // moto thaws at once: the next attempt restores.
+    let restored = recover(&a, &["--to", "immediate", "--from", "offsite"]);
+    assert_eq!(restored.psql("postgres", COUNTS), "1:1000");
+}
