@@ -381,15 +381,13 @@ async fn newest_wal(
         let listing = crate::commands::wal::Listing::read(strata, job, target.as_ref())
             .await
             .map_err(|e| e.to_string())?;
-        let newest = listing
-            .files()
-            .filter_map(|(f, o)| Some((o.modified?, f.to_string())))
-            .max()
+        let (at, file) = listing
+            .newest_archived()
             .ok_or_else(|| format!("no WAL archived on {t}"))?;
-        if worst.as_ref().is_none_or(|w| newest.0 < w.at) {
+        if worst.as_ref().is_none_or(|w| at < w.at) {
             worst = Some(crate::commands::status::WalFact {
-                file: newest.1,
-                at: newest.0,
+                file: file.to_string(),
+                at,
             });
         }
     }

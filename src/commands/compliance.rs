@@ -387,35 +387,25 @@ async fn physical(
     let mut rpo = Vec::new();
     let mut windows = Vec::new();
     for t in &job.targets {
-        let target = strata.target(t);
-        let newest = match crate::commands::wal::Listing::read(strata, name, target.as_ref()).await
-        {
-            Ok(l) => l
-                .files()
-                .filter_map(|(f, o)| Some((o.modified?, f.to_string())))
-                .max(),
-            Err(e) => {
-                rpo.push((
-                    false,
-                    format!("job {name} on {t}: cannot list the WAL archive: {e}"),
-                ));
-                None
-            }
-        };
-        if let Some((at, file)) = newest {
-            let age = now - at;
-            rpo.push((
-                age <= limit,
-                format!(
-                    "job {name} on {t}: newest archived WAL {file} is {} old (achieved RPO; allowed {})",
-                    crate::policy::schedule::format_age(age),
-                    humantime::format_duration(job.rpo)
-                ),
-            ));
-        } else if rpo.len() < job.targets.len() {
-            rpo.push((false, format!("job {name} on {t}: no WAL archived")));
-        }
-        windows.push(match recoverable(strata, name, t, now).await {
+        let recovered = recoverable(strata, name, t, now).await;
+        rpo.push(match &recovered {
+            Err(e) => (false, format!("job {name} on {t}: {e}")),
+            Ok(r) => match &r.newest_archived {
+                None => (false, format!("job {name} on {t}: no WAL archived")),
+                Some((at, file)) => {
+                    let age = now - *at;
+                    (
+                        age <= limit,
+                        format!(
+                            "job {name} on {t}: newest archived WAL {file} is {} old (achieved RPO; allowed {})",
+                            crate::policy::schedule::format_age(age),
+                            humantime::format_duration(job.rpo)
+                        ),
+                    )
+                }
+            },
+        });
+        windows.push(match recovered {
             Err(e) => (false, format!("job {name} on {t}: {e}")),
             Ok(r) => match (r.from, &r.missing) {
                 (_, Some(m)) => (

@@ -29,6 +29,8 @@ pub struct Recoverable {
     /// Older base backups (kept by GFS; each restores to the moment it
     /// ended): the segment each lacks between its start and stop, if any.
     pub older: Vec<(String, Option<String>)>,
+    /// The file archived last here and when (the achieved recovery point).
+    pub newest_archived: Option<(DateTime<Utc>, String)>,
 }
 
 /// Checks on `target` that the WAL is gapless from the base backup the
@@ -77,6 +79,9 @@ pub async fn recoverable(
         timeline: None,
         missing: None,
         older: Vec::new(),
+        newest_archived: listing
+            .newest_archived()
+            .map(|(at, f)| (at, f.to_string())),
     };
     for (i, (entry, base)) in bases.iter().enumerate() {
         let id = entry.manifest.backup_id.clone();

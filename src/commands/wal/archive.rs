@@ -55,6 +55,15 @@ impl Listing {
         self.files.iter()
     }
 
+    /// The file archived last (by when it was written) and when: the
+    /// recovery point of this target.
+    pub fn newest_archived(&self) -> Option<(chrono::DateTime<chrono::Utc>, WalFile)> {
+        self.files
+            .iter()
+            .filter_map(|(f, o)| Some((o.modified?, *f)))
+            .max()
+    }
+
     /// The newest whole segment on `timeline`.
     pub fn newest_segment(&self, timeline: u32) -> Option<SegmentName> {
         self.files
