@@ -247,7 +247,8 @@ pub async fn continuity(
 }
 
 /// Waits (up to two minutes, for the archiver to catch up) until `target`
-/// holds every segment of a base backup between its start and stop.
+/// holds every segment of a base backup between its start and stop. Only
+/// those few segments are looked for (not the whole archive, every 100 ms).
 ///
 /// # Errors
 /// A segment is still missing then (named), or the target cannot be listed.
@@ -257,28 +258,26 @@ pub async fn covers(
     target: &str,
     base: BaseRef,
 ) -> Result<(), WalError> {
+    let archive = Archive::open(strata, job)?;
     let t = strata.target(target);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let legs = [Leg {
-        timeline: base.timeline,
-        begins: 0,
-        ends: None,
-    }];
-    loop {
-        let listing = Listing::read(strata, job, t.as_ref()).await?;
-        let walked = timeline::walk(&legs, (base.start, base.stop), base.segment_size, |s, _| {
-            listing.contains(&WalFile::Segment(s))
-        });
-        match walked {
-            Ok(_) => return Ok(()),
-            Err(name) if std::time::Instant::now() >= deadline => {
-                return Err(WalError::Targets(format!(
-                    "the base backup needs WAL segment {name}, which is not archived on {target}: check the job's WAL source (archive_command `strata wal-push {job} %p`, or the daemon's streaming) and pg_stat_archiver"
-                )));
-            }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+    let size = u64::from(base.segment_size);
+    let mut needed: Vec<SegmentName> = (base.start / size..=base.stop.max(base.start) / size)
+        .map(|n| SegmentName::from_number(base.timeline, n, base.segment_size))
+        .collect();
+    while let Some(&next) = needed.first() {
+        if !archive.copies(t.as_ref(), &WalFile::Segment(next)).await?.is_empty() {
+            needed.remove(0);
+            continue;
         }
+        if std::time::Instant::now() >= deadline {
+            return Err(WalError::Targets(format!(
+                "the base backup needs WAL segment {next}, which is not archived on {target}: check the job's WAL source (archive_command `strata wal-push {job} %p`, or the daemon's streaming) and pg_stat_archiver"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    Ok(())
 }
 
 /// The start and end of the base backup labelled `label`, from the backup
