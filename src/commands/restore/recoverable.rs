@@ -79,9 +79,7 @@ pub async fn recoverable(
         timeline: None,
         missing: None,
         older: Vec::new(),
-        newest_archived: listing
-            .newest_archived()
-            .map(|(at, f)| (at, f.to_string())),
+        newest_archived: listing.newest_archived().map(|(at, f)| (at, f.to_string())),
     };
     for (i, (entry, base)) in bases.iter().enumerate() {
         let id = entry.manifest.backup_id.clone();

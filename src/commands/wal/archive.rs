@@ -266,7 +266,11 @@ pub async fn covers(
         .map(|n| SegmentName::from_number(base.timeline, n, base.segment_size))
         .collect();
     while let Some(&next) = needed.first() {
-        if !archive.copies(t.as_ref(), &WalFile::Segment(next)).await?.is_empty() {
+        if !archive
+            .copies(t.as_ref(), &WalFile::Segment(next))
+            .await?
+            .is_empty()
+        {
             needed.remove(0);
             continue;
         }

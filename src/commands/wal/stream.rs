@@ -288,6 +288,9 @@ async fn ensure_slot(
 struct Sweeper {
     archived: BTreeSet<String>,
     live: Option<(String, SystemTime, u64)>,
+    /// Targets whose archive identity was checked (once, not at every upload
+    /// of the live segment).
+    claimed: BTreeSet<String>,
 }
 
 /// A file `pg_receivewal` left in the directory.
@@ -452,7 +455,7 @@ impl Sweeper {
     /// Writes `file` to every target, replacing the copy there (only the live
     /// `.partial` of a segment is ever replaced).
     async fn replace(
-        &self,
+        &mut self,
         strata: &Strata,
         job: &str,
         file: &WalFile,
@@ -464,8 +467,9 @@ impl Sweeper {
         let mut failed = Vec::new();
         for t in &strata.job(job)?.targets {
             let target = strata.target(t);
+            let claimed = self.claimed.contains(t);
             let written = async {
-                if let Some(mine) = identity {
+                if let (Some(mine), false) = (identity, claimed) {
                     archive
                         .claim(target.as_ref(), &file.to_string(), mine)
                         .await?;
@@ -475,8 +479,12 @@ impl Sweeper {
                     .await?;
                 Ok::<(), WalError>(())
             };
-            if let Err(e) = written.await {
-                failed.push(format!("{t}: {e}"));
+            match written.await {
+                Ok(()) if identity.is_some() => {
+                    self.claimed.insert(t.clone());
+                }
+                Ok(()) => {}
+                Err(e) => failed.push(format!("{t}: {e}")),
             }
         }
         if failed.is_empty() {
