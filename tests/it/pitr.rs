@@ -8,6 +8,25 @@ use chrono::{DateTime, Utc};
 
 use crate::wal::{Archiving, Watching, recover, stderr, wait_archived};
 
+/// `strata restore prod --into-datadir DIR --to TO --from FROM` (not started).
+fn restore_into(
+    a: &Archiving,
+    dir: &std::path::Path,
+    to: &str,
+    from: &str,
+) -> std::process::Output {
+    a.strata(&[
+        "restore",
+        "prod",
+        "--into-datadir",
+        dir.to_str().unwrap(),
+        "--to",
+        to,
+        "--from",
+        from,
+    ])
+}
+
 fn at(v: &serde_json::Value) -> Option<DateTime<Utc>> {
     v.as_str()?.parse().ok()
 }
@@ -154,16 +173,7 @@ async fn after_a_takeover_on_a_new_timeline_latest_follows_it() {
     let lost = format!("database-backups/prod/wal/00000002/{middle}.zst.enc");
     std::fs::remove_file(a.setup.backups().join(&lost)).unwrap();
     let dir = a.setup.path().join("refused");
-    let out = a.strata(&[
-        "restore",
-        "prod",
-        "--into-datadir",
-        dir.to_str().unwrap(),
-        "--to",
-        "latest",
-        "--from",
-        "local",
-    ]);
+    let out = restore_into(&a, &dir, "latest", "local");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(&format!("WAL segment {middle} is missing")),
@@ -328,16 +338,7 @@ async fn an_archived_base_backup_is_thawed_first_and_the_restore_says_not_yet() 
         .await
         .unwrap();
     let dir = a.setup.path().join("thawing");
-    let out = a.strata(&[
-        "restore",
-        "prod",
-        "--into-datadir",
-        dir.to_str().unwrap(),
-        "--to",
-        "immediate",
-        "--from",
-        "offsite",
-    ]);
+    let out = restore_into(&a, &dir, "immediate", "offsite");
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
     assert!(stderr(&out).contains("GLACIER"), "{}", stderr(&out));
     assert!(
