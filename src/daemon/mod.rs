@@ -106,16 +106,22 @@ struct Running {
 }
 
 /// Releases a job when its run ends however it ends (finished, panicked,
-/// cancelled): the entry goes (and with it the cross-process lock), health
-/// and metrics stop saying it runs.
+/// cancelled): the finished record is published first (so a client that
+/// reads the run as finished can start the next one at once), then the entry
+/// goes (and with it the cross-process lock), health and metrics stop saying
+/// it runs.
 struct RunGuard {
     daemon: Arc<Daemon>,
     job: String,
+    finished: Option<RunRecord>,
 }
 
 impl Drop for RunGuard {
     fn drop(&mut self) {
         let d = &self.daemon;
+        if let Some(run) = self.finished.take() {
+            d.remember(&run);
+        }
         if let Some(h) = lock(&d.health).get_mut(&self.job) {
             h.running = false;
             h.queued = false;

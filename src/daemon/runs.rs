@@ -85,6 +85,7 @@ impl Daemon {
         let guard = RunGuard {
             daemon: self.clone(),
             job: job.to_owned(),
+            finished: None,
         };
         self.tasks.spawn_on(
             async move {
@@ -200,7 +201,7 @@ impl Daemon {
     // Long on purpose: the run's bookkeeping in order (metrics, health, record, alerts, retention) before the guard releases the job.
     pub(super) async fn finish_run(
         &self,
-        guard: RunGuard,
+        mut guard: RunGuard,
         mut session: Session,
         result: Result<crate::commands::backup::BackupReport, crate::commands::backup::RunError>,
     ) {
@@ -229,7 +230,6 @@ impl Daemon {
         {
             let mut health = lock(&self.health);
             let h = health.entry(job.clone()).or_default();
-            h.running = false;
             h.last_result = Some(run.status.as_str().to_owned());
             h.last_run_id = Some(run.id.clone());
             h.last_error = run.error.clone();
@@ -250,8 +250,6 @@ impl Daemon {
                 }
             }
         }
-        m.running.with_label_values(&[&job]).set(0);
-        self.remember(&run);
         // Written now when the database answers; kept for later when not.
         session.sync(Duration::from_secs(5)).await;
         // Alerts go out on their own: a channel that does not answer must not
@@ -279,6 +277,9 @@ impl Daemon {
         }
         // Storage, cost and compliance changed: refresh them soon.
         self.recheck.notify_one();
+        // Published as finished only as the job is released (retention above
+        // still held it): reading "success" means a new run can start.
+        guard.finished = Some(run);
         drop(guard);
     }
 
