@@ -635,6 +635,22 @@ impl Proc {
         }
     }
 
+    /// Waits until the daemon says its state database is `ok` (connected,
+    /// migrated, caught up), so the test can read the state tables.
+    pub(crate) async fn state_ready(&self) {
+        self.ready().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = reqwest::get(format!("{}/health", self.url)).await.unwrap();
+            let body: Value = r.json().await.unwrap();
+            if body["state_db"] == "ok" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "state database never ok: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub(crate) fn signal(&self, sig: &str) {
         Command::new("kill")
             .args([sig, &self.child.id().to_string()])
@@ -678,7 +694,7 @@ async fn replicas_sharing_a_state_database_run_each_slot_once() {
         .map(|i| Proc::spawn(&setup, &format!("r{i}"), &top, "", &job_yaml, &[]))
         .collect();
     for r in &replicas {
-        r.ready().await;
+        r.state_ready().await;
     }
     // Until five slots were claimed (one every 2 s).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -976,8 +992,21 @@ impl App {
             .unwrap()
     }
 
-    /// Waits until `dir` holds `n` manifests (retention runs after the run is
-    /// recorded).
+    /// Waits until `/metrics` shows `line` (alert deliveries are counted when
+    /// the channel has answered, after the receiver already holds the message).
+    async fn wait_for_metric(&self, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let metrics = self.metrics().await;
+            if metrics.contains(line) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no `{line}` in:\n{metrics}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `dir` holds `n` manifests.
     async fn wait_for_manifests(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while manifests(&self.setup.backups()) != n {
@@ -1189,15 +1218,8 @@ async fn failures_and_size_anomalies_reach_email_and_webhook_and_recovery_is_ann
     // alerter says it held it back, and nothing more arrived.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(app.backup_now().await["status"], "failed");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !app
-        .metrics()
-        .await
-        .contains("strata_alerts_suppressed_total{kind=\"backup_failed\"} 1")
-    {
-        assert!(Instant::now() < deadline, "{}", app.metrics().await);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_for_metric("strata_alerts_suppressed_total{kind=\"backup_failed\"} 1")
+        .await;
     assert_eq!(hook.of_kind("backup_failed").len(), 1);
 
     // Recovery sends one resolved message.
@@ -1208,14 +1230,10 @@ async fn failures_and_size_anomalies_reach_email_and_webhook_and_recovery_is_ann
     let all = hook.wait_for("backup_failed", 2).await;
     assert_eq!(all[1]["resolved"], true);
     smtp.wait_for("[strata RESOLVED] backup failed: app").await;
-    let metrics = app.metrics().await;
-    assert!(
-        metrics.contains("strata_alerts_sent_total{channel=\"webhook\",kind=\"backup_failed\"} 2"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("strata_alerts_sent_total{channel=\"email\",kind=\"size_anomaly\"} 1")
-    );
+    app.wait_for_metric("strata_alerts_sent_total{channel=\"webhook\",kind=\"backup_failed\"} 2")
+        .await;
+    app.wait_for_metric("strata_alerts_sent_total{channel=\"email\",kind=\"size_anomaly\"} 1")
+        .await;
     app.shutdown().await;
 }
 

@@ -323,7 +323,7 @@ impl Fleet {
 async fn forty_jobs_due_at_once_all_succeed_on_a_server_with_thirty_connections() {
     let fleet = Fleet::new(40);
     let daemon = Proc::spawn(&fleet.setup, "fleet", &fleet.top(), "", &fleet.jobs, &[]);
-    daemon.ready().await;
+    daemon.state_ready().await;
     fleet.wait_for_runs(40, Duration::from_secs(240)).await;
     assert_eq!(
         fleet.count("SELECT count(*) FROM runs WHERE status = 'success'"),
@@ -364,7 +364,7 @@ async fn two_replicas_share_forty_due_jobs_and_no_slot_runs_twice() {
         })
         .collect();
     for r in &replicas {
-        r.ready().await;
+        r.state_ready().await;
     }
     fleet.wait_for_runs(40, Duration::from_secs(240)).await;
     assert_eq!(
