@@ -78,7 +78,9 @@ TOML
   local g=("$bin" -c "$dir/garage.toml")
   "${g[@]}" server >"$RUN_DIR/garage.log" 2>&1 &
   PIDS+=($!)
-  wait_for 30 "${g[@]}" node id -q || { log "Garage did not start"; cat "$RUN_DIR/garage.log" >&2; return 1; }
+  # `node id` only reads the key the server writes first; `status` needs its RPC
+  # listener, which the layout commands below connect to.
+  wait_for 30 "${g[@]}" status || { log "Garage did not start"; cat "$RUN_DIR/garage.log" >&2; return 1; }
   local node; node=$("${g[@]}" node id -q | cut -d@ -f1)
   "${g[@]}" layout assign -z dc1 -c 10G "$node" >/dev/null
   "${g[@]}" layout apply --version 1 >/dev/null
