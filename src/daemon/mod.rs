@@ -106,10 +106,10 @@ struct Running {
 }
 
 /// Releases a job when its run ends however it ends (finished, panicked,
-/// cancelled): the finished record is published first (so a client that
-/// reads the run as finished can start the next one at once), then the entry
-/// goes (and with it the cross-process lock), health and metrics stop saying
-/// it runs.
+/// cancelled): health and metrics stop saying it runs, the entry goes (and
+/// with it the cross-process lock), and only then is the finished record
+/// published, so a client that reads the run as finished finds the job idle
+/// and can start the next run at once.
 struct RunGuard {
     daemon: Arc<Daemon>,
     job: String,
@@ -119,16 +119,17 @@ struct RunGuard {
 impl Drop for RunGuard {
     fn drop(&mut self) {
         let d = &self.daemon;
-        if let Some(run) = self.finished.take() {
-            d.remember(&run);
-        }
         if let Some(h) = lock(&d.health).get_mut(&self.job) {
             h.running = false;
             h.queued = false;
         }
         d.metrics.running.with_label_values(&[&self.job]).set(0);
         d.metrics.queued.with_label_values(&[&self.job]).set(0);
-        lock(&d.running).remove(&self.job);
+        let released = lock(&d.running).remove(&self.job);
+        drop(released);
+        if let Some(run) = self.finished.take() {
+            d.remember(&run);
+        }
     }
 }
 

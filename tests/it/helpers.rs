@@ -87,6 +87,23 @@ impl TestDb {
         psql(&self.name, sql)
     }
 
+    /// Waits (30 s at most) until `sql` returns `expected`: for rows a daemon
+    /// writes in the background (its state database outbox).
+    pub async fn wait_for(&self, sql: &str, expected: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let got = self.exec(sql);
+            if got == expected {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "`{sql}` gave {got:?}, not {expected:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// pg_dump of the database, for comparing a restore with its source.
     pub fn dump(&self) -> String {
         let out = Command::new("pg_dump")

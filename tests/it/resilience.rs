@@ -166,12 +166,22 @@ async fn a_run_that_panics_is_recorded_failed_alerted_and_releases_the_job() {
     let h = health(&daemon.url).await;
     assert_eq!(h["jobs"]["panicky"]["running"], false, "{h}");
     // The cross-process lock was released: the CLI (another process) runs it.
-    let out = std::process::Command::new(crate::helpers::bin())
-        .arg("-c")
-        .arg(setup.path().join("p.yaml"))
-        .args(["backup", "panicky"])
-        .output()
-        .unwrap();
+    // (The release reaches the state database a moment after the job is
+    // free in the daemon: the CLI may be refused until then, not after.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = std::process::Command::new(crate::helpers::bin())
+            .arg("-c")
+            .arg(setup.path().join("p.yaml"))
+            .args(["backup", "panicky"])
+            .output()
+            .unwrap();
+        let refused = String::from_utf8_lossy(&out.stderr).contains("is already running");
+        if !refused || Instant::now() >= deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         out.status.success(),
         "{}",
