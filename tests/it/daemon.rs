@@ -638,31 +638,28 @@ impl Proc {
     /// Waits until the daemon's start-up work (clean-up of stale uploads,
     /// history, catch-up) is done: `/health` stops saying `starting`.
     pub(crate) async fn started(&self) {
-        self.ready().await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let r = reqwest::get(format!("{}/health", self.url)).await.unwrap();
-            let body: Value = r.json().await.unwrap();
-            if body["starting"] == false {
-                return;
-            }
-            assert!(Instant::now() < deadline, "start-up never ended: {body}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.health_until("start-up ended", |h| h["starting"] == false)
+            .await;
     }
 
     /// Waits until the daemon says its state database is `ok` (connected,
     /// migrated, caught up), so the test can read the state tables.
     pub(crate) async fn state_ready(&self) {
+        self.health_until("state database ok", |h| h["state_db"] == "ok")
+            .await;
+    }
+
+    /// Waits (30 s at most) until `/health` satisfies `done`.
+    async fn health_until(&self, what: &str, done: impl Fn(&Value) -> bool) {
         self.ready().await;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let r = reqwest::get(format!("{}/health", self.url)).await.unwrap();
             let body: Value = r.json().await.unwrap();
-            if body["state_db"] == "ok" {
+            if done(&body) {
                 return;
             }
-            assert!(Instant::now() < deadline, "state database never ok: {body}");
+            assert!(Instant::now() < deadline, "never {what}: {body}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

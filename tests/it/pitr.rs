@@ -115,10 +115,7 @@ async fn streaming_archives_each_commit_within_seconds_and_survives_a_server_res
 async fn after_a_takeover_on_a_new_timeline_latest_follows_it() {
     let a = Archiving::start().await;
     let sql = |s: &str| a.cluster.psql("postgres", s);
-    sql("CREATE TABLE batches (batch int, g int)");
-    sql("INSERT INTO batches SELECT 1, generate_series(1, 1000)");
-    let out = a.strata_as_server_user(&["backup", "prod"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    a.first_batch_then_base_backup(1000);
     sql("INSERT INTO batches SELECT 2, generate_series(1, 1000)");
     let segment = a.fill_segment(1);
     a.archived(&segment);
@@ -216,8 +213,7 @@ async fn a_physical_restore_test_recovers_into_a_scratch_directory_checks_it_and
     std::fs::create_dir_all(&scratch).unwrap();
     crate::cluster::give_to_postgres(&scratch);
     let sql = |s: &str| a.cluster.psql("postgres", s);
-    let out = a.strata_as_server_user(&["backup", "prod"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    a.base_backup();
     sql("CREATE TABLE batches (batch int, g int)");
     sql("INSERT INTO batches SELECT 1, generate_series(1, 1000)");
     let segment = a.fill_segment(1);
@@ -312,11 +308,7 @@ async fn a_physical_restore_test_recovers_into_a_scratch_directory_checks_it_and
 #[tokio::test]
 async fn an_archived_base_backup_is_thawed_first_and_the_restore_says_not_yet() {
     let a = Archiving::start().await;
-    let sql = |s: &str| a.cluster.psql("postgres", s);
-    sql("CREATE TABLE batches (batch int, g int)");
-    sql("INSERT INTO batches SELECT 1, generate_series(1, 1000)");
-    let out = a.strata_as_server_user(&["backup", "prod"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    a.first_batch_then_base_backup(1000);
     // The base backup in the bucket has gone to GLACIER (an old one GFS kept).
     let key = a
         .bucket

@@ -122,6 +122,22 @@ impl Archiving {
         strata_with(&self.config, args)
     }
 
+    /// A base backup as the server's user; it must succeed.
+    pub(crate) fn base_backup(&self) {
+        let out = self.strata_as_server_user(&["backup", "prod"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    /// Table `batches` holding batch 1 (`rows` rows), then a base backup.
+    pub(crate) fn first_batch_then_base_backup(&self, rows: u32) {
+        let sql = |s: &str| self.cluster.psql("postgres", s);
+        sql("CREATE TABLE batches (batch int, g int)");
+        sql(&format!(
+            "INSERT INTO batches SELECT 1, generate_series(1, {rows})"
+        ));
+        self.base_backup();
+    }
+
     /// As the server's user, who also runs `archive_command`: both write the
     /// same local target, as they would on a real host.
     pub(crate) fn strata_as_server_user(&self, args: &[&str]) -> Output {
@@ -530,10 +546,7 @@ pub(crate) fn recover(a: &Archiving, to: &[&str]) -> Cluster {
 async fn a_base_backup_and_the_archive_restore_any_moment_after_it() {
     let a = Archiving::start().await;
     let sql = |s: &str| a.cluster.psql("postgres", s);
-    sql("CREATE TABLE batches (batch int, g int)");
-    sql("INSERT INTO batches SELECT 1, generate_series(1, 1000)");
-    let out = a.strata_as_server_user(&["backup", "prod"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    a.first_batch_then_base_backup(1000);
     let out = a.strata(&["list", "prod", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let manifest = &listed[0]["manifest"];
@@ -620,8 +633,7 @@ async fn a_gap_in_the_archive_or_a_moment_before_every_base_backup_is_refused_be
     );
 
     sql("CREATE TABLE t AS SELECT generate_series(1, 1000) g");
-    let out = a.strata_as_server_user(&["backup", "prod"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    a.base_backup();
     let out = restore(&["--to-time", &before]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
@@ -711,10 +723,7 @@ impl Drop for Stopper {
 async fn start_runs_recovery_to_the_target_and_reports_where_it_ended() {
     let a = Archiving::start().await;
     let sql = |s: &str| a.cluster.psql("postgres", s);
-    sql("CREATE TABLE batches (batch int, g int)");
-    sql("INSERT INTO batches SELECT 1, generate_series(1, 500)");
-    let out = a.strata_as_server_user(&["backup", "prod"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    a.first_batch_then_base_backup(500);
     // Replayed from the archive, not in the base backup.
     sql("INSERT INTO batches SELECT 1, generate_series(501, 1000)");
     let between = sql(
@@ -912,8 +921,7 @@ impl Watching {
 #[tokio::test]
 async fn the_daemon_reports_archiving_its_failures_and_the_recovery_window() {
     let a = Archiving::start().await;
-    let out = a.strata_as_server_user(&["backup", "prod"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    a.base_backup();
     let segment = a.fill_segment(100);
     a.archived(&segment);
     let d = Watching::start(&a).await;
